@@ -1,0 +1,217 @@
+//! Runs a parsed command line: resolves flags, environment and defaults into settings, runs
+//! the job, and prints the human summary. Precedence: flag > environment variable > default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs};
+use crate::error::Error;
+use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, write_truth};
+use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::secret::ApiToken;
+use crate::source::ClientOptions;
+
+/// The environment variable that holds the API token.
+pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
+
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Contacts(args) => contacts(args).await,
+        Command::Demo(args) => demo(args).await,
+        Command::FakeServer(args) => fake_server(args).await,
+    }
+}
+
+async fn contacts(args: ContactsArgs) -> Result<(), Error> {
+    let token = read_token(args.token_file.as_deref())?;
+    check_base_url(&args.base_url, args.allow_insecure_http)?;
+    let settings = ExportSettings {
+        client: ClientOptions {
+            base_url: args.base_url,
+            account_id: args.account_id,
+            token,
+            sort: args.fetch.sort,
+            timeout: Duration::from_secs(args.fetch.timeout_secs.max(1)),
+        },
+        format: args.output.format,
+        out: args.output.out,
+        concurrency: usize::from(args.fetch.concurrency),
+        overwrite: args.output.overwrite,
+        progress: !args.output.no_progress,
+    };
+    let summary = export(&settings).await?;
+    print_summary(&summary);
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> Result<(), Error> {
+    let config = FakeServerConfig {
+        contacts: args.contacts,
+        seed: args.seed,
+        latency: Duration::from_millis(args.latency_ms),
+        ..FakeServerConfig::default()
+    };
+    let server = FakeServer::start(config.clone(), 0)
+        .await
+        .map_err(|source| Error::Io {
+            what: "cannot start the fake Chatwoot server on 127.0.0.1".into(),
+            source,
+        })?;
+    eprintln!(
+        "chatwoot-export: demo: a fake Chatwoot with {} contacts is serving at {}",
+        args.contacts,
+        server.base_url()
+    );
+    let settings = ExportSettings {
+        client: ClientOptions {
+            base_url: Url::parse(&server.base_url())
+                .map_err(|err| Error::Usage(err.to_string()))?,
+            account_id: config.account_id,
+            token: ApiToken::new(&config.token).map_err(|err| Error::Usage(err.to_string()))?,
+            sort: "created_at".into(),
+            timeout: Duration::from_secs(60),
+        },
+        format: args.format,
+        out: args.out,
+        concurrency: 8,
+        overwrite: false,
+        progress: !args.no_progress,
+    };
+    let result = export(&settings).await;
+    server.shutdown().await;
+    let summary = result?;
+    print_summary(&summary);
+    let contacts = summary
+        .out
+        .join(format!("contacts.{}", args.format.extension()));
+    let reader = match args.format {
+        crate::sink::Format::Parquet => "read_parquet",
+        crate::sink::Format::Csv => "read_csv",
+        crate::sink::Format::Ndjson => "read_json",
+    };
+    println!("files: {}", summary.out.display());
+    println!(
+        "look:  duckdb -c \"SELECT id, name, email, created_at FROM {reader}('{}') LIMIT 5\"",
+        contacts.display()
+    );
+    Ok(())
+}
+
+async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
+    if let Some(path) = &args.dump_truth {
+        let io_error = |source| Error::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io_error)?;
+        let mut out = std::io::BufWriter::new(file);
+        write_truth(&FakeAccount::new(args.seed, args.contacts), &mut out).map_err(io_error)?;
+        return Ok(());
+    }
+    let config = FakeServerConfig {
+        contacts: args.contacts,
+        seed: args.seed,
+        account_id: args.account_id,
+        token: args.token.clone(),
+        latency: Duration::from_millis(args.latency_ms),
+        ..FakeServerConfig::default()
+    };
+    let server = FakeServer::start(config, args.port)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("cannot listen on 127.0.0.1:{}", args.port),
+            source,
+        })?;
+    println!("{}", server.base_url());
+    eprintln!(
+        "chatwoot-export: fake Chatwoot serving {} contacts of account {} at {} (token {:?}); Ctrl-C stops it",
+        args.contacts,
+        args.account_id,
+        server.base_url(),
+        args.token
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// The token from `--token-file` if given, else from `CHATWOOT_API_TOKEN`.
+fn read_token(token_file: Option<&Path>) -> Result<ApiToken, Error> {
+    let raw = match token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|err| {
+            Error::Usage(format!("cannot read --token-file {}: {err}", path.display()))
+        })?,
+        None => std::env::var(TOKEN_ENV).map_err(|_| {
+            Error::Usage(format!(
+                "no API token: set {TOKEN_ENV} or pass --token-file PATH (Chatwoot: Profile settings > Access Token)"
+            ))
+        })?,
+    };
+    ApiToken::new(&raw).map_err(|err| Error::Usage(err.to_string()))
+}
+
+/// Only http(s); plain http only to loopback unless explicitly allowed.
+fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
+        "http" => Err(Error::Usage(format!(
+            "--base-url {} is plain http, which would send the token unencrypted: use https, or pass --allow-insecure-http",
+            crate::manifest::public_base_url(url)
+        ))),
+        other => Err(Error::Usage(format!(
+            "--base-url must be http or https, not {other}:"
+        ))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
+}
+
+fn print_summary(summary: &ExportSummary) {
+    let listed = summary
+        .final_count
+        .map_or_else(|| "an unknown number".to_owned(), |n| n.to_string());
+    eprintln!(
+        "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
+         ({} duplicates dropped; the account lists {listed}) -> {}",
+        summary.contacts,
+        summary.inbox_links,
+        summary.pages,
+        summary.elapsed.as_secs_f64(),
+        summary.duplicates_dropped,
+        summary.out.display()
+    );
+    if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
+        eprintln!(
+            "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \
+             contacts were added or deleted during the export; see count_difference in manifest.json",
+            summary.contacts
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let ok = |u: &str, allow| check_base_url(&Url::parse(u).expect("url"), allow).is_ok();
+        assert!(ok("https://app.chatwoot.com", false));
+        assert!(ok("http://127.0.0.1:3000", false));
+        assert!(ok("http://localhost:3000", false));
+        assert!(ok("http://[::1]:3000", false));
+        assert!(!ok("http://chat.example.com", false));
+        assert!(ok("http://chat.example.com", true));
+        assert!(!ok("ftp://chat.example.com", true));
+    }
+}

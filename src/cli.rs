@@ -1,0 +1,153 @@
+//! The command line (clap derive): subcommands, flags, help text and examples.
+//!
+//! Emits raw arguments; `app` resolves them (with the environment and defaults) into settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::sink::Format;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the export is complete (manifest.json says \"complete\": true)
+  1  the export failed: network, server, bad page or disk (no complete manifest is left)
+  2  bad usage or configuration (a flag, the token, the output folder)
+  3  authentication or access refused (HTTP 401/403)
+  4  the account does not exist (HTTP 404)";
+
+const CONTACTS_EXAMPLES: &str = "\
+Examples:
+  CHATWOOT_API_TOKEN=... chatwoot-export contacts \\
+      --base-url https://app.chatwoot.com --account-id 12 --format parquet --out ./contacts
+
+  chatwoot-export contacts --token-file ~/.chatwoot-token \\
+      --base-url https://online.99digital.co.il --account-id 3 --format csv --out ./export
+
+Read the result:
+  duckdb -c \"SELECT * FROM read_parquet('contacts/contacts.parquet') LIMIT 5\"";
+
+/// Export every contact of a Chatwoot account to Parquet, CSV or NDJSON.
+#[derive(Debug, Parser)]
+#[command(name = "chatwoot-export", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export every contact of an account (token from CHATWOOT_API_TOKEN or --token-file).
+    #[command(after_help = format!("{CONTACTS_EXAMPLES}\n\n{EXIT_CODES}"))]
+    Contacts(ContactsArgs),
+    /// Export from the built-in fake Chatwoot server: try the tool with no account.
+    #[command(
+        after_help = "Example:\n  chatwoot-export demo --contacts 5000 --format csv --out ./demo"
+    )]
+    Demo(DemoArgs),
+    /// Serve the fake Chatwoot API on 127.0.0.1 for trying the tool or building against it.
+    #[command(
+        after_help = "Example:\n  chatwoot-export fake-server --port 3000 --contacts 10000 --seed 7\n  \
+                      CHATWOOT_API_TOKEN=fake-token chatwoot-export contacts --base-url http://127.0.0.1:3000 \\\n      \
+                      --account-id 1 --out ./fake-export"
+    )]
+    FakeServer(FakeServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ContactsArgs {
+    /// The Chatwoot server, e.g. https://app.chatwoot.com (a path prefix is kept).
+    #[arg(long, env = "CHATWOOT_BASE_URL", value_name = "URL")]
+    pub base_url: Url,
+    /// The account's numeric id (in the dashboard URL: /app/accounts/ID/...).
+    #[arg(long, env = "CHATWOOT_ACCOUNT_ID", value_name = "N")]
+    pub account_id: u64,
+    /// Read the API token from this file instead of CHATWOOT_API_TOKEN.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Allow plain http:// to a host other than loopback (the token would cross the network
+    /// unencrypted).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output file format.
+    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    pub format: Format,
+    /// Output folder: contacts.<ext>, contact_inboxes.<ext> and manifest.json go here.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Use the output folder even if it holds files other than a previous export.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Do not draw the progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Most page requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    pub concurrency: u16,
+    /// The list's sort key (created_at is the only stable one; a leading - sorts descending).
+    #[arg(long, default_value = "created_at", value_name = "KEY")]
+    pub sort: String,
+    /// Time limit for one page request, body included.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many contacts the fake account holds.
+    #[arg(long, default_value_t = 1500)]
+    pub contacts: u64,
+    /// Output file format.
+    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    pub format: Format,
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "chatwoot-export-demo")]
+    pub out: PathBuf,
+    /// Seed of the fake data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Delay the fake server adds to every answer.
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FakeServerArgs {
+    /// Port on 127.0.0.1 (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+    /// How many contacts the fake account holds.
+    #[arg(long, default_value_t = 1000)]
+    pub contacts: u64,
+    /// Seed of the fake data: the same seed serves the same contacts.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Delay added to every answer.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// The account id the token may read.
+    #[arg(long, default_value_t = 1)]
+    pub account_id: u64,
+    /// The token the server accepts.
+    #[arg(long, default_value = "fake-token")]
+    pub token: String,
+    /// Write the account's contacts (the ground truth), one JSON object a line, and exit.
+    #[arg(long, value_name = "PATH")]
+    pub dump_truth: Option<PathBuf>,
+}

@@ -1,0 +1,104 @@
+//! The errors `main` reports, and the one function that maps them to exit codes.
+
+use crate::pipeline::ExportError;
+use crate::source::FetchError;
+
+/// Exit code: the export failed (network, server, bad page, disk).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad usage or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: authentication or access refused.
+pub const EXIT_AUTH: u8 = 3;
+/// Exit code: the account does not exist.
+pub const EXIT_NOT_FOUND: u8 = 4;
+
+/// Anything that ends a run early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::Export(ExportError::Store(crate::store::StoreError::NotAnExport { .. })) => {
+                EXIT_USAGE
+            }
+            Error::Export(err) => match err.fetch() {
+                Some(fetch) if fetch.is_auth() => EXIT_AUTH,
+                Some(FetchError::AccountNotFound { .. }) => EXIT_NOT_FOUND,
+                _ => EXIT_FAILURE,
+            },
+            Error::Io { .. } => EXIT_FAILURE,
+        }
+    }
+
+    /// The message on one line: causes joined, newlines folded.
+    pub fn one_line(&self) -> String {
+        self.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_cause() {
+        let fetch = |err: FetchError| Error::Export(ExportError::Fetch(err));
+        let cases = [
+            (Error::Usage("x".into()), EXIT_USAGE),
+            (
+                fetch(FetchError::Unauthorized {
+                    page: 1,
+                    server_says: "Invalid Access Token".into(),
+                    hint: "h".into(),
+                }),
+                EXIT_AUTH,
+            ),
+            (
+                fetch(FetchError::Forbidden {
+                    page: 1,
+                    server_says: "no".into(),
+                }),
+                EXIT_AUTH,
+            ),
+            (
+                fetch(FetchError::AccountNotFound {
+                    page: 1,
+                    account_id: 9,
+                }),
+                EXIT_NOT_FOUND,
+            ),
+            (fetch(FetchError::RateLimited { page: 3 }), EXIT_FAILURE),
+            (
+                fetch(FetchError::InvalidPage {
+                    page: 2,
+                    detail: "eof".into(),
+                }),
+                EXIT_FAILURE,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.exit_code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let err = Error::Usage("a\nb".into());
+        assert_eq!(err.one_line(), "a b");
+    }
+}

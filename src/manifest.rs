@@ -1,0 +1,118 @@
+//! The run's record, `manifest.json`, written last: its presence with `"complete": true` is the
+//! promise that every file it lists is whole.
+//!
+//! Receives what the pipeline counted; emits JSON. It names the source by origin and account,
+//! never by anything that could hold a credential.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::sink::Format;
+use crate::transform::schema::TableSchema;
+
+/// The manifest. Field names are part of the output contract.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub complete: bool,
+    pub format: Format,
+    /// `meta.count` of the first page: how many contacts the account listed when the run began.
+    pub expected_count: Option<u64>,
+    /// `meta.count` of the last page fetched: how many it listed at the end.
+    pub final_count: Option<u64>,
+    /// Distinct contacts written.
+    pub unique_contacts: u64,
+    /// Rows dropped because their contact id had been seen on an earlier page (page drift).
+    pub duplicates_dropped: u64,
+    /// `unique_contacts - final_count`: 0 when the export matches the account's own count.
+    pub count_difference: Option<i64>,
+    pub pages_fetched: u64,
+    /// Contacts per page, as learned from page 1.
+    pub page_size: u64,
+    pub tables: BTreeMap<String, TableEntry>,
+    pub source: Source,
+    pub tool: Tool,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_secs: f64,
+}
+
+/// One output table.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TableEntry {
+    /// Paths relative to the manifest's folder.
+    pub files: Vec<String>,
+    pub rows: u64,
+    pub columns: Vec<ColumnEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ColumnEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    /// Scheme, host, port and path prefix of the base URL; no user info, no query.
+    pub base_url: String,
+    pub account_id: u64,
+    pub sort: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+impl Tool {
+    pub fn current() -> Self {
+        Self {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+impl TableEntry {
+    pub fn new(files: Vec<String>, rows: u64, schema: &TableSchema) -> Self {
+        let columns = schema
+            .columns
+            .iter()
+            .map(|c| ColumnEntry {
+                name: c.name.clone(),
+                ty: c.ty.manifest_name().into(),
+            })
+            .collect();
+        Self {
+            files,
+            rows,
+            columns,
+        }
+    }
+}
+
+/// The base URL with anything that could hold a secret removed.
+pub fn public_base_url(url: &Url) -> String {
+    let mut clean = url.clone();
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean.set_query(None);
+    clean.set_fragment(None);
+    clean.as_str().trim_end_matches('/').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_loses_credentials_and_query() {
+        let url =
+            Url::parse("https://user:pw@chat.example.com/cw/?api_access_token=x#f").expect("valid");
+        assert_eq!(public_base_url(&url), "https://chat.example.com/cw");
+    }
+}

@@ -1,0 +1,323 @@
+//! One HTTP request per page of `GET /api/v1/accounts/{id}/contacts`.
+//!
+//! Receives a page number; emits the parsed page or a `FetchError`. The token goes only in the
+//! `api_access_token` header (marked sensitive) and only to the configured origin: redirects to
+//! another origin are refused, because reqwest strips only its standard auth headers on such
+//! redirects, not this custom one.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION, USER_AGENT};
+use reqwest::{StatusCode, redirect};
+use serde_json::Value;
+use url::Url;
+
+use super::error::{ConnectCause, FetchError};
+use super::page::ContactsPage;
+use crate::secret::ApiToken;
+
+/// How to reach the account.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub base_url: Url,
+    pub account_id: u64,
+    pub token: ApiToken,
+    /// The `sort` parameter (`created_at` unless the user picks another key).
+    pub sort: String,
+    /// Per-request time limit, body included.
+    pub timeout: Duration,
+}
+
+/// Fetches pages of one account's contact list.
+#[derive(Debug)]
+pub struct ContactsClient {
+    http: reqwest::Client,
+    url: Url,
+    origin: String,
+    options: ClientOptions,
+}
+
+impl ContactsClient {
+    pub fn new(options: ClientOptions) -> Result<Self, reqwest::Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert("api_access_token", options.token.header_value());
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("chatwoot-export/", env!("CARGO_PKG_VERSION"))),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .redirect(same_origin_redirects())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(options.timeout)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let url = contacts_url(&options.base_url, options.account_id);
+        let origin = options.base_url.origin().ascii_serialization();
+        Ok(Self {
+            http,
+            url,
+            origin,
+            options,
+        })
+    }
+
+    /// `scheme://host:port` of the server, for messages.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Fetches and parses one page (1-based).
+    pub async fn page(&self, page: u64) -> Result<ContactsPage, FetchError> {
+        let mut url = self.url.clone();
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("sort", &self.options.sort);
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|err| self.transport_error(page, &err))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("?");
+            return Err(FetchError::CrossOriginRedirect {
+                page,
+                location: self.options.token.scrub(location),
+            });
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| self.transport_error(page, &err))?;
+        if !status.is_success() {
+            return Err(self.status_error(page, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|err| FetchError::InvalidPage {
+            page,
+            detail: err.to_string(),
+        })
+    }
+
+    fn status_error(&self, page: u64, status: StatusCode, body: &[u8]) -> FetchError {
+        let server_says = self.options.token.scrub(&server_message(body));
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                let hint = unauthorized_hint(&server_says, self.options.account_id);
+                FetchError::Unauthorized {
+                    page,
+                    server_says,
+                    hint,
+                }
+            }
+            StatusCode::FORBIDDEN => FetchError::Forbidden { page, server_says },
+            StatusCode::NOT_FOUND => FetchError::AccountNotFound {
+                page,
+                account_id: self.options.account_id,
+            },
+            StatusCode::TOO_MANY_REQUESTS => FetchError::RateLimited { page },
+            _ => FetchError::Status {
+                page,
+                status: status.as_u16(),
+                server_says,
+            },
+        }
+    }
+
+    fn transport_error(&self, page: u64, err: &reqwest::Error) -> FetchError {
+        let chain = self.options.token.scrub(&error_chain(err));
+        if err.is_timeout() && !err.is_connect() {
+            return FetchError::Timeout {
+                page,
+                secs: self.options.timeout.as_secs(),
+            };
+        }
+        if err.is_body() || err.is_decode() {
+            return FetchError::BodyDropped {
+                page,
+                detail: chain,
+            };
+        }
+        let mut refused = false;
+        let mut source = err.source();
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            source = cause.source();
+        }
+        let lower = chain.to_lowercase();
+        let cause = if refused {
+            ConnectCause::Refused
+        } else if lower.contains("dns")
+            || lower.contains("lookup address")
+            || lower.contains("name or service")
+        {
+            ConnectCause::Dns
+        } else if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+        {
+            ConnectCause::Tls(chain)
+        } else if err.is_timeout() {
+            ConnectCause::TimedOut
+        } else if err.is_connect() {
+            ConnectCause::Other(chain)
+        } else {
+            return FetchError::BodyDropped {
+                page,
+                detail: chain,
+            };
+        };
+        FetchError::Connect {
+            page,
+            origin: self.origin.clone(),
+            cause,
+        }
+    }
+}
+
+/// `{base}/api/v1/accounts/{id}/contacts`, keeping any path prefix of the base URL (Chatwoot
+/// served under `/chatwoot`, say).
+fn contacts_url(base: &Url, account_id: u64) -> Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}/api/v1/accounts/{account_id}/contacts"));
+    url.set_query(None);
+    url.set_fragment(None);
+    url
+}
+
+/// Follows redirects within the origin; stops at one to another origin, which `page` then
+/// reports. The token header must never reach a host the user did not name.
+fn same_origin_redirects() -> redirect::Policy {
+    redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().map(Url::origin);
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if first.as_ref() == Some(&attempt.url().origin()) {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// The error text of a Chatwoot error body (`{"error": ...}` or `{"errors": [...]}`), else the
+/// start of the body on one line.
+fn server_message(body: &[u8]) -> String {
+    if let Ok(json) = serde_json::from_slice::<Value>(body) {
+        if let Some(text) = json.get("error").and_then(Value::as_str) {
+            return text.to_owned();
+        }
+        if let Some(Value::Array(items)) = json.get("errors") {
+            let texts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            if !texts.is_empty() {
+                return texts.join("; ");
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None if line.is_empty() => "empty body".to_owned(),
+        None => line,
+    }
+}
+
+/// What to do about a 401, from Chatwoot's message (see the API notes, section 4).
+fn unauthorized_hint(server_says: &str, account_id: u64) -> String {
+    let says = server_says.to_lowercase();
+    if says.contains("invalid access token") {
+        "the token is not valid: copy it again from Profile settings > Access Token into CHATWOOT_API_TOKEN".into()
+    } else if says.contains("bots") {
+        "this is a bot or platform-app token, which cannot list contacts: use a user's access token"
+            .into()
+    } else if says.contains("not authorized to access this account") {
+        format!("the token's user is not a member of account {account_id}: check --account-id")
+    } else if says.contains("suspended") {
+        "the account is suspended: ask the Chatwoot administrator".into()
+    } else if says.contains("sign in") {
+        "no token reached the server: a proxy may drop headers with underscores (nginx needs underscores_in_headers on)".into()
+    } else {
+        "check CHATWOOT_API_TOKEN and --account-id".into()
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts_url_keeps_a_path_prefix() {
+        let cases = [
+            (
+                "https://app.chatwoot.com",
+                "https://app.chatwoot.com/api/v1/accounts/7/contacts",
+            ),
+            (
+                "https://x.example/chatwoot/",
+                "https://x.example/chatwoot/api/v1/accounts/7/contacts",
+            ),
+            (
+                "http://127.0.0.1:3000/?a=b",
+                "http://127.0.0.1:3000/api/v1/accounts/7/contacts",
+            ),
+        ];
+        for (base, expected) in cases {
+            let base = Url::parse(base).expect("valid url");
+            assert_eq!(contacts_url(&base, 7).as_str(), expected);
+        }
+    }
+
+    #[test]
+    fn server_messages_from_both_error_shapes() {
+        assert_eq!(
+            server_message(br#"{"error":"Invalid Access Token"}"#),
+            "Invalid Access Token"
+        );
+        assert_eq!(
+            server_message(br#"{"errors":["You need to sign in or sign up before continuing."]}"#),
+            "You need to sign in or sign up before continuing."
+        );
+        assert_eq!(server_message(b"Retry later\n"), "Retry later");
+        assert_eq!(server_message(b""), "empty body");
+    }
+
+    #[test]
+    fn each_401_gets_its_own_hint() {
+        for (says, needle) in [
+            ("Invalid Access Token", "not valid"),
+            ("Access to this endpoint is not authorized for bots", "bot"),
+            (
+                "You are not authorized to access this account",
+                "not a member of account 9",
+            ),
+            ("Account is suspended", "suspended"),
+            ("You need to sign in or sign up before continuing.", "proxy"),
+        ] {
+            assert!(unauthorized_hint(says, 9).contains(needle), "{says}");
+        }
+    }
+}

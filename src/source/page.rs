@@ -1,0 +1,63 @@
+//! The list API's response body: `{"meta": {"count": N, "current_page": "2"}, "payload": [...]}`.
+//!
+//! Lenient where real servers differ: `current_page` may be a string or an integer (it is not
+//! needed), `count` may be a number or a numeric string or missing, extra meta keys (one
+//! white-label host sends `contacts_all`) are ignored, and contacts stay raw JSON so unknown
+//! fields reach the flattener.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// One page of contacts.
+#[derive(Debug, Deserialize)]
+pub struct ContactsPage {
+    #[serde(default)]
+    pub meta: Meta,
+    pub payload: Vec<Value>,
+}
+
+/// The page's `meta` object.
+#[derive(Debug, Default, Deserialize)]
+pub struct Meta {
+    /// How many contacts the account lists, at the time of this request.
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub count: Option<u64>,
+}
+
+fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_shapes_servers_send() {
+        for (body, count) in [
+            (
+                r#"{"meta":{"count":31,"current_page":"2"},"payload":[{"id":1}]}"#,
+                Some(31),
+            ),
+            (
+                r#"{"meta":{"count":31,"current_page":2,"contacts_all":40},"payload":[]}"#,
+                Some(31),
+            ),
+            (r#"{"meta":{"count":"31"},"payload":[]}"#, Some(31)),
+            (r#"{"payload":[]}"#, None),
+        ] {
+            let page: ContactsPage = serde_json::from_str(body).expect(body);
+            assert_eq!(page.meta.count, count, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_without_payload_is_not_a_page() {
+        assert!(serde_json::from_str::<ContactsPage>(r#"{"meta":{"count":1}}"#).is_err());
+        assert!(serde_json::from_str::<ContactsPage>("<html>").is_err());
+    }
+}

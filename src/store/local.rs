@@ -1,0 +1,252 @@
+//! The output folder: temporary names while writing, atomic renames when complete, the
+//! manifest last.
+//!
+//! Receives finished files from the pipeline; emits `DIR/<table>.<ext>` and `DIR/manifest.json`.
+//! Invariants: a file appears under its final name only once complete and synced; the manifest
+//! of a previous export is removed before anything of the new run is renamed into place, and
+//! the new manifest is written only after every data file, so a folder whose manifest says
+//! complete always holds a complete export. Files are created owner-only (they hold personal
+//! data), and a folder holding anything but a previous export is refused without `--overwrite`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Where the run keeps its intermediate files (the spilled rows).
+const WORK_DIR: &str = ".chatwoot-export.partial";
+/// Names a previous export may have left, besides the manifest and the work folder.
+const TABLE_STEMS: &[&str] = &["contacts", "contact_inboxes"];
+const EXTENSIONS: &[&str] = &["parquet", "csv", "ndjson"];
+
+/// A failure to prepare or write the output folder.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use output folder {}: {source}{}", path.display(), disk_hint(source))]
+    Folder { path: PathBuf, source: io::Error },
+    #[error("output folder {} holds {} which is not part of a previous export: choose an empty or new folder, or pass --overwrite", path.display(), example)]
+    NotAnExport { path: PathBuf, example: String },
+    #[error("cannot write {}: {source}{}", path.display(), disk_hint(source))]
+    Write { path: PathBuf, source: io::Error },
+}
+
+fn disk_hint(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::StorageFull => ": the disk is full; free some space or choose another --out",
+        io::ErrorKind::PermissionDenied => {
+            ": check the folder's permissions or choose another --out"
+        }
+        _ => "",
+    }
+}
+
+/// The output folder of one run.
+#[derive(Debug)]
+pub struct OutputDir {
+    root: PathBuf,
+    work: PathBuf,
+}
+
+impl OutputDir {
+    /// Creates the folder if needed, checks that it is empty or a previous export (unless
+    /// `overwrite`), removes the previous manifest and makes a fresh work folder.
+    pub fn prepare(root: &Path, overwrite: bool) -> Result<Self, StoreError> {
+        let folder_error = |source| StoreError::Folder {
+            path: root.to_owned(),
+            source,
+        };
+        fs::create_dir_all(root).map_err(folder_error)?;
+        if !overwrite {
+            for entry in fs::read_dir(root).map_err(folder_error)? {
+                let name = entry.map_err(folder_error)?.file_name();
+                let name = name.to_string_lossy();
+                if !is_ours(&name) {
+                    return Err(StoreError::NotAnExport {
+                        path: root.to_owned(),
+                        example: format!("{name:?}"),
+                    });
+                }
+            }
+        }
+        let dir = Self {
+            root: root.to_owned(),
+            work: root.join(WORK_DIR),
+        };
+        dir.remove_if_present(&root.join(MANIFEST_FILE))?;
+        if dir.work.exists() {
+            fs::remove_dir_all(&dir.work).map_err(folder_error)?;
+        }
+        fs::create_dir(&dir.work).map_err(folder_error)?;
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A path in the run's work folder.
+    pub fn work_path(&self, name: &str) -> PathBuf {
+        self.work.join(name)
+    }
+
+    /// Creates `DIR/.<name>.tmp`, owner-only, never through a link.
+    pub fn create_temp(&self, name: &str) -> Result<(File, PathBuf), StoreError> {
+        let path = self.root.join(format!(".{name}.tmp"));
+        self.remove_if_present(&path)?;
+        let file = owner_only()
+            .open(&path)
+            .map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((file, path))
+    }
+
+    /// Gives a complete temporary file its final name.
+    pub fn commit(&self, temp: &Path, name: &str) -> Result<PathBuf, StoreError> {
+        let path = self.root.join(name);
+        fs::rename(temp, &path).map_err(|source| StoreError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// Writes the manifest (temp, sync, rename, sync the folder): the run's commit marker.
+    pub fn write_manifest(&self, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let (mut file, temp) = self.create_temp(MANIFEST_FILE)?;
+        let write_error = |source| StoreError::Write {
+            path: temp.clone(),
+            source,
+        };
+        file.write_all(bytes).map_err(write_error)?;
+        file.sync_all().map_err(write_error)?;
+        let path = self.commit(&temp, MANIFEST_FILE)?;
+        // Make the renames durable before anyone trusts the manifest.
+        if let Ok(folder) = File::open(&self.root) {
+            let _ = folder.sync_all();
+        }
+        Ok(path)
+    }
+
+    /// After a complete run: removes the work folder and data files of earlier exports that
+    /// this run did not write (a previous CSV export when this one wrote Parquet, say).
+    pub fn finish(self, written: &[PathBuf]) -> Result<(), StoreError> {
+        for stem in TABLE_STEMS {
+            for ext in EXTENSIONS {
+                let path = self.root.join(format!("{stem}.{ext}"));
+                if !written.contains(&path) {
+                    self.remove_if_present(&path)?;
+                }
+            }
+        }
+        fs::remove_dir_all(&self.work).map_err(|source| StoreError::Folder {
+            path: self.work.clone(),
+            source,
+        })
+    }
+
+    /// After a failed run: removes temporary files and the work folder. Nothing under a final
+    /// name was touched, and no manifest says complete.
+    pub fn abandon(self) {
+        let _ = fs::remove_dir_all(&self.work);
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") && is_ours(&name) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    fn remove_if_present(&self, path: &Path) -> Result<(), StoreError> {
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(StoreError::Write {
+                path: path.to_owned(),
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether a folder entry is something an export writes.
+fn is_ours(name: &str) -> bool {
+    let bare = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .unwrap_or(name);
+    if bare == MANIFEST_FILE || name == WORK_DIR {
+        return true;
+    }
+    TABLE_STEMS.iter().any(|stem| {
+        EXTENSIONS
+            .iter()
+            .any(|ext| bare.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) == Some(ext))
+    })
+}
+
+/// Create-new (so never through an existing link), owner read/write only.
+fn owner_only() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_what_an_export_writes() {
+        for name in [
+            "manifest.json",
+            "contacts.parquet",
+            "contact_inboxes.csv",
+            ".contacts.ndjson.tmp",
+            ".manifest.json.tmp",
+            WORK_DIR,
+        ] {
+            assert!(is_ours(name), "{name}");
+        }
+        for name in [
+            "notes.txt",
+            "contacts.xlsx",
+            ".bashrc",
+            "contacts.parquet.bak",
+        ] {
+            assert!(!is_ours(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_folder_with_other_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("thesis.docx"), b"x").expect("write");
+        let err = OutputDir::prepare(dir.path(), false).expect_err("refused");
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        assert!(OutputDir::prepare(dir.path(), true).is_ok());
+    }
+
+    #[test]
+    fn a_new_run_removes_the_old_manifest_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join(MANIFEST_FILE), b"{\"complete\":true}").expect("write");
+        fs::write(dir.path().join("contacts.csv"), b"id\n1\n").expect("write");
+        let out = OutputDir::prepare(dir.path(), false).expect("a previous export is fine");
+        assert!(!dir.path().join(MANIFEST_FILE).exists());
+        out.abandon();
+        assert!(
+            dir.path().join("contacts.csv").exists(),
+            "data files stay until a run completes"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Sparse rows -> Arrow record batches in a table's final schema.
+//!
+//! Receives rows (from the spill) and the table's final `TableSchema`; emits record batches of
+//! at most `BATCH_ROWS` rows. Each cell is converted to its column's final type without loss:
+//! ints into float columns as floats, unix seconds into timestamps, and any value into a string
+//! column as its JSON text (strings as themselves).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+use super::schema::{ColumnType, TableSchema, parse_timestamp};
+use super::{Cell, Row};
+
+/// Rows per record batch: large enough for fast columnar encoding, small enough to keep
+/// memory flat.
+pub const BATCH_ROWS: usize = 8192;
+
+enum ColumnBuilder {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Str(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Bool => Self::Bool(BooleanBuilder::with_capacity(BATCH_ROWS)),
+            ColumnType::Int => Self::Int(Int64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Float => Self::Float(Float64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Timestamp => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
+            ),
+            ColumnType::Null | ColumnType::String => {
+                Self::Str(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+            }
+        }
+    }
+
+    /// Appends `cell` (or a null). The shape's widening guarantees the cell fits; a cell that
+    /// does not (a bug) is written as null rather than crash the export.
+    fn append(&mut self, cell: Option<&Cell>, text: &mut String) {
+        match (self, cell) {
+            (Self::Bool(b), Some(Cell::Bool(v))) => b.append_value(*v),
+            (Self::Int(b), Some(Cell::Int(v))) => b.append_value(*v),
+            (Self::Float(b), Some(Cell::Float(v))) => b.append_value(*v),
+            (Self::Float(b), Some(Cell::Int(v))) => b.append_value(*v as f64),
+            (Self::Timestamp(b), Some(Cell::Int(secs))) => {
+                b.append_option(secs.checked_mul(1_000_000))
+            }
+            (Self::Timestamp(b), Some(Cell::Str(s))) => b.append_option(parse_timestamp(s)),
+            (Self::Str(b), Some(cell)) => b.append_value(json_text(cell, text)),
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::Int(b), _) => b.append_null(),
+            (Self::Float(b), _) => b.append_null(),
+            (Self::Timestamp(b), _) => b.append_null(),
+            (Self::Str(b), None) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
+            Self::Str(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A cell as it goes in a string column: text as itself, anything else as its JSON text.
+fn json_text<'a>(cell: &'a Cell, buffer: &'a mut String) -> &'a str {
+    buffer.clear();
+    match cell {
+        Cell::Str(s) | Cell::Json(s) => return s,
+        Cell::Bool(b) => buffer.push_str(if *b { "true" } else { "false" }),
+        Cell::Int(i) => buffer.push_str(&i.to_string()),
+        Cell::Float(f) => buffer.push_str(&serde_json::Value::from(*f).to_string()),
+    }
+    buffer
+}
+
+/// Collects rows of one table into record batches.
+pub struct BatchBuilder {
+    schema: TableSchema,
+    columns: Vec<ColumnBuilder>,
+    /// For the row being appended: the index in the row of each output column's cell.
+    slots: Vec<Option<usize>>,
+    text: String,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    pub fn new(schema: TableSchema) -> Self {
+        let columns = schema
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(c.ty))
+            .collect();
+        let slots = vec![None; schema.columns.len()];
+        Self {
+            schema,
+            columns,
+            slots,
+            text: String::new(),
+            rows: 0,
+        }
+    }
+
+    pub fn push(&mut self, row: &Row) {
+        self.slots.fill(None);
+        for (index, (column, _)) in row.iter().enumerate() {
+            if let Some(&position) = self.schema.position_of.get(*column as usize) {
+                self.slots[position as usize] = Some(index);
+            }
+        }
+        for (position, builder) in self.columns.iter_mut().enumerate() {
+            let cell = self.slots[position].map(|index| &row[index].1);
+            builder.append(cell, &mut self.text);
+        }
+        self.rows += 1;
+    }
+
+    /// Rows pushed since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.rows >= BATCH_ROWS
+    }
+
+    /// The rows pushed so far as a batch (possibly empty); the builder starts over.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let arrays = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        RecordBatch::try_new(Arc::clone(&self.schema.arrow), arrays)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::schema::TableShape;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+
+    #[test]
+    fn cells_become_values_of_the_final_type() {
+        let mut shape = TableShape::new(
+            &[("id", ColumnType::Int), ("at", ColumnType::Timestamp)],
+            &[],
+        );
+        let (mixed, score) = (shape.intern("mixed"), shape.intern("score"));
+        let rows: Vec<Row> = vec![
+            vec![
+                (0, Cell::Int(1)),
+                (1, Cell::Int(1_700_000_000)),
+                (mixed, Cell::Int(5)),
+                (score, Cell::Int(2)),
+            ],
+            vec![
+                (0, Cell::Int(2)),
+                (mixed, Cell::Str("A-1".into())),
+                (score, Cell::Float(2.5)),
+            ],
+            vec![
+                (0, Cell::Int(3)),
+                (1, Cell::Str("2024-01-01T00:00:00.5Z".into())),
+                (mixed, Cell::Bool(true)),
+            ],
+        ];
+        for row in &rows {
+            for (id, cell) in row {
+                shape.observe(*id, cell);
+            }
+        }
+        let mut builder = BatchBuilder::new(shape.finish());
+        rows.iter().for_each(|row| builder.push(row));
+        let batch = builder.finish().expect("valid batch");
+        assert_eq!(batch.num_rows(), 3);
+        let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(at.value(0), 1_700_000_000_000_000);
+        assert!(at.is_null(1));
+        assert_eq!(at.value(2), 1_704_067_200_500_000);
+        let mixed = batch.column(2).as_string::<i32>();
+        assert_eq!(
+            (mixed.value(0), mixed.value(1), mixed.value(2)),
+            ("5", "A-1", "true")
+        );
+        let score = batch.column(3).as_primitive::<Float64Type>();
+        assert_eq!((score.value(0), score.value(1)), (2.0, 2.5));
+        assert!(score.is_null(2));
+        assert_eq!(
+            batch
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec(),
+            [1, 2, 3]
+        );
+    }
+}
