@@ -116,6 +116,8 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         account_id: args.account_id,
         token: args.token.clone(),
         latency: Duration::from_millis(args.latency_ms),
+        grow_every: args.grow_every,
+        malformed_page: args.malformed_page,
         ..FakeServerConfig::default()
     };
     let server = FakeServer::start(config, args.port)

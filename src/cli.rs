@@ -98,7 +98,12 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub concurrency: u16,
     /// The list's sort key (created_at is the only stable one; a leading - sorts descending).
-    #[arg(long, default_value = "created_at", value_name = "KEY")]
+    #[arg(
+        long,
+        default_value = "created_at",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub sort: String,
     /// Time limit for one page request, body included.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -147,6 +152,12 @@ pub struct FakeServerArgs {
     /// The token the server accepts.
     #[arg(long, default_value = "fake-token")]
     pub token: String,
+    /// Drift: create one new contact after every N contact requests.
+    #[arg(long, value_name = "N")]
+    pub grow_every: Option<u64>,
+    /// Answer page K once with a body that is not valid JSON.
+    #[arg(long, value_name = "K")]
+    pub malformed_page: Option<u64>,
     /// Write the account's contacts (the ground truth), one JSON object a line, and exit.
     #[arg(long, value_name = "PATH")]
     pub dump_truth: Option<PathBuf>,

@@ -42,6 +42,12 @@ pub struct FakeServerConfig {
     pub bot_token: String,
     /// Added to every answer.
     pub latency: Duration,
+    /// Drift: after every this many contact requests, one new contact is created (with the
+    /// newest `created_at`, so it lands at the end of an ascending walk and at the front of
+    /// a descending one).
+    pub grow_every: Option<u64>,
+    /// Answers this page once with a body that is not valid JSON.
+    pub malformed_page: Option<u64>,
 }
 
 impl Default for FakeServerConfig {
@@ -53,6 +59,8 @@ impl Default for FakeServerConfig {
             token: "fake-token".into(),
             bot_token: "fake-bot-token".into(),
             latency: Duration::ZERO,
+            grow_every: None,
+            malformed_page: None,
         }
     }
 }
@@ -63,6 +71,9 @@ struct Shared {
     /// Listing orders for sort keys other than created_at, built on first use.
     orders: Mutex<HashMap<String, Arc<Vec<u64>>>>,
     requests: AtomicU64,
+    /// Contacts the account holds now (grows under `grow_every`).
+    live: AtomicU64,
+    malformed_served: std::sync::atomic::AtomicBool,
 }
 
 /// A running fake server; dropping it (or `shutdown`) stops it.
@@ -80,9 +91,11 @@ impl FakeServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             account: FakeAccount::new(config.seed, config.contacts),
+            live: AtomicU64::new(config.contacts),
             config,
             orders: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            malformed_served: std::sync::atomic::AtomicBool::new(false),
         });
         let app = Router::new()
             .route("/api/v1/accounts/{account_id}/contacts", get(list_contacts))
@@ -124,6 +137,11 @@ impl FakeServer {
 
     pub fn account(&self) -> &FakeAccount {
         &self.shared.account
+    }
+
+    /// How many contacts the account holds now (more than configured after growth).
+    pub fn live_contacts(&self) -> u64 {
+        self.shared.live.load(Ordering::SeqCst)
     }
 
     /// Stops accepting connections and waits for the server task to end.
@@ -207,7 +225,7 @@ async fn list_contacts(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let served = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
@@ -218,17 +236,43 @@ async fn list_contacts(
         Some(raw) => (Value::from(raw.as_str()), ruby_to_i(raw)),
         None => (Value::from(1), 1),
     };
-    let offset = PAGE_SIZE * (page.max(1) as u64 - 1);
-    let total = shared.account.len();
-    let order = query
-        .get("sort")
-        .and_then(|sort| listing_order(&shared, sort));
+    let page = page.max(1) as u64;
+    if shared.config.malformed_page == Some(page)
+        && !shared.malformed_served.swap(true, Ordering::SeqCst)
+    {
+        let truncated = r#"{"meta": {"count": 1, "current_page": "1"}, "payl"#;
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            truncated,
+        )
+            .into_response();
+    }
+    if shared
+        .config
+        .grow_every
+        .is_some_and(|every| every > 0 && served % every == 0)
+    {
+        shared.live.fetch_add(1, Ordering::SeqCst);
+    }
+    let offset = PAGE_SIZE * (page - 1);
+    let total = shared.live.load(Ordering::SeqCst);
+    let sort = query.get("sort").map(String::as_str).unwrap_or("");
+    // Newest first is computed, not cached, so it follows growth.
+    let newest_first = sort.split(',').any(|key| key.trim() == "-created_at");
+    let order = if newest_first {
+        None
+    } else {
+        listing_order(&shared, sort)
+    };
     let payload: Vec<Value> = (offset..total.min(offset.saturating_add(PAGE_SIZE)))
-        .map(|position| {
-            let index = order
-                .as_ref()
-                .map_or(position, |order| order[position as usize]);
-            shared.account.contact(index)
+        .filter_map(|position| {
+            let index = match &order {
+                Some(order) => *order.get(position as usize)?,
+                None if newest_first => total - 1 - position,
+                None => position,
+            };
+            Some(shared.account.contact(index))
         })
         .collect();
     json_response(

@@ -43,6 +43,46 @@ impl Format {
 /// Timestamps in CSV and NDJSON: ISO 8601 in UTC, fractional seconds only when present.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
 
+/// The batch with its UTC timestamp columns relabelled `+00:00`: the same instants, but a
+/// zone the CSV and JSON formatters can print without the time zone database.
+fn with_offset_timezones(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
+    use std::sync::Arc;
+
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Timestamp(_, Some(_))))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match column.data_type() {
+            DataType::Timestamp(_, Some(_)) => {
+                let relabelled = column
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .clone()
+                    .with_timezone("+00:00");
+                fields.push(Field::new(
+                    field.name(),
+                    relabelled.data_type().clone(),
+                    true,
+                ));
+                columns.push(Arc::new(relabelled));
+            }
+            _ => {
+                fields.push(field.as_ref().clone());
+                columns.push(Arc::clone(column));
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 /// A failure while encoding or writing a table file.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -7,7 +7,7 @@ use std::io::BufWriter;
 use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
 use arrow::record_batch::RecordBatch;
 
-use super::{SinkError, TIMESTAMP_FORMAT};
+use super::{SinkError, TIMESTAMP_FORMAT, with_offset_timezones};
 
 pub struct NdjsonSink {
     writer: Writer<BufWriter<File>, LineDelimited>,
@@ -23,7 +23,7 @@ impl NdjsonSink {
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        Ok(self.writer.write(batch)?)
+        Ok(self.writer.write(&with_offset_timezones(batch)?)?)
     }
 
     pub fn finish(mut self) -> Result<BufWriter<File>, SinkError> {

@@ -144,14 +144,11 @@ impl ContactsClient {
                 detail: chain,
             };
         }
-        let mut refused = false;
-        let mut source = err.source();
-        while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            }
-            source = cause.source();
-        }
+        let refused = chain_has(err, |e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        });
+        let tls = chain_has(err, |e| e.is::<rustls::Error>());
         let lower = chain.to_lowercase();
         let cause = if refused {
             ConnectCause::Refused
@@ -160,7 +157,8 @@ impl ContactsClient {
             || lower.contains("name or service")
         {
             ConnectCause::Dns
-        } else if lower.contains("certificate")
+        } else if tls
+            || lower.contains("certificate")
             || lower.contains("tls")
             || lower.contains("handshake")
         {
@@ -249,6 +247,28 @@ fn unauthorized_hint(server_says: &str, account_id: u64) -> String {
     } else {
         "check CHATWOOT_API_TOKEN and --account-id".into()
     }
+}
+
+/// Whether `test` holds for the error or any cause, looking inside `io::Error` wrappers too
+/// (their `source()` skips the wrapped error itself).
+fn chain_has(
+    err: &reqwest::Error,
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = err.source().into_iter().collect();
+    while let Some(cause) = pending.pop() {
+        if test(cause) {
+            return true;
+        }
+        if let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        pending.extend(cause.source());
+    }
+    false
 }
 
 /// An error and its causes on one line.

@@ -1,0 +1,229 @@
+//! Each failure: a one-line error naming the cause, the page and what to do; the right exit
+//! code; no complete manifest and no data file under a final name; never the token.
+
+use std::net::TcpListener;
+
+use chatwoot_export::fake::FakeServerConfig;
+
+use crate::harness::{Fake, Run, assert_no_token, export, manifest, run_with_env};
+
+/// Asserts a failed run: exit code, one stderr line containing every needle, nothing that
+/// looks complete in `dir`.
+fn assert_failed(run: &Run, dir: &std::path::Path, code: i32, needles: &[&str]) {
+    assert_eq!(run.code, code, "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("chatwoot-export: error: "),
+        "{}",
+        lines[0]
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{needle:?} not in {:?}",
+            lines[0]
+        );
+    }
+    assert!(manifest(dir).is_none(), "no manifest after a failure");
+    for table in ["contacts", "contact_inboxes"] {
+        for ext in ["parquet", "csv", "ndjson"] {
+            assert!(
+                !dir.join(format!("{table}.{ext}")).exists(),
+                "{table}.{ext} left behind"
+            );
+        }
+    }
+    assert_no_token(run, dir);
+}
+
+#[test]
+fn authentication_failures_say_which() {
+    let fake = Fake::with_contacts(30);
+    let url = fake.base_url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("path");
+    let with_token = |token: &str, account: &str| {
+        run_with_env(
+            &[
+                "contacts",
+                "--base-url",
+                &url,
+                "--account-id",
+                account,
+                "--out",
+                out,
+                "--no-progress",
+            ],
+            &[("CHATWOOT_API_TOKEN", token)],
+        )
+    };
+    assert_failed(
+        &with_token("wrong-token", "1"),
+        dir.path(),
+        3,
+        &["HTTP 401", "page 1", "token is not valid"],
+    );
+    assert_failed(
+        &with_token("fake-bot-token", "1"),
+        dir.path(),
+        3,
+        &["HTTP 401", "bot"],
+    );
+    let not_member = crate::harness::export(&url, "parquet", dir.path(), &[]);
+    assert_eq!(
+        not_member.code, 0,
+        "account 1 is readable: {}",
+        not_member.stderr
+    );
+    std::fs::remove_dir_all(dir.path()).expect("clean");
+    let run = crate::harness::run(&[
+        "contacts",
+        "--base-url",
+        &url,
+        "--account-id",
+        "2",
+        "--out",
+        out,
+        "--no-progress",
+    ]);
+    assert_failed(
+        &run,
+        dir.path(),
+        3,
+        &["HTTP 401", "not a member of account 2", "--account-id"],
+    );
+}
+
+#[test]
+fn an_unknown_account_is_a_404_with_exit_code_4() {
+    let fake = Fake::with_contacts(10);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("path");
+    let run = crate::harness::run(&[
+        "contacts",
+        "--base-url",
+        &fake.base_url(),
+        "--account-id",
+        "999",
+        "--out",
+        out,
+        "--no-progress",
+    ]);
+    assert_failed(&run, dir.path(), 4, &["account 999 not found", "HTTP 404"]);
+}
+
+#[test]
+fn a_refused_connection_names_the_server() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("http://127.0.0.1:{port}");
+    let run = export(&url, "csv", dir.path(), &[]);
+    assert_failed(
+        &run,
+        dir.path(),
+        1,
+        &[
+            "cannot connect",
+            &format!("127.0.0.1:{port}"),
+            "connection refused",
+            "page 1",
+        ],
+    );
+}
+
+#[test]
+fn a_tls_failure_is_reported_as_tls() {
+    // https to a plain-HTTP server on loopback: the handshake fails.
+    let fake = Fake::with_contacts(10);
+    let url = fake.base_url().replace("http://", "https://");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&url, "csv", dir.path(), &[]);
+    assert_failed(&run, dir.path(), 1, &["TLS", "page 1"]);
+}
+
+#[test]
+fn a_malformed_page_fails_and_invalidates_the_previous_export() {
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 100,
+        malformed_page: Some(3),
+        ..FakeServerConfig::default()
+    });
+    let good = Fake::with_contacts(100);
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eq!(export(&good.base_url(), "parquet", dir.path(), &[]).code, 0);
+    assert!(manifest(dir.path()).is_some());
+    let run = export(&fake.base_url(), "parquet", dir.path(), &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("page 3 is not a valid contacts page"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        manifest(dir.path()).is_none(),
+        "the old manifest must not vouch for a failed run"
+    );
+    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn usage_errors_exit_2_before_any_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("path");
+    let fake = Fake::with_contacts(10);
+    let url = fake.base_url();
+    let no_token = run_with_env(
+        &[
+            "contacts",
+            "--base-url",
+            &url,
+            "--account-id",
+            "1",
+            "--out",
+            out,
+        ],
+        &[],
+    );
+    assert_failed(
+        &no_token,
+        dir.path(),
+        2,
+        &["no API token", "CHATWOOT_API_TOKEN"],
+    );
+    let insecure = crate::harness::run(&[
+        "contacts",
+        "--base-url",
+        "http://chat.example.com",
+        "--account-id",
+        "1",
+        "--out",
+        out,
+    ]);
+    assert_failed(
+        &insecure,
+        dir.path(),
+        2,
+        &["plain http", "--allow-insecure-http"],
+    );
+    std::fs::write(dir.path().join("thesis.docx"), b"precious").expect("write");
+    let occupied = export(&url, "csv", dir.path(), &[]);
+    assert_eq!(occupied.code, 2, "{}", occupied.stderr);
+    assert!(
+        occupied.stderr.contains("--overwrite"),
+        "{}",
+        occupied.stderr
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("thesis.docx")).expect("kept"),
+        b"precious"
+    );
+    assert_eq!(fake.requests(), 0, "no request was sent");
+}

@@ -1,0 +1,211 @@
+//! Whole exports compared value by value with the fake server's ground truth.
+
+use std::collections::HashSet;
+
+use chatwoot_export::fake::FakeServerConfig;
+use serde_json::Value;
+
+use crate::expected;
+use crate::harness::{Fake, assert_no_token, export, manifest};
+use crate::readers::{assert_same, read};
+
+/// Checks both tables in `dir` against `truth`, in `format`.
+fn assert_export_matches(dir: &std::path::Path, format: &str, truth: &[Value]) {
+    let (contacts, inboxes) = expected::tables(truth);
+    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+        let got = read(dir, name, format, table);
+        assert_same(name, format, table, &got);
+    }
+    let manifest = manifest(dir).expect("manifest written");
+    assert_eq!(manifest["complete"], true);
+    assert_eq!(manifest["format"], format);
+    assert_eq!(
+        manifest["tables"]["contacts"]["rows"],
+        contacts.rows.len() as u64
+    );
+    assert_eq!(
+        manifest["tables"]["contact_inboxes"]["rows"],
+        inboxes.rows.len() as u64
+    );
+    assert_eq!(
+        manifest["tables"]["contacts"]["files"],
+        serde_json::json!([format!("contacts.{format}")])
+    );
+    let names: Vec<&str> = manifest["tables"]["contacts"]["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    let want: Vec<&str> = contacts.columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, want, "manifest columns");
+}
+
+#[test]
+fn every_format_matches_the_ground_truth() {
+    let fake = Fake::with_contacts(700);
+    let truth = fake.truth();
+    for format in ["parquet", "csv", "ndjson"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = export(
+            &fake.base_url(),
+            format,
+            dir.path(),
+            &["--concurrency", "4"],
+        );
+        assert_eq!(run.code, 0, "{format}: {}", run.stderr);
+        assert_export_matches(dir.path(), format, &truth);
+        let manifest = manifest(dir.path()).expect("manifest");
+        assert_eq!(manifest["expected_count"], 700);
+        assert_eq!(manifest["unique_contacts"], 700);
+        assert_eq!(manifest["duplicates_dropped"], 0);
+        assert_eq!(manifest["count_difference"], 0);
+        assert_eq!(manifest["page_size"], 15);
+        // 47 planned pages and one empty page past the plan.
+        assert_eq!(manifest["pages_fetched"], 48);
+        assert!(
+            run.stderr.contains("exported 700 contacts"),
+            "{}",
+            run.stderr
+        );
+        assert_no_token(&run, dir.path());
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+#[test]
+fn an_empty_account_gives_empty_tables_with_headers() {
+    let fake = Fake::with_contacts(0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&fake.base_url(), "csv", dir.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let header = std::fs::read_to_string(dir.path().join("contacts.csv")).expect("csv");
+    assert!(
+        header.starts_with("id,name,email,phone_number,identifier,"),
+        "{header}"
+    );
+    assert_eq!(header.lines().count(), 1);
+    assert_export_matches(dir.path(), "csv", &[]);
+}
+
+#[test]
+fn a_rerun_in_another_format_replaces_the_previous_export() {
+    let fake = Fake::with_contacts(40);
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eq!(export(&fake.base_url(), "csv", dir.path(), &[]).code, 0);
+    let run = export(&fake.base_url(), "parquet", dir.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !dir.path().join("contacts.csv").exists(),
+        "the old format's files are removed"
+    );
+    assert_export_matches(dir.path(), "parquet", &fake.truth());
+}
+
+#[test]
+fn contacts_created_during_the_export_are_not_cut_off() {
+    // A new contact every 4 requests lands at the end of the created_at walk.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 300,
+        grow_every: Some(4),
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--concurrency", "3"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let truth = fake.truth();
+    assert!(truth.len() > 300, "the account grew");
+    assert_export_matches(dir.path(), "ndjson", &truth);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["expected_count"], 300);
+    assert_eq!(manifest["final_count"], truth.len() as u64);
+    assert_eq!(manifest["count_difference"], 0);
+}
+
+#[test]
+fn duplicates_from_page_drift_are_dropped_and_reported() {
+    // Newest first while contacts are created: every insert shifts later pages forward by
+    // one, so the walk sees some contacts twice.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 300,
+        grow_every: Some(3),
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--sort", "-created_at", "--concurrency", "1"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = std::fs::read_to_string(dir.path().join("contacts.ndjson")).expect("ndjson");
+    let ids: Vec<i64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    let unique: HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "every contact at most once");
+    let truth = fake.truth();
+    for original in &truth[..300] {
+        let id = original["id"].as_i64().expect("id");
+        assert!(
+            unique.contains(&id),
+            "contact {id} present before the export is missing"
+        );
+    }
+    // The rows that were written are the contacts as the server has them.
+    let by_id: std::collections::HashMap<i64, &Value> = truth
+        .iter()
+        .map(|c| (c["id"].as_i64().expect("id"), c))
+        .collect();
+    let exported: Vec<Value> = ids.iter().map(|id| by_id[id].clone()).collect();
+    assert_export_matches(dir.path(), "ndjson", &exported);
+    let manifest = manifest(dir.path()).expect("manifest");
+    let dropped = manifest["duplicates_dropped"].as_u64().expect("count");
+    assert!(dropped > 0, "drift produced duplicates: {manifest}");
+    assert_eq!(manifest["unique_contacts"], ids.len() as u64);
+    let difference = manifest["count_difference"].as_i64().expect("difference");
+    assert_eq!(difference, ids.len() as i64 - truth.len() as i64);
+    assert!(
+        run.stderr
+            .contains(&format!("{dropped} duplicates dropped")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("warning"),
+        "the difference is reported: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn other_sort_keys_export_every_contact_once() {
+    let fake = Fake::with_contacts(120);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(
+        &fake.base_url(),
+        "parquet",
+        dir.path(),
+        &["--sort", "email"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["unique_contacts"], 120);
+    assert_eq!(manifest["source"]["sort"], "email");
+}

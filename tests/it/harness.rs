@@ -1,0 +1,167 @@
+//! Starts the fake server on loopback and runs the binary against it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use chatwoot_export::fake::{FakeServer, FakeServerConfig};
+use serde_json::Value;
+
+/// The token the tests' fake server accepts; every test checks it leaks nowhere.
+pub const TOKEN: &str = "it-s3cret-token-7f3a9c2e";
+
+/// A fake Chatwoot running on its own runtime for the length of a test.
+pub struct Fake {
+    server: Option<FakeServer>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fake {
+    pub fn start(config: FakeServerConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = FakeServerConfig {
+            token: TOKEN.into(),
+            ..config
+        };
+        let server = runtime
+            .block_on(FakeServer::start(config, 0))
+            .expect("fake server starts");
+        Self {
+            server: Some(server),
+            runtime,
+        }
+    }
+
+    pub fn with_contacts(contacts: u64) -> Self {
+        Self::start(FakeServerConfig {
+            contacts,
+            ..FakeServerConfig::default()
+        })
+    }
+
+    fn server(&self) -> &FakeServer {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn base_url(&self) -> String {
+        self.server().base_url()
+    }
+
+    /// Every contact the account holds now, in `created_at` order.
+    pub fn truth(&self) -> Vec<Value> {
+        let server = self.server();
+        (0..server.live_contacts())
+            .map(|i| server.account().contact(i))
+            .collect()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.server().requests()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+    }
+}
+
+/// What a run of the binary printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `chatwoot-export ARGS` with the token in the environment.
+pub fn run(args: &[&str]) -> Run {
+    run_with_env(args, &[("CHATWOOT_API_TOKEN", TOKEN)])
+}
+
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatwoot-export"));
+    command
+        .args(args)
+        .env_remove("CHATWOOT_API_TOKEN")
+        .env_remove("CHATWOOT_BASE_URL")
+        .env_remove("CHATWOOT_ACCOUNT_ID")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("the binary runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `contacts --base-url URL --account-id 1 --format F --out DIR --no-progress EXTRA...`
+pub fn export(base_url: &str, format: &str, out: &Path, extra: &[&str]) -> Run {
+    let out = out.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "contacts",
+        "--base-url",
+        base_url,
+        "--account-id",
+        "1",
+        "--format",
+        format,
+        "--out",
+        out,
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Every byte of every file under `dir`, for leak checks.
+pub fn all_file_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path.display().to_string(), bytes));
+            }
+        }
+    }
+    files
+}
+
+/// Asserts that the token is in none of the run's output nor any file under `dir`.
+pub fn assert_no_token(run: &Run, dir: &Path) {
+    assert!(
+        !run.stdout.contains(TOKEN),
+        "token in stdout: {}",
+        run.stdout
+    );
+    assert!(
+        !run.stderr.contains(TOKEN),
+        "token in stderr: {}",
+        run.stderr
+    );
+    for (path, bytes) in all_file_bytes(dir) {
+        let found = bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes());
+        assert!(!found, "token in {path}");
+    }
+}
+
+/// The manifest in `dir`, if any.
+pub fn manifest(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    Some(serde_json::from_str(&text).expect("manifest is JSON"))
+}

@@ -1,0 +1,34 @@
+//! What analysts will do: pyarrow and DuckDB read the outputs, and must agree with the ground
+//! truth (tests/readers/check_export.py flattens the truth on its own).
+
+use std::process::Command;
+
+use crate::harness::{Fake, export};
+
+#[test]
+fn pyarrow_and_duckdb_agree_with_the_ground_truth() {
+    let fake = Fake::with_contacts(600);
+    let work = tempfile::tempdir().expect("temp dir");
+    let truth_path = work.path().join("truth.ndjson");
+    let truth: String = fake.truth().iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(&truth_path, truth).expect("write truth");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers/check_export.py");
+    for format in ["parquet", "csv", "ndjson"] {
+        let dir = work.path().join(format);
+        let run = export(&fake.base_url(), format, &dir, &[]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let output = Command::new(&python)
+            .args([script, "--dir", dir.to_str().expect("path"), "--format", format, "--truth"])
+            .arg(&truth_path)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {python}: {err}; install Python 3 and `pip install -r tests/requirements.txt`"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{format}: independent readers disagree:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("OK"), "{format}: {stdout}");
+    }
+}

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Independent reader check for chatwoot-export output.
+
+An analyst will open the export with pyarrow, DuckDB or a CSV/JSON reader and
+trust what they see. This script plays that analyst: it re-derives, in plain
+Python and without any code from the Rust project, what every cell should hold
+(flattening the raw Chatwoot contacts of the fake account and inferring column
+types the way the output contract describes), then reads the export with
+standard readers and compares every value of every row and column.
+
+  parquet: pyarrow.parquet (schema types and values) and DuckDB read_parquet
+  csv:     Python's csv module and DuckDB read_csv(all_varchar) (text values)
+  ndjson:  json.loads per line (values, every column present) and DuckDB read_json
+
+It also checks manifest.json (complete, counts, column names and types).
+
+Usage: check_export.py --dir DIR --format parquet|csv|ndjson --truth TRUTH.ndjson
+Exit 0 when everything agrees, 1 on any mismatch, 2 when a reader is missing.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+try:
+    import duckdb
+    import pyarrow
+    import pyarrow.parquet as pq
+except ImportError as e:
+    print(f"check_export: {e}; run: pip install -r tests/requirements.txt", file=sys.stderr)
+    sys.exit(2)
+
+CONTACT_COLS = ["id", "name", "email", "phone_number", "identifier", "thumbnail",
+                "availability_status", "blocked", "conversations_count",
+                "created_at", "last_activity_at"]
+CONTACT_TYPES = {"id": "int64", "blocked": "boolean", "conversations_count": "int64",
+                 "created_at": "timestamp", "last_activity_at": "timestamp"}
+INBOX_COLS = ["contact_id", "source_id", "inbox__id", "inbox__avatar_url",
+              "inbox__channel_id", "inbox__name", "inbox__channel_type", "inbox__provider"]
+NESTED = ("additional_attributes", "custom_attributes", "contact_inboxes")
+ARROW_TYPES = {"int64": "int64", "float64": "double", "boolean": "bool",
+               "timestamp": "timestamp[us, tz=UTC]", "string": "string"}
+MAX_REPORT = 20
+MISSING = object()
+
+
+class Json:
+    """A value the export writes as JSON text (an object or array, or a
+    non-string scalar in a string column); compared after json.loads."""
+    def __init__(self, value):
+        self.value = value
+
+
+def flatten(obj, prefix, out):
+    """Recursive flattening: nested objects join keys with '__', arrays become JSON text."""
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            flatten(value, f"{prefix}{key}__", out)
+        else:
+            out[prefix + key] = Json(value) if isinstance(value, list) else value
+
+
+def flatten_contact(c):
+    row = {k: c.get(k) for k in CONTACT_COLS}
+    extra = {k: (Json(v) if isinstance(v, (dict, list)) else v)
+             for k, v in c.items() if k not in CONTACT_COLS and k not in NESTED}
+    row.update(sorted(extra.items()))
+    aa, ca = {}, {}
+    flatten(c.get("additional_attributes") or {}, "additional_attributes__", aa)
+    for key, value in (c.get("custom_attributes") or {}).items():
+        ca["custom_attributes__" + key] = Json(value) if isinstance(value, (dict, list)) else value
+    return row, extra, aa, ca
+
+
+def infer_type(values):
+    kinds = {("bool" if isinstance(v, bool) else "int" if isinstance(v, int)
+              else "float" if isinstance(v, float) else "other")
+             for v in values if v is not None}
+    if kinds == {"bool"}:
+        return "boolean"
+    if kinds == {"int"}:
+        return "int64"
+    if kinds and kinds <= {"int", "float"}:
+        return "float64"
+    return "string"
+
+
+def build_table(rows, first_cols, fixed_types, later_cols):
+    """Column order, types and typed expected rows (None = null)."""
+    cols = first_cols + later_cols
+    types = {c: fixed_types.get(c) or infer_type(r.get(c) for r in rows) for c in cols}
+    expected = []
+    for r in rows:
+        out = {}
+        for c in cols:
+            v, t = r.get(c), types[c]
+            if v is None or (isinstance(v, Json) and v.value is None):
+                out[c] = None
+            elif t == "timestamp" and isinstance(v, int):
+                out[c] = datetime.fromtimestamp(v, timezone.utc)
+            elif t == "float64":
+                out[c] = float(v)
+            elif t == "string" and not isinstance(v, (str, Json)):
+                out[c] = Json(v)  # mixed column: 5 -> "5", true -> "true"
+            else:
+                out[c] = v
+        expected.append(out)
+    return cols, types, expected
+
+
+def expected_tables(truth_path):
+    contacts = [json.loads(line) for line in open(truth_path, encoding="utf-8") if line.strip()]
+    seen, flat, inbox_rows = set(), [], []
+    extra_cols, aa_cols, ca_cols = set(), set(), set()
+    for c in contacts:
+        if c["id"] in seen:
+            continue
+        seen.add(c["id"])
+        row, extra, aa, ca = flatten_contact(c)
+        row.update(aa)
+        row.update(ca)
+        flat.append(row)
+        extra_cols |= extra.keys()
+        aa_cols |= aa.keys()
+        ca_cols |= ca.keys()
+        for item in c.get("contact_inboxes") or []:
+            link = {"contact_id": c["id"]}
+            flatten(item, "", link)
+            inbox_rows.append(link)
+    by_bytes = str.encode  # UTF-8 byte order
+    later = [c for cols in (extra_cols, aa_cols, ca_cols) for c in sorted(cols, key=by_bytes)]
+    others = sorted({k for r in inbox_rows for k in r} - set(INBOX_COLS), key=by_bytes)
+    return len(contacts), {
+        "contacts": build_table(flat, CONTACT_COLS, CONTACT_TYPES, later),
+        "contact_inboxes": build_table(inbox_rows, INBOX_COLS, {"contact_id": "int64"}, others),
+    }
+
+
+def strict_eq(a, b):
+    """Equality that does not let True == 1 or 1 == 1.0 slip through."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(strict_eq(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(strict_eq, a, b))
+    return a == b
+
+
+def parse_json(text):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return MISSING  # equal to nothing
+
+
+def same_typed(exp, got, typ):
+    """Compare with a typed reader (pyarrow, DuckDB, NDJSON)."""
+    if exp is None or got is None:
+        return exp is None and got is None
+    if isinstance(exp, Json):
+        return isinstance(got, str) and strict_eq(parse_json(got), exp.value)
+    if typ == "float64":
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and float(got) == exp
+    if typ == "timestamp" and isinstance(got, str):
+        return got == exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return type(got) is type(exp) and got == exp
+
+
+def same_text(exp, got, typ):
+    """Compare with a CSV cell: all text, and null and "" are both the empty field."""
+    if exp is None or exp == "":
+        return got in ("", None)
+    if got is None:
+        return False
+    if isinstance(exp, Json):
+        return strict_eq(parse_json(got), exp.value)
+    if typ == "float64":
+        try:
+            return float(got) == exp
+        except ValueError:
+            return False
+    if typ == "timestamp":
+        return got == exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(exp, bool):
+        return got == ("true" if exp else "false")
+    return got == str(exp)
+
+
+class Checker:
+    def __init__(self):
+        self.errors = []
+
+    def fail(self, msg):
+        self.errors.append(msg)
+
+    def compare(self, reader, table, cols, types, expected, got_rows, same):
+        if len(got_rows) != len(expected):
+            self.fail(f"{reader} {table}: {len(got_rows)} rows, expected {len(expected)}")
+        for i, (exp, got) in enumerate(zip(expected, got_rows)):
+            for c in cols:
+                g = got.get(c, MISSING)
+                if g is MISSING or not same(exp[c], g, types[c]):
+                    who = exp.get("id", exp.get("contact_id"))
+                    shown = exp[c].value if isinstance(exp[c], Json) else exp[c]
+                    g = "<no such column>" if g is MISSING else repr(g)
+                    self.fail(f"{reader} {table} row {i} (contact {who}) column {c!r}: "
+                              f"expected {shown!r}, got {g}")
+
+
+def check_manifest(chk, man, fmt, n_truth, tables):
+    if man.get("complete") is not True:
+        chk.fail(f"manifest: complete is {man.get('complete')!r}")
+    if man.get("format") != fmt:
+        chk.fail(f"manifest: format {man.get('format')!r}, expected {fmt!r}")
+    if man.get("expected_count") != n_truth:
+        chk.fail(f"manifest: expected_count {man.get('expected_count')}, expected {n_truth}")
+    n_unique = len(tables["contacts"][2])
+    if man.get("unique_contacts") != n_unique:
+        chk.fail(f"manifest: unique_contacts {man.get('unique_contacts')}, expected {n_unique}")
+    for name, (cols, types, expected) in tables.items():
+        t = man.get("tables", {}).get(name, {})
+        if t.get("rows") != len(expected):
+            chk.fail(f"manifest: {name}.rows {t.get('rows')}, expected {len(expected)}")
+        got = [(c.get("name"), c.get("type")) for c in t.get("columns", [])]
+        want = [(c, types[c]) for c in cols]
+        if got != want:
+            diff = [f"{g} != {w}" for g, w in zip(got, want) if g != w][:3]
+            chk.fail(f"manifest: {name}.columns differ ({len(got)} vs {len(want)}): {diff}")
+
+
+def read_parquet(chk, paths, name, cols, types, expected):
+    table = pyarrow.concat_tables(pq.read_table(p) for p in paths)
+    got_schema = [(f.name, str(f.type)) for f in table.schema]
+    want_schema = [(c, ARROW_TYPES[types[c]]) for c in cols]
+    if got_schema != want_schema:
+        diff = [f"{g} != {w}" for g, w in zip(got_schema, want_schema) if g != w][:3]
+        chk.fail(f"pyarrow {name}: schema differs ({len(got_schema)} vs {len(want_schema)}): {diff}")
+    chk.compare("pyarrow", name, cols, types, expected, table.to_pylist(), same_typed)
+    rel = duckdb.execute("SELECT * FROM read_parquet(?)", [paths])
+    names = [d[0] for d in rel.description]
+    chk.compare("duckdb", name, cols, types, expected,
+                [dict(zip(names, r)) for r in rel.fetchall()], same_typed)
+
+
+def read_csv(chk, paths, name, cols, types, expected):
+    rows, header = [], None
+    for p in paths:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows += [dict(zip(header, r)) for r in reader]
+    if header != cols:
+        chk.fail(f"csv {name}: header {header[:5]}... differs from expected {cols[:5]}...")
+    chk.compare("csv-module", name, cols, types, expected, rows, same_text)
+    rel = duckdb.execute("SELECT * FROM read_csv(?, header=true, all_varchar=true)", [paths])
+    names = [d[0] for d in rel.description]
+    chk.compare("duckdb", name, cols, types, expected,
+                [dict(zip(names, r)) for r in rel.fetchall()], same_text)
+
+
+def read_ndjson(chk, paths, name, cols, types, expected):
+    rows = []
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    bad = [i for i, r in enumerate(rows) if list(r) != cols]
+    if bad:
+        chk.fail(f"ndjson {name}: {len(bad)} lines (first: line {bad[0] + 1}) do not have "
+                 f"exactly the expected keys in column order")
+    chk.compare("ndjson", name, cols, types, expected, rows, same_typed)
+    n = duckdb.execute("SELECT count(*) FROM read_json(?, format='newline_delimited')",
+                       [paths]).fetchone()[0]
+    if n != len(expected):
+        chk.fail(f"duckdb read_json {name}: {n} rows, expected {len(expected)}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--format", required=True, choices=["parquet", "csv", "ndjson"])
+    ap.add_argument("--truth", required=True)
+    args = ap.parse_args()
+    n_truth, tables = expected_tables(args.truth)
+    chk = Checker()
+    try:
+        with open(os.path.join(args.dir, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"check_export: {args.format} FAILED: no readable manifest.json: {e}")
+        return 1
+    check_manifest(chk, manifest, args.format, n_truth, tables)
+    reader = {"parquet": read_parquet, "csv": read_csv, "ndjson": read_ndjson}[args.format]
+    listed = {"manifest.json"}
+    for name, (cols, types, expected) in tables.items():
+        files = manifest.get("tables", {}).get(name, {}).get("files") or [f"{name}.{args.format}"]
+        listed.update(files)
+        paths = [os.path.join(args.dir, f) for f in files]
+        try:
+            reader(chk, paths, name, cols, types, expected)
+        except Exception as e:  # a reader refusing the file is a finding, not a crash
+            chk.fail(f"{name}: reading {files} failed: {type(e).__name__}: {e}")
+    stray = sorted(set(os.listdir(args.dir)) - listed)
+    if stray:
+        chk.fail(f"files in {args.dir} not listed in the manifest: {stray}")
+    if args.format == "parquet":
+        glob = os.path.join(args.dir, "contacts*.parquet")
+        n = duckdb.execute("SELECT count(*) FROM read_parquet(?)", [glob]).fetchone()[0]
+        if n != len(tables["contacts"][2]):
+            chk.fail(f"duckdb glob {glob}: {n} rows, expected {len(tables['contacts'][2])}")
+    if chk.errors:
+        for msg in chk.errors[:MAX_REPORT]:
+            print(f"check_export: MISMATCH {msg}")
+        print(f"check_export: {args.format} FAILED: {len(chk.errors)} mismatches"
+              + (f" (first {MAX_REPORT} shown)" if len(chk.errors) > MAX_REPORT else ""))
+        return 1
+    n_cols = sum(len(t[0]) for t in tables.values())
+    readers = {"parquet": "pyarrow and duckdb", "csv": "the csv module and duckdb",
+               "ndjson": "json.loads and duckdb"}[args.format]
+    print(f"check_export: {args.format} OK: {len(tables['contacts'][2])} contacts, "
+          f"{len(tables['contact_inboxes'][2])} inbox links, {n_cols} columns checked by {readers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
