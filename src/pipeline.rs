@@ -355,11 +355,11 @@ fn write_table(
     table: &'static str,
     file_name: &str,
     schema: &TableSchema,
-    spill: &PathBuf,
+    spill: &std::path::Path,
 ) -> Result<u64, ExportError> {
     let sink_error = |source: SinkError| ExportError::Sink { table, source };
     let spill_error = |source| ExportError::Spill {
-        path: spill.clone(),
+        path: spill.to_owned(),
         source,
     };
     let (file, temp) = dir.create_temp(file_name)?;
