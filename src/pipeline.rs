@@ -70,7 +70,7 @@ pub enum ExportError {
         table: &'static str,
         source: SinkError,
     },
-    #[error("cannot use the work folder {}: {source}", path.display())]
+    #[error("cannot use the work folder {}: {source}{}", path.display(), crate::store::disk_hint(source))]
     Spill {
         path: PathBuf,
         source: std::io::Error,

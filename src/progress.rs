@@ -24,7 +24,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} pages  {msg}  {per_sec}  ETA {eta}",
+                "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} pages  {msg}  ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
@@ -48,9 +48,15 @@ impl Progress {
             self.bar.inc_length(1);
         }
         self.bar.inc(1);
+        let secs = self.bar.elapsed().as_secs_f64().max(0.001);
+        let rate = (contacts as f64 / secs).round();
         match self.expected_contacts {
-            Some(total) => self.bar.set_message(format!("{contacts}/{total} contacts")),
-            None => self.bar.set_message(format!("{contacts} contacts")),
+            Some(total) => self
+                .bar
+                .set_message(format!("{contacts}/{total} contacts  {rate} contacts/s")),
+            None => self
+                .bar
+                .set_message(format!("{contacts} contacts  {rate} contacts/s")),
         }
     }
 

@@ -31,7 +31,8 @@ pub enum StoreError {
     Write { path: PathBuf, source: io::Error },
 }
 
-fn disk_hint(err: &io::Error) -> &'static str {
+/// What to do about an I/O error on the output disk, as a suffix for the message.
+pub fn disk_hint(err: &io::Error) -> &'static str {
     match err.kind() {
         io::ErrorKind::StorageFull => ": the disk is full; free some space or choose another --out",
         io::ErrorKind::PermissionDenied => {

@@ -2,4 +2,4 @@
 
 mod local;
 
-pub use local::{MANIFEST_FILE, OutputDir, StoreError};
+pub use local::{MANIFEST_FILE, OutputDir, StoreError, disk_hint};

@@ -227,3 +227,51 @@ fn usage_errors_exit_2_before_any_request() {
     );
     assert_eq!(fake.requests(), 0, "no request was sent");
 }
+
+#[test]
+fn a_full_disk_fails_cleanly() {
+    // A 600 KiB tmpfs, mounted in a private user and mount namespace so no privilege is needed;
+    // the export and the look at its folder both run inside it.
+    let fake = Fake::with_contacts(3000);
+    let mount = tempfile::tempdir().expect("temp dir");
+    let mount_path = mount.path().to_str().expect("path");
+    let script = format!(
+        "mount -t tmpfs -o size=600k tmpfs '{mount_path}' || exit 99; \
+         '{bin}' contacts --base-url {url} --account-id 1 --out '{mount_path}/out' --no-progress; \
+         echo \"exit=$?\" >&2; ls -A '{mount_path}/out' >&2",
+        bin = env!("CARGO_BIN_EXE_chatwoot-export"),
+        url = fake.base_url(),
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env("CHATWOOT_API_TOKEN", crate::harness::TOKEN)
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(
+        output.status.code(),
+        Some(99),
+        "cannot mount a tmpfs here: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.iter().any(|l| *l == "exit=1"), "{stderr}");
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("chatwoot-export: error: "))
+        .expect("an error line");
+    assert!(
+        error.contains("No space left on device") && error.contains("the disk is full"),
+        "{error}"
+    );
+    let listing: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("exit="))
+        .skip(1)
+        .copied()
+        .collect();
+    assert!(
+        listing.is_empty(),
+        "nothing is left in the output folder: {listing:?}"
+    );
+    assert!(!stderr.contains(crate::harness::TOKEN));
+}
