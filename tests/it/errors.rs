@@ -254,7 +254,7 @@ fn a_full_disk_fails_cleanly() {
         "cannot mount a tmpfs here: {stderr}"
     );
     let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines.iter().any(|l| *l == "exit=1"), "{stderr}");
+    assert!(lines.contains(&"exit=1"), "{stderr}");
     let error = lines
         .iter()
         .find(|l| l.starts_with("chatwoot-export: error: "))
