@@ -8,7 +8,7 @@ use url::{Host, Url};
 
 use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs};
 use crate::error::Error;
-use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, write_truth};
+use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_truth};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::secret::ApiToken;
 use crate::source::ClientOptions;
@@ -117,7 +117,14 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         token: args.token.clone(),
         latency: Duration::from_millis(args.latency_ms),
         grow_every: args.grow_every,
-        malformed_page: args.malformed_page,
+        drift_every: args.drift.then_some(args.drift_every),
+        faults: FaultConfig {
+            fail_rate: args.fail_rate,
+            drop_rate: args.drop_rate,
+            rate_limit: args.rate_limit,
+            rate_window_secs: args.rate_window_secs,
+            malformed_page: args.malformed_page,
+        },
         ..FakeServerConfig::default()
     };
     let server = FakeServer::start(config, args.port)

@@ -152,9 +152,28 @@ pub struct FakeServerArgs {
     /// The token the server accepts.
     #[arg(long, default_value = "fake-token")]
     pub token: String,
-    /// Drift: create one new contact after every N contact requests.
+    /// Growth: create one new contact after every N contact requests.
     #[arg(long, value_name = "N")]
     pub grow_every: Option<u64>,
+    /// Drift: delete one contact (anywhere) and create one after every --drift-every requests.
+    #[arg(long)]
+    pub drift: bool,
+    /// How many requests between drift events.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub drift_every: u64,
+    /// Share of requests answered 500, 502 or 503 (0.0 to 1.0).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests whose connection drops halfway through the body (0.0 to 1.0).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// At most N requests per window, as Chatwoot's rack-attack: more get a plain-text 429
+    /// without Retry-After.
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u64>,
+    /// The rate limit's window, aligned to the Unix epoch.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub rate_window_secs: u64,
     /// Answer page K once with a body that is not valid JSON.
     #[arg(long, value_name = "K")]
     pub malformed_page: Option<u64>,

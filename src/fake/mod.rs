@@ -5,10 +5,13 @@
 //! account's contacts in listing order, the ground truth an export is checked against.
 
 mod data;
+mod faults;
+mod listing;
 mod rng;
 mod server;
 
 pub use data::FakeAccount;
+pub use faults::FaultConfig;
 pub use server::{FakeServer, FakeServerConfig};
 
 use std::io::{self, Write};

@@ -1,7 +1,9 @@
 //! The fake Chatwoot HTTP server.
 //!
-//! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts` and
-//! `GET /api/v1/accounts/{id}/custom_attribute_definitions` on a loopback port. It follows the
+//! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts`,
+//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at day ranges) and
+//! `GET /api/v1/accounts/{id}/custom_attribute_definitions` on a loopback port, with the faults
+//! of `faults` and the drift of `listing` when asked. It follows the
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
 //! past the end is an empty payload, `sort` keys with `-` for descending and unknown keys
@@ -14,16 +16,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::data::FakeAccount;
+use super::faults::{Fault, FaultConfig, Faults};
+use super::listing::Listing;
+use super::rng::Rng;
 
 /// Contacts per page, as `RESULTS_PER_PAGE` in Chatwoot's contacts controller.
 pub const PAGE_SIZE: u64 = 15;
@@ -42,12 +48,14 @@ pub struct FakeServerConfig {
     pub bot_token: String,
     /// Added to every answer.
     pub latency: Duration,
-    /// Drift: after every this many contact requests, one new contact is created (with the
+    /// Growth: after every this many contact requests, one new contact is created (with the
     /// newest `created_at`, so it lands at the end of an ascending walk and at the front of
     /// a descending one).
     pub grow_every: Option<u64>,
-    /// Answers this page once with a body that is not valid JSON.
-    pub malformed_page: Option<u64>,
+    /// Drift: after every this many contact requests, one contact is deleted (anywhere in the
+    /// list, so later pages shift back) and one is created.
+    pub drift_every: Option<u64>,
+    pub faults: FaultConfig,
 }
 
 impl Default for FakeServerConfig {
@@ -60,20 +68,37 @@ impl Default for FakeServerConfig {
             bot_token: "fake-bot-token".into(),
             latency: Duration::ZERO,
             grow_every: None,
-            malformed_page: None,
+            drift_every: None,
+            faults: FaultConfig::default(),
         }
     }
+}
+
+/// What the server has answered so far.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Contact list and filter requests, whatever their answer.
+    pub requests: AtomicU64,
+    /// Of those, answered 429.
+    pub throttled: AtomicU64,
 }
 
 struct Shared {
     config: FakeServerConfig,
     account: FakeAccount,
+    listing: Mutex<Listing>,
+    faults: Faults,
     /// Listing orders for sort keys other than created_at, built on first use.
     orders: Mutex<HashMap<String, Arc<Vec<u64>>>>,
-    requests: AtomicU64,
-    /// Contacts the account holds now (grows under `grow_every`).
-    live: AtomicU64,
-    malformed_served: std::sync::atomic::AtomicBool,
+    stats: ServerStats,
+}
+
+impl Shared {
+    fn listing(&self) -> std::sync::MutexGuard<'_, Listing> {
+        self.listing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A running fake server; dropping it (or `shutdown`) stops it.
@@ -91,14 +116,18 @@ impl FakeServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             account: FakeAccount::new(config.seed, config.contacts),
-            live: AtomicU64::new(config.contacts),
+            listing: Mutex::new(Listing::new(config.contacts)),
+            faults: Faults::new(config.faults.clone(), config.seed),
             config,
             orders: Mutex::new(HashMap::new()),
-            requests: AtomicU64::new(0),
-            malformed_served: std::sync::atomic::AtomicBool::new(false),
+            stats: ServerStats::default(),
         });
         let app = Router::new()
             .route("/api/v1/accounts/{account_id}/contacts", get(list_contacts))
+            .route(
+                "/api/v1/accounts/{account_id}/contacts/filter",
+                post(filter_contacts),
+            )
             .route(
                 "/api/v1/accounts/{account_id}/custom_attribute_definitions",
                 get(list_definitions),
@@ -130,18 +159,32 @@ impl FakeServer {
         format!("http://{}", self.addr)
     }
 
-    /// Requests answered so far, whatever their status.
+    /// Contact list and filter requests answered so far, whatever their status.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
+        self.shared.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Of those, how many were answered 429.
+    pub fn throttled(&self) -> u64 {
+        self.shared.stats.throttled.load(Ordering::SeqCst)
     }
 
     pub fn account(&self) -> &FakeAccount {
         &self.shared.account
     }
 
-    /// How many contacts the account holds now (more than configured after growth).
+    /// How many contacts the account lists now.
     pub fn live_contacts(&self) -> u64 {
-        self.shared.live.load(Ordering::SeqCst)
+        self.shared.listing().len()
+    }
+
+    /// The contacts the account lists now, in `created_at` order: the ground truth.
+    pub fn live_truth(&self) -> Vec<Value> {
+        let indices: Vec<u64> = self.shared.listing().live().collect();
+        indices
+            .into_iter()
+            .map(|i| self.shared.account.contact(i))
+            .collect()
     }
 
     /// Stops accepting connections and waits for the server task to end.
@@ -219,27 +262,104 @@ fn ruby_to_i(text: &str) -> i64 {
     digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
 }
 
+/// A `created_at` day range of the filter endpoint: both bounds exclusive, either open.
+type DayRange = (Option<i64>, Option<i64>);
+
 async fn list_contacts(
     State(shared): State<Arc<Shared>>,
     Path(account_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let served = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    serve_page(&shared, &headers, &account_id, &query, None).await
+}
+
+async fn filter_contacts(
+    State(shared): State<Arc<Shared>>,
+    Path(account_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let range = match serde_json::from_slice::<Value>(&body)
+        .ok()
+        .as_ref()
+        .and_then(day_range)
+    {
+        Some(range) => range,
+        None => {
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"error": "Invalid filter: only created_at with is_greater_than/is_less_than is supported here"}),
+            );
+        }
+    };
+    serve_page(&shared, &headers, &account_id, &query, Some(range)).await
+}
+
+/// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`.
+fn day_range(body: &Value) -> Option<DayRange> {
+    let mut range: DayRange = (None, None);
+    for condition in body.get("payload")?.as_array()? {
+        if condition.get("attribute_key")?.as_str()? != "created_at" {
+            return None;
+        }
+        let date = condition.get("values")?.get(0)?.as_str()?;
+        let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        let day = day
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp()
+            .div_euclid(86_400);
+        match condition.get("filter_operator")?.as_str()? {
+            "is_greater_than" => range.0 = Some(day),
+            "is_less_than" => range.1 = Some(day),
+            _ => return None,
+        }
+    }
+    Some(range)
+}
+
+async fn serve_page(
+    shared: &Shared,
+    headers: &HeaderMap,
+    account_id: &str,
+    query: &HashMap<String, String>,
+    filter: Option<DayRange>,
+) -> Response {
+    let request = shared.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
-    }
-    if let Some(refusal) = refuse(&shared, &headers, &account_id) {
-        return refusal;
     }
     let (current_page, page) = match query.get("page") {
         Some(raw) => (Value::from(raw.as_str()), ruby_to_i(raw)),
         None => (Value::from(1), 1),
     };
     let page = page.max(1) as u64;
-    if shared.config.malformed_page == Some(page)
-        && !shared.malformed_served.swap(true, Ordering::SeqCst)
-    {
+    // Rack-attack answers before the application looks at the token.
+    let fault = shared.faults.decide(request, page);
+    if fault == Fault::Throttle {
+        shared.stats.throttled.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "Retry later\n",
+        )
+            .into_response();
+    }
+    if let Fault::ServerError(status) = fault {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            status,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>We're sorry, but something went wrong.</h1></body></html>",
+        )
+            .into_response();
+    }
+    if let Some(refusal) = refuse(shared, headers, account_id) {
+        return refusal;
+    }
+    if fault == Fault::Malformed {
         let truncated = r#"{"meta": {"count": 1, "current_page": "1"}, "payl"#;
         return (
             StatusCode::OK,
@@ -248,37 +368,87 @@ async fn list_contacts(
         )
             .into_response();
     }
-    if shared
-        .config
-        .grow_every
-        .is_some_and(|every| every > 0 && served % every == 0)
-    {
-        shared.live.fetch_add(1, Ordering::SeqCst);
-    }
-    let offset = PAGE_SIZE * (page - 1);
-    let total = shared.live.load(Ordering::SeqCst);
-    let sort = query.get("sort").map(String::as_str).unwrap_or("");
-    // Newest first is computed, not cached, so it follows growth.
-    let newest_first = sort.split(',').any(|key| key.trim() == "-created_at");
-    let order = if newest_first {
-        None
-    } else {
-        listing_order(&shared, sort)
+    let body = {
+        let mut listing = shared.listing();
+        drift(shared, &mut listing, request);
+        let sort = query.get("sort").map(String::as_str).unwrap_or("");
+        let descending = sort.split(',').any(|key| key.trim() == "-created_at");
+        let (total, payload) = match filter {
+            Some((after, before)) => {
+                let matching = listing.created_between_days(after, before);
+                let indices = page_of(matching.len() as u64, page, |p| {
+                    matching.get(p as usize).copied()
+                });
+                (matching.len() as u64, indices)
+            }
+            None => {
+                let total = listing.len();
+                let order = if descending {
+                    None
+                } else {
+                    listing_order(shared, &listing, sort)
+                };
+                let indices = page_of(total, page, |p| match &order {
+                    Some(order) => order.get(p as usize).copied(),
+                    None if descending => listing.index_at(total - 1 - p),
+                    None => listing.index_at(p),
+                });
+                (total, indices)
+            }
+        };
+        let payload: Vec<Value> = payload
+            .into_iter()
+            .map(|i| shared.account.contact(i))
+            .collect();
+        json!({"meta": {"count": total, "current_page": current_page}, "payload": payload})
+            .to_string()
     };
-    let payload: Vec<Value> = (offset..total.min(offset.saturating_add(PAGE_SIZE)))
-        .filter_map(|position| {
-            let index = match &order {
-                Some(order) => *order.get(position as usize)?,
-                None if newest_first => total - 1 - position,
-                None => position,
-            };
-            Some(shared.account.contact(index))
-        })
-        .collect();
-    json_response(
+    if fault == Fault::DropConnection {
+        // Half the body, then the connection goes away.
+        let half = Bytes::from(body.into_bytes()).slice(..);
+        let cut = half.len() / 2;
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(half.slice(..cut)),
+            Err(std::io::Error::other(
+                "connection dropped by the fake server",
+            )),
+        ];
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(Body::from_stream(futures::stream::iter(chunks)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    (
         StatusCode::OK,
-        &json!({"meta": {"count": total, "current_page": current_page}, "payload": payload}),
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
     )
+        .into_response()
+}
+
+/// The contact indices on `page` of a listing of `total`, given each position's index.
+fn page_of(total: u64, page: u64, index_at: impl Fn(u64) -> Option<u64>) -> Vec<u64> {
+    let offset = PAGE_SIZE.saturating_mul(page - 1);
+    (offset..total.min(offset.saturating_add(PAGE_SIZE)))
+        .filter_map(index_at)
+        .collect()
+}
+
+/// Growth and drift, decided by the request number.
+fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
+    let every = |n: Option<u64>| n.is_some_and(|n| n > 0 && request % n == 0);
+    if every(shared.config.grow_every) {
+        listing.create();
+    }
+    if every(shared.config.drift_every) {
+        let mut rng = Rng::new(shared.config.seed ^ 0xD81F_7000, request);
+        let len = listing.len();
+        if len > 0 {
+            listing.delete_at(rng.below(len));
+        }
+        listing.create();
+    }
 }
 
 async fn list_definitions(
@@ -286,7 +456,6 @@ async fn list_definitions(
     Path(account_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    shared.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(refusal) = refuse(&shared, &headers, &account_id) {
         return refusal;
     }
@@ -297,8 +466,9 @@ async fn list_definitions(
 }
 
 /// The listing order for a `sort` parameter, or `None` for index order (`created_at`
-/// ascending, which is also what an unknown key gives here).
-fn listing_order(shared: &Shared, sort: &str) -> Option<Arc<Vec<u64>>> {
+/// ascending, which is also what an unknown key gives here). Orders by other keys are built
+/// once, from the contacts listed at that moment.
+fn listing_order(shared: &Shared, listing: &Listing, sort: &str) -> Option<Arc<Vec<u64>>> {
     // Sift walks the controller's declared keys in order and uses the first one given.
     const KEYS: [&str; 8] = [
         "email",
@@ -328,7 +498,8 @@ fn listing_order(shared: &Shared, sort: &str) -> Option<Arc<Vec<u64>>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let order = orders.entry(cache_key).or_insert_with(|| {
         let account = &shared.account;
-        let mut keyed: Vec<(Option<String>, u64)> = (0..account.len())
+        let mut keyed: Vec<(Option<String>, u64)> = listing
+            .live()
             .map(|index| (sort_value(&account.contact(index), key), index))
             .collect();
         // NULLS LAST for ascending; Postgres puts them first for descending.

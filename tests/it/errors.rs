@@ -153,7 +153,10 @@ fn a_tls_failure_is_reported_as_tls() {
 fn a_malformed_page_fails_and_invalidates_the_previous_export() {
     let fake = Fake::start(FakeServerConfig {
         contacts: 100,
-        malformed_page: Some(3),
+        faults: chatwoot_export::fake::FaultConfig {
+            malformed_page: Some(3),
+            ..Default::default()
+        },
         ..FakeServerConfig::default()
     });
     let good = Fake::with_contacts(100);
