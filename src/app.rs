@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_truth};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::secret::ApiToken;
-use crate::source::ClientOptions;
+use crate::source::{ClientOptions, FetchOptions, RetryPolicy};
 
 /// The environment variable that holds the API token.
 pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
@@ -35,15 +35,24 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
             sort: args.fetch.sort,
             timeout: Duration::from_secs(args.fetch.timeout_secs.max(1)),
         },
+        fetch: FetchOptions {
+            concurrency: usize::from(args.fetch.concurrency),
+            retry: RetryPolicy {
+                max_retries: args.fetch.max_retries,
+                ..RetryPolicy::default()
+            },
+            rate_limit: (args.fetch.rate_limit > 0).then_some(args.fetch.rate_limit),
+            rate_window: Duration::from_secs(args.fetch.rate_window_secs.max(1)),
+        },
         format: args.output.format,
         out: args.output.out,
-        concurrency: usize::from(args.fetch.concurrency),
         overwrite: args.output.overwrite,
         progress: !args.output.no_progress,
+        resume: args.output.resume,
     };
     let summary = export(&settings).await?;
     print_summary(&summary);
-    Ok(())
+    check_drift(&summary)
 }
 
 async fn demo(args: DemoArgs) -> Result<(), Error> {
@@ -73,11 +82,17 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
             sort: "created_at".into(),
             timeout: Duration::from_secs(60),
         },
+        fetch: FetchOptions {
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            rate_limit: Some(3000),
+            rate_window: Duration::from_secs(60),
+        },
         format: args.format,
         out: args.out,
-        concurrency: 8,
         overwrite: false,
         progress: !args.no_progress,
+        resume: false,
     };
     let result = export(&settings).await;
     server.shutdown().await;
@@ -185,20 +200,49 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// Exit code 5 when the account changed and the repair could not account for every contact.
+fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
+    match summary.drift.unresolved {
+        0 => Ok(()),
+        unresolved => Err(Error::Drift {
+            unresolved,
+            out: summary.out.clone(),
+        }),
+    }
+}
+
 fn print_summary(summary: &ExportSummary) {
     let listed = summary
         .final_count
         .map_or_else(|| "an unknown number".to_owned(), |n| n.to_string());
+    let fetch = &summary.fetch;
     eprintln!(
         "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
-         ({} duplicates dropped; the account lists {listed}) -> {}",
+         ({} duplicates dropped, {} retries, {} rate-limited; the account lists {listed}) -> {}",
         summary.contacts,
         summary.inbox_links,
         summary.pages,
         summary.elapsed.as_secs_f64(),
         summary.duplicates_dropped,
+        fetch.retries,
+        fetch.governor.throttled,
         summary.out.display()
     );
+    let drift = &summary.drift;
+    if drift.rounds > 0 {
+        eprintln!(
+            "chatwoot-export: drift: the account changed during the export; the repair recovered {} contacts \
+             in {} requests ({} deleted during the export, {} unresolved){}",
+            drift.recovered,
+            drift.requests,
+            drift.deleted_during_export,
+            drift.unresolved,
+            drift
+                .stopped
+                .as_ref()
+                .map_or(String::new(), |why| format!("; it stopped early: {why}"))
+        );
+    }
     if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
         eprintln!(
             "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \

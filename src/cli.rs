@@ -15,7 +15,10 @@ Exit codes:
   1  the export failed: network, server, bad page or disk (no complete manifest is left)
   2  bad usage or configuration (a flag, the token, the output folder)
   3  authentication or access refused (HTTP 401/403)
-  4  the account does not exist (HTTP 404)";
+  4  the account does not exist (HTTP 404)
+  5  complete, but the account changed during the export and some contacts could not be
+     reconciled (see \"drift\" in manifest.json)
+  130 interrupted (Ctrl-C or SIGTERM); run the same command with --resume to continue";
 
 const CONTACTS_EXAMPLES: &str = "\
 Examples:
@@ -90,6 +93,10 @@ pub struct OutputArgs {
     /// Do not draw the progress bar (it is hidden anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Continue the interrupted export in --out (after Ctrl-C, a crash or a failure) without
+    /// fetching its finished pages again. The other options must be the same.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +115,18 @@ pub struct FetchArgs {
     /// Time limit for one page request, body included.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout_secs: u64,
+    /// Retries of a page after a transient error (5xx, dropped connection, time-out, bad JSON);
+    /// 429s are handled by the rate governor and not counted here.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_retries: u32,
+    /// Requests allowed per window (Chatwoot's default is 3000 a minute per IP; some installs
+    /// use 300). The budget is also learned downward from the server's 429s; 0 starts with no
+    /// budget and learns it.
+    #[arg(long, default_value_t = 3000, value_name = "N")]
+    pub rate_limit: u64,
+    /// The rate limit's window (Chatwoot: 60 s, aligned to the minute).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub rate_window_secs: u64,
 }
 
 #[derive(Debug, Args)]

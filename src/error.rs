@@ -11,6 +11,10 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_AUTH: u8 = 3;
 /// Exit code: the account does not exist.
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// Exit code: complete, but the account changed and some contacts could not be reconciled.
+pub const EXIT_DRIFT: u8 = 5;
+/// Exit code: interrupted by Ctrl-C or SIGTERM (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Anything that ends a run early.
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +28,27 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
+    #[error(
+        "the account changed during the export and {unresolved} contacts could not be reconciled: the files in {} are complete for every contact found (see \"drift\" in manifest.json); run again for an exact snapshot",
+        out.display()
+    )]
+    Drift {
+        unresolved: u64,
+        out: std::path::PathBuf,
+    },
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
+            Error::Drift { .. } => EXIT_DRIFT,
+            Error::Export(ExportError::Interrupted { .. }) => EXIT_INTERRUPTED,
+            Error::Export(ExportError::Resume(_)) => EXIT_USAGE,
             Error::Export(ExportError::Store(crate::store::StoreError::NotAnExport { .. })) => {
                 EXIT_USAGE
             }
-            Error::Export(err) => match err.fetch() {
+            Error::Export(err) => match err.fetch().map(FetchError::last) {
                 Some(fetch) if fetch.is_auth() => EXIT_AUTH,
                 Some(FetchError::AccountNotFound { .. }) => EXIT_NOT_FOUND,
                 _ => EXIT_FAILURE,
@@ -83,6 +98,20 @@ mod tests {
                 EXIT_NOT_FOUND,
             ),
             (fetch(FetchError::RateLimited { page: 3 }), EXIT_FAILURE),
+            (
+                Error::Drift {
+                    unresolved: 2,
+                    out: "x".into(),
+                },
+                EXIT_DRIFT,
+            ),
+            (
+                Error::Export(ExportError::Interrupted {
+                    pages: 3,
+                    out: "x".into(),
+                }),
+                EXIT_INTERRUPTED,
+            ),
             (
                 fetch(FetchError::InvalidPage {
                     page: 2,

@@ -12,6 +12,7 @@ pub mod fake;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;
+pub mod rng;
 pub mod secret;
 pub mod sink;
 pub mod source;

@@ -30,6 +30,16 @@ pub struct Manifest {
     pub pages_fetched: u64,
     /// Contacts per page, as learned from page 1.
     pub page_size: u64,
+    /// HTTP requests sent (all attempts, the repair's included).
+    pub requests: u64,
+    /// Attempts repeated after a transient error (5xx, dropped connection, time-out, bad JSON).
+    pub retries: u64,
+    /// Requests answered 429 by the server's rate limit.
+    pub throttled: u64,
+    /// What the drift repair found.
+    pub drift: crate::pipeline::RepairReport,
+    /// How many times the export was resumed after an interruption.
+    pub resumes: u32,
     pub tables: BTreeMap<String, TableEntry>,
     pub source: Source,
     pub tool: Tool,

@@ -1,16 +1,31 @@
-//! The progress bar on stderr: pages and contacts against the totals from `meta.count`, with
-//! rate and ETA. Hidden when stderr is not a terminal or with `--no-progress`, so logs and CI
-//! output stay clean.
+//! The progress bar on stderr: pages and contacts against the totals from `meta.count`, the
+//! rate, what the export is waiting for (the rate limit's next window), retries, 429s, the
+//! current concurrency, and an ETA that accounts for the request budget. Hidden when stderr is
+//! not a terminal or with `--no-progress`, so logs and CI output stay clean.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A handle to the bar; every method is a no-op when it is hidden.
+use crate::source::FetchStatus;
+
+/// A handle to the bar, cheap to clone; every method is a no-op when it is hidden.
+#[derive(Clone)]
 pub struct Progress {
     bar: ProgressBar,
+    line: Arc<Mutex<Line>>,
+}
+
+#[derive(Default)]
+struct Line {
     expected_contacts: Option<u64>,
+    contacts: u64,
+    /// Pages done before this run (a resumed export), not counted in the rate.
+    resumed_pages: u64,
+    status: FetchStatus,
+    phase: Option<String>,
 }
 
 impl Progress {
@@ -24,21 +39,34 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} pages  {msg}  ETA {eta}",
+                "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} pages  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(125));
         Self {
             bar,
-            expected_contacts: None,
+            line: Arc::new(Mutex::new(Line::default())),
         }
     }
 
-    /// Sets the totals once page 1 has told them.
-    pub fn plan(&mut self, pages: u64, contacts: Option<u64>) {
-        self.expected_contacts = contacts;
+    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the totals once page 1 has told them; `pages_done` and `contacts` are where the
+    /// walk stands (more than one page when resuming).
+    pub fn plan(&self, pages: u64, contacts_expected: Option<u64>, pages_done: u64, contacts: u64) {
         self.bar.set_length(pages);
+        self.bar.set_position(pages_done);
+        let mut line = self.line();
+        line.expected_contacts = contacts_expected;
+        line.contacts = contacts;
+        line.resumed_pages = pages_done.saturating_sub(1);
+        drop(line);
+        self.redraw();
     }
 
     /// One more page done; `contacts` is the running count of distinct contacts.
@@ -48,24 +76,82 @@ impl Progress {
             self.bar.inc_length(1);
         }
         self.bar.inc(1);
-        let secs = self.bar.elapsed().as_secs_f64().max(0.001);
-        let rate = (contacts as f64 / secs).round();
-        match self.expected_contacts {
-            Some(total) => self
-                .bar
-                .set_message(format!("{contacts}/{total} contacts  {rate} contacts/s")),
-            None => self
-                .bar
-                .set_message(format!("{contacts} contacts  {rate} contacts/s")),
-        }
+        self.line().contacts = contacts;
+        self.redraw();
     }
 
-    /// Switches to the writing stage.
-    pub fn writing(&self, table: &str) {
-        self.bar.set_message(format!("writing {table}"));
+    /// The fetcher's state, refreshed a few times a second.
+    pub fn set_status(&self, status: FetchStatus) {
+        self.line().status = status;
+        self.redraw();
+    }
+
+    /// A stage after the walk (drift repair, writing a table).
+    pub fn phase(&self, phase: &str) {
+        self.line().phase = Some(phase.to_owned());
+        self.redraw();
     }
 
     pub fn clear(&self) {
         self.bar.finish_and_clear();
+    }
+
+    fn redraw(&self) {
+        if self.bar.is_hidden() {
+            return;
+        }
+        let line = self.line();
+        if let Some(phase) = &line.phase {
+            self.bar.set_message(phase.clone());
+            return;
+        }
+        let secs = self.bar.elapsed().as_secs_f64().max(0.001);
+        let mut parts = Vec::new();
+        parts.push(match line.expected_contacts {
+            Some(total) => format!("{}/{total} contacts", line.contacts),
+            None => format!("{} contacts", line.contacts),
+        });
+        let pages_this_run = self.bar.position().saturating_sub(line.resumed_pages + 1);
+        let pages_per_sec = pages_this_run as f64 / secs;
+        parts.push(format!("{:.0} pages/s", pages_per_sec));
+        let status = &line.status;
+        parts.push(format!("concurrency {}", status.concurrency));
+        if status.retries > 0 {
+            parts.push(format!("retries {}", status.retries));
+        }
+        if status.governor.throttled > 0 {
+            parts.push(format!("429s {}", status.governor.throttled));
+        }
+        if let Some(wait) = status
+            .governor
+            .waiting
+            .filter(|w| *w > Duration::from_millis(300))
+        {
+            parts.push(format!(
+                "rate limit: next window in {} s",
+                wait.as_secs_f64().ceil()
+            ));
+        }
+        let remaining = self
+            .bar
+            .length()
+            .unwrap_or(0)
+            .saturating_sub(self.bar.position()) as f64;
+        let mut eta = if pages_per_sec > 0.0 {
+            remaining / pages_per_sec
+        } else {
+            0.0
+        };
+        if let Some(budget) = status.governor.budget {
+            // The budget caps the rate: at best `budget` requests a window.
+            eta = eta.max(remaining / budget as f64 * status.governor.window.as_secs_f64());
+        }
+        if eta > 0.0 {
+            parts.push(format!(
+                "ETA {}",
+                HumanDuration(Duration::from_secs_f64(eta))
+            ));
+        }
+        self.bar.set_message(parts.join("  "));
     }
 }

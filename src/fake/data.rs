@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Unix time of the first contact's `created_at`.
 const FIRST_CREATED_AT: i64 = 1_600_000_000;

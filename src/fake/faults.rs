@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// How the fake server misbehaves.
 #[derive(Clone, Debug, Default)]

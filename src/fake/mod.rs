@@ -7,7 +7,6 @@
 mod data;
 mod faults;
 mod listing;
-mod rng;
 mod server;
 
 pub use data::FakeAccount;

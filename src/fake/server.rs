@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::data::FakeAccount;
 use super::faults::{Fault, FaultConfig, Faults};
 use super::listing::Listing;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Contacts per page, as `RESULTS_PER_PAGE` in Chatwoot's contacts controller.
 pub const PAGE_SIZE: u64 = 15;

@@ -8,13 +8,16 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, LOCATION, USER_AGENT};
+use std::time::SystemTime;
+
+use reqwest::header::{DATE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER, USER_AGENT};
 use reqwest::{StatusCode, redirect};
 use serde_json::Value;
 use url::Url;
 
 use super::error::{ConnectCause, FetchError};
 use super::page::ContactsPage;
+use super::retry::{parse_http_date, parse_retry_after};
 use crate::secret::ApiToken;
 
 /// How to reach the account.
@@ -27,6 +30,26 @@ pub struct ClientOptions {
     pub sort: String,
     /// Per-request time limit, body included.
     pub timeout: Duration,
+}
+
+/// One request's outcome, with what the answer said about time.
+#[derive(Debug)]
+pub struct Attempt {
+    pub outcome: Result<ContactsPage, FetchError>,
+    /// The answer's `Date` header.
+    pub date: Option<SystemTime>,
+    /// The answer's `Retry-After` header, as a delay.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Attempt {
+    fn failed(error: FetchError) -> Self {
+        Self {
+            outcome: Err(error),
+            date: None,
+            retry_after: None,
+        }
+    }
 }
 
 /// Fetches pages of one account's contact list.
@@ -68,41 +91,85 @@ impl ContactsClient {
         &self.origin
     }
 
-    /// Fetches and parses one page (1-based).
-    pub async fn page(&self, page: u64) -> Result<ContactsPage, FetchError> {
+    /// Fetches and parses one page (1-based) of the contact list.
+    pub async fn page(&self, page: u64) -> Attempt {
         let mut url = self.url.clone();
         url.query_pairs_mut()
             .append_pair("page", &page.to_string())
             .append_pair("sort", &self.options.sort);
-        let response = self
+        self.send(page, self.http.get(url)).await
+    }
+
+    /// Fetches one page of the contacts created after `after_day` and before `before_day`
+    /// (`YYYY-MM-DD`, both exclusive, either open), through `POST /contacts/filter`.
+    pub async fn filter_page(
+        &self,
+        page: u64,
+        after_day: Option<&str>,
+        before_day: Option<&str>,
+    ) -> Attempt {
+        let mut url = self.url.clone();
+        let path = format!("{}/filter", url.path());
+        url.set_path(&path);
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("sort", &self.options.sort);
+        let mut conditions: Vec<Value> = Vec::new();
+        for (operator, day) in [("is_greater_than", after_day), ("is_less_than", before_day)] {
+            if let Some(day) = day {
+                conditions.push(serde_json::json!({
+                    "attribute_key": "created_at", "filter_operator": operator,
+                    "values": [day], "query_operator": "AND"
+                }));
+            }
+        }
+        if let Some(last) = conditions.last_mut() {
+            last["query_operator"] = Value::Null;
+        }
+        let body = serde_json::json!({ "payload": conditions }).to_string();
+        let request = self
             .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|err| self.transport_error(page, &err))?;
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(page, request).await
+    }
+
+    async fn send(&self, page: u64, request: reqwest::RequestBuilder) -> Attempt {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Attempt::failed(self.transport_error(page, &err)),
+        };
         let status = response.status();
-        if status.is_redirection() {
-            let location = response
+        let header = |name| {
+            response
                 .headers()
-                .get(LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .unwrap_or("?");
-            return Err(FetchError::CrossOriginRedirect {
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let date = header(DATE).and_then(parse_http_date);
+        let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let outcome = if status.is_redirection() {
+            let location = header(LOCATION).unwrap_or("?");
+            Err(FetchError::CrossOriginRedirect {
                 page,
                 location: self.options.token.scrub(location),
-            });
+            })
+        } else {
+            match response.bytes().await {
+                Err(err) => Err(self.transport_error(page, &err)),
+                Ok(body) if !status.is_success() => Err(self.status_error(page, status, &body)),
+                Ok(body) => serde_json::from_slice(&body).map_err(|err| FetchError::InvalidPage {
+                    page,
+                    detail: err.to_string(),
+                }),
+            }
+        };
+        Attempt {
+            outcome,
+            date,
+            retry_after,
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| self.transport_error(page, &err))?;
-        if !status.is_success() {
-            return Err(self.status_error(page, status, &body));
-        }
-        serde_json::from_slice(&body).map_err(|err| FetchError::InvalidPage {
-            page,
-            detail: err.to_string(),
-        })
     }
 
     fn status_error(&self, page: u64, status: StatusCode, body: &[u8]) -> FetchError {

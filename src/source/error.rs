@@ -52,6 +52,12 @@ pub enum FetchError {
         "page {page} is not a valid contacts page ({detail}): the server or a proxy sent something else; run again, and check --base-url if it persists"
     )]
     InvalidPage { page: u64, detail: String },
+    #[error("gave up on page {page} after {attempts} attempts; the last: {last}")]
+    GaveUp {
+        page: u64,
+        attempts: u32,
+        last: Box<FetchError>,
+    },
 }
 
 /// Why a connection could not be made.
@@ -86,12 +92,21 @@ impl FetchError {
             | Self::Connect { page, .. }
             | Self::Timeout { page, .. }
             | Self::BodyDropped { page, .. }
-            | Self::InvalidPage { page, .. } => *page,
+            | Self::InvalidPage { page, .. }
+            | Self::GaveUp { page, .. } => *page,
         }
     }
 
     /// Whether the failure is about credentials or access (exit code 3).
     pub fn is_auth(&self) -> bool {
         matches!(self, Self::Unauthorized { .. } | Self::Forbidden { .. })
+    }
+
+    /// The error behind retries, if this is one that gave up.
+    pub fn last(&self) -> &FetchError {
+        match self {
+            Self::GaveUp { last, .. } => last,
+            other => other,
+        }
     }
 }

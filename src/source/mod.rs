@@ -1,13 +1,21 @@
 //! Where contacts come from: the Chatwoot list API over HTTP.
 //!
-//! `client` sends one page request and turns every failure into a `FetchError` that names the
-//! page, the cause and what to do; `page` is the response model, lenient where Chatwoot
-//! versions and forks differ.
+//! `client` sends one request and turns every failure into a `FetchError` that names the page,
+//! the cause and what to do; `page` is the response model, lenient where Chatwoot versions and
+//! forks differ. `fetcher` makes requests survive a real server: `retry` (backoff with jitter),
+//! `governor` (the shared per-window request budget) and `concurrency` (adaptive, AIMD).
 
 mod client;
+mod concurrency;
 mod error;
+mod fetcher;
+mod governor;
 mod page;
+mod retry;
 
-pub use client::{ClientOptions, ContactsClient};
-pub use error::FetchError;
+pub use client::{Attempt, ClientOptions, ContactsClient};
+pub use error::{ConnectCause, FetchError};
+pub use fetcher::{FetchOptions, FetchStatus, Fetcher};
+pub use governor::GovernorStatus;
 pub use page::{ContactsPage, Meta};
+pub use retry::RetryPolicy;

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// Where the run keeps its intermediate files (the spilled rows).
+/// Where the run keeps its intermediate files (the spilled rows and the checkpoint).
 const WORK_DIR: &str = ".chatwoot-export.partial";
+/// The file in the work folder that marks a resumable export.
+const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// Names a previous export may have left, besides the manifest and the work folder.
 const TABLE_STEMS: &[&str] = &["contacts", "contact_inboxes"];
 const EXTENSIONS: &[&str] = &["parquet", "csv", "ndjson"];
@@ -51,8 +53,9 @@ pub struct OutputDir {
 
 impl OutputDir {
     /// Creates the folder if needed, checks that it is empty or a previous export (unless
-    /// `overwrite`), removes the previous manifest and makes a fresh work folder.
-    pub fn prepare(root: &Path, overwrite: bool) -> Result<Self, StoreError> {
+    /// `overwrite`), removes the previous manifest and makes a fresh work folder. Also says
+    /// whether an interrupted export's work was discarded.
+    pub fn prepare(root: &Path, overwrite: bool) -> Result<(Self, bool), StoreError> {
         let folder_error = |source| StoreError::Folder {
             path: root.to_owned(),
             source,
@@ -75,11 +78,30 @@ impl OutputDir {
             work: root.join(WORK_DIR),
         };
         dir.remove_if_present(&root.join(MANIFEST_FILE))?;
+        let discarded = dir.work.join(CHECKPOINT_FILE).exists();
         if dir.work.exists() {
             fs::remove_dir_all(&dir.work).map_err(folder_error)?;
         }
         fs::create_dir(&dir.work).map_err(folder_error)?;
-        Ok(dir)
+        Ok((dir, discarded))
+    }
+
+    /// Opens the folder of an interrupted export to go on with it; `None` if it holds none.
+    pub fn reopen(root: &Path) -> Result<Option<Self>, StoreError> {
+        let dir = Self {
+            root: root.to_owned(),
+            work: root.join(WORK_DIR),
+        };
+        if !dir.work.join(CHECKPOINT_FILE).is_file() {
+            return Ok(None);
+        }
+        dir.remove_if_present(&root.join(MANIFEST_FILE))?;
+        Ok(Some(dir))
+    }
+
+    /// The run's work folder (spills and checkpoint).
+    pub fn work(&self) -> &Path {
+        &self.work
     }
 
     pub fn root(&self) -> &Path {
@@ -148,10 +170,20 @@ impl OutputDir {
         })
     }
 
-    /// After a failed run: removes temporary files and the work folder. Nothing under a final
-    /// name was touched, and no manifest says complete.
+    /// After a failed run with nothing worth resuming: removes temporary files and the work
+    /// folder. Nothing under a final name was touched, and no manifest says complete.
     pub fn abandon(self) {
         let _ = fs::remove_dir_all(&self.work);
+        self.remove_temps();
+    }
+
+    /// After an interrupted or failed run that `--resume` can continue: removes temporary
+    /// data files, keeps the work folder and its checkpoint.
+    pub fn keep_for_resume(self) {
+        self.remove_temps();
+    }
+
+    fn remove_temps(&self) {
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -242,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::write(dir.path().join(MANIFEST_FILE), b"{\"complete\":true}").expect("write");
         fs::write(dir.path().join("contacts.csv"), b"id\n1\n").expect("write");
-        let out = OutputDir::prepare(dir.path(), false).expect("a previous export is fine");
+        let (out, _) = OutputDir::prepare(dir.path(), false).expect("a previous export is fine");
         assert!(!dir.path().join(MANIFEST_FILE).exists());
         out.abandon();
         assert!(

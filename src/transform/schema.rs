@@ -14,7 +14,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use super::Cell;
 
 /// The type of an output column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     /// Only nulls seen so far; written as string.
     Null,
@@ -114,6 +115,31 @@ impl TableShape {
         id
     }
 
+    /// The columns met so far, in id order (what a checkpoint saves).
+    pub fn columns(&self) -> Vec<ColumnDef> {
+        self.names
+            .iter()
+            .zip(&self.types)
+            .map(|(name, ty)| ColumnDef {
+                name: name.clone(),
+                ty: *ty,
+            })
+            .collect()
+    }
+
+    /// Puts back columns saved by `columns`, so ids in spilled rows keep their meaning.
+    pub fn restore(&mut self, columns: &[ColumnDef]) {
+        for column in columns {
+            let id = self.intern(&column.name);
+            self.types[id as usize] = column.ty;
+        }
+    }
+
+    /// The id of `name`, if the column has been met.
+    pub fn id_of(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
     /// Widens column `id` to hold `cell`.
     pub fn observe(&mut self, id: u32, cell: &Cell) {
         let ty = &mut self.types[id as usize];
@@ -167,9 +193,10 @@ impl TableShape {
 }
 
 /// One output column.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnDef {
     pub name: String,
+    #[serde(rename = "type")]
     pub ty: ColumnType,
 }
 

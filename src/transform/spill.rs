@@ -23,6 +23,7 @@ const TAG_JSON: u8 = 4;
 pub struct SpillWriter {
     out: BufWriter<File>,
     rows: u64,
+    bytes: u64,
 }
 
 impl SpillWriter {
@@ -30,10 +31,44 @@ impl SpillWriter {
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, File::create(path)?),
             rows: 0,
+            bytes: 0,
         })
     }
 
+    /// Reopens a spill to go on after a checkpoint: cuts whatever was written after it (an
+    /// interrupted run may have written more) and appends from there.
+    pub fn resume(path: &Path, bytes: u64, rows: u64) -> io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+        if file.metadata()?.len() < bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spill is shorter than its checkpoint",
+            ));
+        }
+        file.set_len(bytes)?;
+        io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            rows,
+            bytes,
+        })
+    }
+
+    /// Bytes written so far (a checkpoint's position in the file).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hands everything written so far to the OS, so a checkpoint can vouch for it.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     pub fn write_row(&mut self, row: &Row) -> io::Result<()> {
+        self.bytes += 4 + row
+            .iter()
+            .map(|(_, cell)| 5 + encoded_len(cell))
+            .sum::<u64>();
         self.out.write_all(&(row.len() as u32).to_le_bytes())?;
         for (column, cell) in row {
             self.out.write_all(&column.to_le_bytes())?;
@@ -71,6 +106,15 @@ impl SpillWriter {
     pub fn finish(mut self) -> io::Result<u64> {
         self.out.flush()?;
         Ok(self.rows)
+    }
+}
+
+/// Bytes a cell's value takes after its column id and tag.
+fn encoded_len(cell: &Cell) -> u64 {
+    match cell {
+        Cell::Bool(_) => 1,
+        Cell::Int(_) | Cell::Float(_) => 8,
+        Cell::Str(text) | Cell::Json(text) => 4 + text.len() as u64,
     }
 }
 
@@ -165,7 +209,9 @@ mod tests {
         for row in &rows {
             writer.write_row(row).expect("write");
         }
+        let bytes = writer.bytes();
         assert_eq!(writer.finish().expect("finish"), 3);
+        assert_eq!(std::fs::metadata(&path).expect("spill").len(), bytes);
         let mut reader = SpillReader::open(&path).expect("open");
         let mut back = Vec::new();
         let mut row = Row::new();
@@ -173,5 +219,26 @@ mod tests {
             back.push(row.clone());
         }
         assert_eq!(back, rows);
+    }
+
+    #[test]
+    fn resume_cuts_what_came_after_the_checkpoint() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("rows.spill");
+        let mut writer = SpillWriter::create(&path).expect("create");
+        writer.write_row(&vec![(0, Cell::Int(1))]).expect("write");
+        let (bytes, rows) = (writer.bytes(), writer.rows());
+        writer.write_row(&vec![(0, Cell::Int(2))]).expect("write");
+        writer.finish().expect("finish");
+        let mut writer = SpillWriter::resume(&path, bytes, rows).expect("resume");
+        writer.write_row(&vec![(0, Cell::Int(3))]).expect("write");
+        writer.finish().expect("finish");
+        let mut reader = SpillReader::open(&path).expect("open");
+        let mut row = Row::new();
+        let mut ids = Vec::new();
+        while reader.next_row(&mut row).expect("read") {
+            ids.push(row[0].1.clone());
+        }
+        assert_eq!(ids, [Cell::Int(1), Cell::Int(3)]);
     }
 }

@@ -150,31 +150,52 @@ fn a_tls_failure_is_reported_as_tls() {
 }
 
 #[test]
-fn a_malformed_page_fails_and_invalidates_the_previous_export() {
-    let fake = Fake::start(FakeServerConfig {
-        contacts: 100,
-        faults: chatwoot_export::fake::FaultConfig {
-            malformed_page: Some(3),
-            ..Default::default()
-        },
-        ..FakeServerConfig::default()
-    });
-    let good = Fake::with_contacts(100);
+fn a_failed_rerun_invalidates_the_previous_export() {
+    let fake = Fake::with_contacts(100);
     let dir = tempfile::tempdir().expect("temp dir");
-    assert_eq!(export(&good.base_url(), "parquet", dir.path(), &[]).code, 0);
+    assert_eq!(export(&fake.base_url(), "parquet", dir.path(), &[]).code, 0);
     assert!(manifest(dir.path()).is_some());
-    let run = export(&fake.base_url(), "parquet", dir.path(), &[]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("page 3 is not a valid contacts page"),
-        "{}",
-        run.stderr
+    let out = dir.path().to_str().expect("path");
+    let run = run_with_env(
+        &[
+            "contacts",
+            "--base-url",
+            &fake.base_url(),
+            "--account-id",
+            "1",
+            "--out",
+            out,
+            "--no-progress",
+        ],
+        &[("CHATWOOT_API_TOKEN", "revoked-token")],
     );
+    assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(
         manifest(dir.path()).is_none(),
         "the old manifest must not vouch for a failed run"
     );
-    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn retries_give_up_with_a_clear_error_and_keep_the_work() {
+    // Every request after the first few fails: the export stops, names the page, and keeps
+    // what it fetched for --resume.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 200,
+        faults: chatwoot_export::fake::FaultConfig {
+            fail_rate: 1.0,
+            ..Default::default()
+        },
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&fake.base_url(), "csv", dir.path(), &["--max-retries", "2"]);
+    assert_failed(
+        &run,
+        dir.path(),
+        1,
+        &["gave up on page 1 after 3 attempts", "HTTP 5"],
+    );
 }
 
 #[test]

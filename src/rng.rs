@@ -1,9 +1,12 @@
-//! A tiny deterministic random generator (SplitMix64) for the fake server's data.
+//! A tiny deterministic random generator (SplitMix64): the fake server's data and faults, and
+//! the jitter of retries and rate-limit pauses.
 //!
-//! Receives a seed and a stream number (a contact's index); emits the same numbers on every
-//! machine and every version of this tool, which a general-purpose RNG crate does not promise.
+//! Receives a seed and a stream number (a contact's index, a request number); emits the same
+//! numbers on every machine and every version of this tool, which a general-purpose RNG crate
+//! does not promise.
 
 /// SplitMix64: fast, well mixed, and stable forever.
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -30,6 +33,21 @@ impl Rng {
     /// True with the given chance in percent.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A generator seeded from the clock and a counter, for jitter.
+    pub fn from_entropy() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rng::new(nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
     }
 
     /// One item of a non-empty slice.

@@ -1,0 +1,211 @@
+//! The checkpoint: what an interrupted export needs to go on where it stopped.
+//!
+//! Receives the walk's state and the spills' positions; emits `checkpoint.json` in the work
+//! folder, replaced atomically (temp + rename) so a `kill -9` leaves either the old or the new
+//! one. The spills are flushed before a checkpoint names their length, and cut back to it on
+//! resume, so rows written after the last checkpoint are simply fetched again.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sink::Format;
+use crate::transform::schema::ColumnDef;
+
+/// The checkpoint file's name in the work folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+const VERSION: u32 = 1;
+
+/// What must be the same for `--resume` to continue a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobParams {
+    pub base_url: String,
+    pub account_id: u64,
+    pub sort: String,
+    pub format: Format,
+}
+
+impl JobParams {
+    /// The first difference from `other`, in words, if any.
+    pub fn difference(&self, other: &JobParams) -> Option<String> {
+        if self.base_url != other.base_url {
+            return Some(format!(
+                "base URL {} (now {})",
+                other.base_url, self.base_url
+            ));
+        }
+        if self.account_id != other.account_id {
+            return Some(format!(
+                "account {} (now {})",
+                other.account_id, self.account_id
+            ));
+        }
+        if self.sort != other.sort {
+            return Some(format!("sort {} (now {})", other.sort, self.sort));
+        }
+        if self.format != other.format {
+            let name = |f: Format| f.extension();
+            return Some(format!(
+                "format {} (now {})",
+                name(other.format),
+                name(self.format)
+            ));
+        }
+        None
+    }
+}
+
+/// Where the walk over the pages stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalkState {
+    /// Contacts per page, learned from page 1 (0 before it).
+    pub page_size: u64,
+    /// `ceil(meta.count / page_size)` as of page 1.
+    pub planned_pages: u64,
+    /// `meta.count` of page 1.
+    pub expected_count: Option<u64>,
+    /// The latest `meta.count` seen.
+    pub final_count: Option<u64>,
+    /// The next page to fetch; every page before it is in the spills.
+    pub next_page: u64,
+    /// True once an empty page past the plan ended the walk.
+    pub done: bool,
+}
+
+/// A spill's length at the checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpillMark {
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+/// Everything saved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub params: JobParams,
+    pub started_at: String,
+    pub walk: WalkState,
+    pub pages_fetched: u64,
+    pub duplicates: u64,
+    /// How many times this export has been resumed before.
+    pub resumes: u32,
+    /// `contacts`, then `contact_inboxes`.
+    pub spills: [SpillMark; 2],
+    pub shapes: [Vec<ColumnDef>; 2],
+}
+
+/// Why a checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read the checkpoint {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("the checkpoint {} is damaged ({source}): run without --resume to start over", path.display())]
+    Damaged {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+impl Checkpoint {
+    pub fn new_version() -> u32 {
+        VERSION
+    }
+
+    /// Writes the checkpoint into `work`, replacing the previous one atomically.
+    pub fn save(&self, work: &Path) -> io::Result<()> {
+        let temp = work.join(format!("{CHECKPOINT_FILE}.tmp"));
+        fs::write(&temp, serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        fs::rename(temp, work.join(CHECKPOINT_FILE))
+    }
+
+    /// The checkpoint in `work`, if there is one.
+    pub fn load(work: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = work.join(CHECKPOINT_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CheckpointError::Io { path, source }),
+        };
+        let checkpoint: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Damaged {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Some(checkpoint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::schema::ColumnType;
+
+    #[test]
+    fn saves_and_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let checkpoint = Checkpoint {
+            version: VERSION,
+            params: JobParams {
+                base_url: "https://x.example".into(),
+                account_id: 3,
+                sort: "created_at".into(),
+                format: Format::Csv,
+            },
+            started_at: "2026-01-01T00:00:00Z".into(),
+            walk: WalkState {
+                page_size: 15,
+                planned_pages: 10,
+                next_page: 4,
+                ..WalkState::default()
+            },
+            pages_fetched: 3,
+            duplicates: 1,
+            resumes: 0,
+            spills: [
+                SpillMark {
+                    bytes: 100,
+                    rows: 45,
+                },
+                SpillMark::default(),
+            ],
+            shapes: [
+                vec![ColumnDef {
+                    name: "id".into(),
+                    ty: ColumnType::Int,
+                }],
+                vec![],
+            ],
+        };
+        assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
+        checkpoint.save(dir.path()).expect("save");
+        assert_eq!(
+            Checkpoint::load(dir.path()).expect("load"),
+            Some(checkpoint)
+        );
+    }
+
+    #[test]
+    fn names_the_changed_parameter() {
+        let a = JobParams {
+            base_url: "u".into(),
+            account_id: 1,
+            sort: "created_at".into(),
+            format: Format::Parquet,
+        };
+        let b = JobParams {
+            format: Format::Csv,
+            ..a.clone()
+        };
+        assert_eq!(a.difference(&a), None);
+        assert_eq!(
+            b.difference(&a).as_deref(),
+            Some("format parquet (now csv)")
+        );
+    }
+}

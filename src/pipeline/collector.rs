@@ -1,0 +1,221 @@
+//! Pages -> deduplicated, flattened rows on disk.
+//!
+//! Receives pages in page order (and contacts recovered by the drift repair); emits rows into
+//! the two spills, and keeps only what later stages need in memory: the ids seen (to drop
+//! duplicates when pages drift), a count of contacts per `created_at` day (for the repair) and
+//! the tables' column shapes. It can save itself into a checkpoint and come back from one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::ExportError;
+use super::checkpoint::{Checkpoint, SpillMark};
+use crate::store::OutputDir;
+use crate::transform::flatten::Flattener;
+use crate::transform::schema::parse_timestamp;
+use crate::transform::spill::{SpillReader, SpillWriter};
+use crate::transform::{Cell, Row};
+
+const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
+
+/// Flattens, deduplicates and spills.
+pub struct Collector {
+    pub flattener: Flattener,
+    seen: HashSet<i64>,
+    /// Distinct contacts per `created_at` day (days since the epoch, UTC).
+    days: BTreeMap<i64, u64>,
+    spills: [SpillWriter; 2],
+    paths: [PathBuf; 2],
+    pub duplicates: u64,
+    pub pages: u64,
+}
+
+impl Collector {
+    pub fn create(dir: &OutputDir) -> Result<Self, ExportError> {
+        let paths = SPILL_NAMES.map(|name| dir.work_path(name));
+        let open =
+            |path: &PathBuf| SpillWriter::create(path).map_err(|source| spill_error(path, source));
+        Ok(Self {
+            flattener: Flattener::default(),
+            seen: HashSet::new(),
+            days: BTreeMap::new(),
+            spills: [open(&paths[0])?, open(&paths[1])?],
+            paths,
+            duplicates: 0,
+            pages: 0,
+        })
+    }
+
+    /// Comes back from `checkpoint`: restores the shapes, cuts the spills back to their saved
+    /// length and reads the ids and days back from the contacts spill.
+    pub fn resume(dir: &OutputDir, checkpoint: &Checkpoint) -> Result<Self, ExportError> {
+        let paths = SPILL_NAMES.map(|name| dir.work_path(name));
+        let mut flattener = Flattener::default();
+        flattener.contacts.restore(&checkpoint.shapes[0]);
+        flattener.inboxes.restore(&checkpoint.shapes[1]);
+        let open = |index: usize| {
+            let mark = checkpoint.spills[index];
+            SpillWriter::resume(&paths[index], mark.bytes, mark.rows)
+                .map_err(|source| spill_error(&paths[index], source))
+        };
+        let spills = [open(0)?, open(1)?];
+        let mut collector = Self {
+            flattener,
+            seen: HashSet::new(),
+            days: BTreeMap::new(),
+            spills,
+            paths,
+            duplicates: checkpoint.duplicates,
+            pages: checkpoint.pages_fetched,
+        };
+        collector.reread_contacts()?;
+        Ok(collector)
+    }
+
+    fn reread_contacts(&mut self) -> Result<(), ExportError> {
+        let path = self.paths[0].clone();
+        let id_column = self.flattener.contacts.id_of("id");
+        let created_column = self.flattener.contacts.id_of("created_at");
+        self.spills[0]
+            .flush()
+            .map_err(|source| spill_error(&path, source))?;
+        let mut reader = SpillReader::open(&path).map_err(|source| spill_error(&path, source))?;
+        let mut row = Row::new();
+        while reader
+            .next_row(&mut row)
+            .map_err(|source| spill_error(&path, source))?
+        {
+            let cell = |column: Option<u32>| {
+                row.iter()
+                    .find(|(c, _)| Some(*c) == column)
+                    .map(|(_, cell)| cell)
+            };
+            if let Some(Cell::Int(id)) = cell(id_column) {
+                self.seen.insert(*id);
+            }
+            let created_at = match cell(created_column) {
+                Some(Cell::Int(secs)) => Some(*secs),
+                Some(Cell::Str(text)) => {
+                    parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000))
+                }
+                _ => None,
+            };
+            if let Some(secs) = created_at {
+                *self.days.entry(secs.div_euclid(86_400)).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the contacts of page `number`, dropping ids already seen.
+    pub fn add_page(&mut self, number: u64, contacts: &[Value]) -> Result<(), ExportError> {
+        self.pages += 1;
+        for contact in contacts {
+            self.add(number, contact)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one contact; false if its id was already there.
+    pub fn add(&mut self, page: u64, contact: &Value) -> Result<bool, ExportError> {
+        let flat = self
+            .flattener
+            .flatten(contact)
+            .map_err(|source| ExportError::Contact { page, source })?;
+        if !self.seen.insert(flat.id) {
+            self.duplicates += 1;
+            return Ok(false);
+        }
+        if let Some(secs) = created_at_secs(contact) {
+            *self.days.entry(secs.div_euclid(86_400)).or_default() += 1;
+        }
+        self.spill(0, &flat.contact)?;
+        for link in &flat.inboxes {
+            self.spill(1, link)?;
+        }
+        Ok(true)
+    }
+
+    fn spill(&mut self, table: usize, row: &Row) -> Result<(), ExportError> {
+        let path = &self.paths[table];
+        self.spills[table]
+            .write_row(row)
+            .map_err(|source| spill_error(path, source))
+    }
+
+    /// Distinct contacts so far.
+    pub fn unique(&self) -> u64 {
+        self.seen.len() as u64
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.seen.contains(&id)
+    }
+
+    /// Distinct contacts per `created_at` day.
+    pub fn days(&self) -> &BTreeMap<i64, u64> {
+        &self.days
+    }
+
+    /// Flushes the spills and returns their lengths and the shapes, for a checkpoint.
+    pub fn mark(
+        &mut self,
+    ) -> Result<
+        (
+            [SpillMark; 2],
+            [Vec<crate::transform::schema::ColumnDef>; 2],
+        ),
+        ExportError,
+    > {
+        for (spill, path) in self.spills.iter_mut().zip(&self.paths) {
+            spill.flush().map_err(|source| spill_error(path, source))?;
+        }
+        let marks = [0, 1].map(|i| SpillMark {
+            bytes: self.spills[i].bytes(),
+            rows: self.spills[i].rows(),
+        });
+        Ok((
+            marks,
+            [
+                self.flattener.contacts.columns(),
+                self.flattener.inboxes.columns(),
+            ],
+        ))
+    }
+
+    /// Closes the spills: returns the flattener (the final shapes), the spill paths and their
+    /// row counts.
+    pub fn finish(self) -> Result<(Flattener, [PathBuf; 2], [u64; 2]), ExportError> {
+        let Collector {
+            flattener,
+            spills,
+            paths,
+            ..
+        } = self;
+        let mut rows = [0u64; 2];
+        for (index, spill) in spills.into_iter().enumerate() {
+            rows[index] = spill
+                .finish()
+                .map_err(|source| spill_error(&paths[index], source))?;
+        }
+        Ok((flattener, paths, rows))
+    }
+}
+
+/// A contact's `created_at` in unix seconds (a number, or RFC 3339 text from some forks).
+pub fn created_at_secs(contact: &Value) -> Option<i64> {
+    match contact.get("created_at")? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(text) => parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+fn spill_error(path: &std::path::Path, source: std::io::Error) -> ExportError {
+    ExportError::Spill {
+        path: path.to_owned(),
+        source,
+    }
+}

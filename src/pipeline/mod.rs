@@ -1,0 +1,400 @@
+//! The export, stage by stage: walk the pages -> repair drift -> write the tables -> manifest
+//! last.
+//!
+//! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`.
+//! `walk` fetches pages (through the `source::Fetcher`: retries, the rate budget, adaptive
+//! concurrency) into the `collector`, which flattens, deduplicates and spills rows to disk, so
+//! memory stays flat whatever the account's size; `saver` checkpoints as it goes. `repair`
+//! finds contacts missed while the account changed. `write` turns the spills into tables once
+//! the schemas are final. Ctrl-C or SIGTERM stops the run with a checkpoint that `--resume`
+//! continues; so does a failure once pages have been fetched.
+
+mod checkpoint;
+mod collector;
+mod repair;
+mod saver;
+mod walk;
+mod write;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use checkpoint::{CheckpointError, JobParams};
+pub use repair::RepairReport;
+
+use checkpoint::{Checkpoint, WalkState};
+use collector::Collector;
+use saver::Saver;
+
+use crate::manifest::{Manifest, Source, Tool, public_base_url};
+use crate::progress::Progress;
+use crate::sink::{Format, SinkError};
+use crate::source::{
+    ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher,
+};
+use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
+use crate::transform::flatten::FlattenError;
+
+/// Everything an export needs, resolved from flags, environment and defaults.
+#[derive(Clone, Debug)]
+pub struct ExportSettings {
+    pub client: ClientOptions,
+    pub fetch: FetchOptions,
+    pub format: Format,
+    pub out: PathBuf,
+    pub overwrite: bool,
+    pub progress: bool,
+    /// Continue the interrupted export in `out` instead of starting over.
+    pub resume: bool,
+}
+
+/// What a finished export reports.
+#[derive(Debug)]
+pub struct ExportSummary {
+    pub contacts: u64,
+    pub inbox_links: u64,
+    pub pages: u64,
+    pub duplicates_dropped: u64,
+    pub expected_count: Option<u64>,
+    pub final_count: Option<u64>,
+    pub elapsed: Duration,
+    pub out: PathBuf,
+    pub fetch: FetchStatus,
+    pub drift: RepairReport,
+    pub manifest: Manifest,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "page {page} holds a contact that cannot be exported ({source}): check --base-url points at a Chatwoot server"
+    )]
+    Contact { page: u64, source: FlattenError },
+    #[error("cannot write table {table}: {source}")]
+    Sink {
+        table: &'static str,
+        source: SinkError,
+    },
+    #[error("cannot use the work folder {}: {source}{}", path.display(), crate::store::disk_hint(source))]
+    Spill {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("internal error: a page task failed ({0}); please report this")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Resume(String),
+    #[error("interrupted after {pages} pages; progress is saved in {}: run the same command with --resume to continue", out.display())]
+    Interrupted { pages: u64, out: PathBuf },
+    #[error("{source}; the {pages} pages done are kept in {}: run the same command with --resume to continue", out.display())]
+    Resumable {
+        source: Box<ExportError>,
+        pages: u64,
+        out: PathBuf,
+    },
+}
+
+impl ExportError {
+    /// The fetch error behind this one, if any.
+    pub fn fetch(&self) -> Option<&FetchError> {
+        match self {
+            Self::Fetch(err) => Some(err),
+            Self::Resumable { source, .. } => source.fetch(),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one export. On failure the folder holds no manifest that says complete and no file of
+/// this run under a final name; the work done is kept for `--resume` when there is any.
+pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportError> {
+    let clock = Instant::now();
+    let params = JobParams {
+        base_url: public_base_url(&settings.client.base_url),
+        account_id: settings.client.account_id,
+        sort: settings.client.sort.clone(),
+        format: settings.format,
+    };
+    let (dir, checkpoint) = open_output(settings, &params)?;
+    let client = match ContactsClient::new(settings.client.clone()) {
+        Ok(client) => client,
+        Err(err) => {
+            dir.abandon();
+            return Err(err.into());
+        }
+    };
+    let fetcher = Arc::new(Fetcher::new(client, settings.fetch));
+    let progress = Progress::new(settings.progress);
+    let ticker = tokio::spawn({
+        let (fetcher, progress) = (Arc::clone(&fetcher), progress.clone());
+        async move {
+            loop {
+                progress.set_status(fetcher.status());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let result = run(settings, &params, &dir, checkpoint, &fetcher, &progress).await;
+    ticker.abort();
+    progress.clear();
+    let (manifest, written, stats) = match result {
+        Ok(done) => done,
+        Err(Failure { error, resumable }) => {
+            if resumable {
+                dir.keep_for_resume();
+            } else {
+                dir.abandon();
+            }
+            return Err(error);
+        }
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|err| StoreError::Write {
+        path: dir.root().join(MANIFEST_FILE),
+        source: err.into(),
+    });
+    if let Err(err) = bytes.and_then(|bytes| dir.write_manifest(&bytes)) {
+        dir.keep_for_resume();
+        return Err(err.into());
+    }
+    let out = dir.root().to_owned();
+    dir.finish(&written)?;
+    Ok(ExportSummary {
+        contacts: manifest.unique_contacts,
+        inbox_links: manifest.tables.get("contact_inboxes").map_or(0, |t| t.rows),
+        pages: manifest.pages_fetched,
+        duplicates_dropped: manifest.duplicates_dropped,
+        expected_count: manifest.expected_count,
+        final_count: manifest.final_count,
+        elapsed: clock.elapsed(),
+        out,
+        fetch: stats,
+        drift: manifest.drift.clone(),
+        manifest,
+    })
+}
+
+/// A failed run, and whether its work is worth keeping for `--resume`.
+struct Failure {
+    error: ExportError,
+    resumable: bool,
+}
+
+/// Opens the output folder: fresh, or (with `--resume`) the interrupted export in it.
+fn open_output(
+    settings: &ExportSettings,
+    params: &JobParams,
+) -> Result<(OutputDir, Option<Checkpoint>), ExportError> {
+    let out = &settings.out;
+    if !settings.resume {
+        let (dir, discarded) = OutputDir::prepare(out, settings.overwrite)?;
+        if discarded {
+            eprintln!(
+                "chatwoot-export: note: discarded an interrupted export in {} (pass --resume to continue one)",
+                out.display()
+            );
+        }
+        return Ok((dir, None));
+    }
+    let no_export = || {
+        ExportError::Resume(format!(
+            "there is no interrupted export to resume in {}: run without --resume",
+            out.display()
+        ))
+    };
+    let dir = OutputDir::reopen(out)?.ok_or_else(no_export)?;
+    let checkpoint = Checkpoint::load(dir.work())?.ok_or_else(no_export)?;
+    if let Some(difference) = params.difference(&checkpoint.params) {
+        return Err(ExportError::Resume(format!(
+            "the interrupted export in {} was started with {difference}: resume it with the same options, or run without --resume to start over",
+            out.display()
+        )));
+    }
+    Ok((dir, Some(checkpoint)))
+}
+
+type Done = (Manifest, Vec<PathBuf>, FetchStatus);
+
+async fn run(
+    settings: &ExportSettings,
+    params: &JobParams,
+    dir: &OutputDir,
+    checkpoint: Option<Checkpoint>,
+    fetcher: &Arc<Fetcher>,
+    progress: &Progress,
+) -> Result<Done, Failure> {
+    let fatal = |error: ExportError| Failure {
+        error,
+        resumable: false,
+    };
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (mut collector, mut walk_state, started_at, resumes) = match &checkpoint {
+        Some(saved) => (
+            Collector::resume(dir, saved).map_err(fatal)?,
+            saved.walk.clone(),
+            saved.started_at.clone(),
+            saved.resumes + 1,
+        ),
+        None => (
+            Collector::create(dir).map_err(fatal)?,
+            WalkState {
+                next_page: 1,
+                ..WalkState::default()
+            },
+            now(),
+            0,
+        ),
+    };
+    let mut saver = Saver::new(
+        dir.work().to_owned(),
+        params.clone(),
+        started_at.clone(),
+        resumes,
+    );
+    let lookahead = settings.fetch.concurrency;
+
+    let walked = tokio::select! {
+        result = walk::walk(fetcher, &mut collector, &mut walk_state, progress, lookahead, &mut saver) => result,
+        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: settings.out.clone() }),
+    };
+    if let Err(error) = walked {
+        return Err(stop(
+            error,
+            &mut collector,
+            &walk_state,
+            &mut saver,
+            &settings.out,
+        ));
+    }
+
+    let max_requests = (walk_state.planned_pages / 20).max(100);
+    let repaired = tokio::select! {
+        result = repair::repair(fetcher, &mut collector, walk_state.final_count, walk_state.page_size, max_requests, progress) => result,
+        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: settings.out.clone() }),
+    };
+    let (drift, final_count) = match repaired {
+        Ok(done) => done,
+        Err(error) => {
+            return Err(stop(
+                error,
+                &mut collector,
+                &walk_state,
+                &mut saver,
+                &settings.out,
+            ));
+        }
+    };
+    walk_state.final_count = final_count.or(walk_state.final_count);
+    let resumable = |error: ExportError| Failure {
+        error,
+        resumable: true,
+    };
+    saver
+        .save(&mut collector, &walk_state, true)
+        .map_err(resumable)?;
+
+    let status = fetcher.status();
+    let (duplicates, pages) = (collector.duplicates, collector.pages);
+    let unique = collector.unique();
+    let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
+    let (tables, written) =
+        write::write_tables(settings.format, dir, &flattener, &spills, progress)
+            .map_err(resumable)?;
+    let manifest = Manifest {
+        complete: true,
+        format: settings.format,
+        expected_count: walk_state.expected_count,
+        final_count: walk_state.final_count,
+        unique_contacts: unique,
+        duplicates_dropped: duplicates,
+        count_difference: walk_state
+            .final_count
+            .map(|count| unique as i64 - count as i64),
+        pages_fetched: pages,
+        page_size: walk_state.page_size,
+        requests: status.governor.sent,
+        retries: status.retries,
+        throttled: status.governor.throttled,
+        drift,
+        resumes,
+        tables,
+        source: Source {
+            base_url: params.base_url.clone(),
+            account_id: params.account_id,
+            sort: params.sort.clone(),
+        },
+        tool: Tool::current(),
+        started_at,
+        finished_at: now(),
+        duration_secs: 0.0,
+    };
+    Ok((manifest, written, status))
+}
+
+/// Saves a checkpoint after a failure or an interruption, so `--resume` can go on.
+fn stop(
+    error: ExportError,
+    collector: &mut Collector,
+    walk: &WalkState,
+    saver: &mut Saver,
+    out: &std::path::Path,
+) -> Failure {
+    let pages = walk.next_page.saturating_sub(1);
+    if pages == 0 {
+        // Nothing fetched (a wrong token on page 1, say): nothing to resume.
+        let resumable = matches!(error, ExportError::Interrupted { .. });
+        return Failure { error, resumable };
+    }
+    if saver.save(collector, walk, true).is_err() {
+        return Failure {
+            error,
+            resumable: false,
+        };
+    }
+    let error = match error {
+        ExportError::Interrupted { out, .. } => ExportError::Interrupted { pages, out },
+        other => ExportError::Resumable {
+            source: Box::new(other),
+            pages,
+            out: out.to_owned(),
+        },
+    };
+    Failure {
+        error,
+        resumable: true,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what cron, systemd and CI send to stop a job).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let term = async {
+            match terminate.as_mut() {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

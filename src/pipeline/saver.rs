@@ -1,0 +1,63 @@
+//! Writes checkpoints as the walk goes: at most one a second (each costs a flush of the
+//! spills and a small rename), and always when asked (end of walk, interruption, failure).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::ExportError;
+use super::checkpoint::{Checkpoint, JobParams, WalkState};
+use super::collector::Collector;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+pub struct Saver {
+    work: PathBuf,
+    params: JobParams,
+    started_at: String,
+    resumes: u32,
+    last: Option<Instant>,
+}
+
+impl Saver {
+    pub fn new(work: PathBuf, params: JobParams, started_at: String, resumes: u32) -> Self {
+        Self {
+            work,
+            params,
+            started_at,
+            resumes,
+            last: None,
+        }
+    }
+
+    /// Saves a checkpoint if a second has passed since the last one, or if `force`.
+    pub fn save(
+        &mut self,
+        collector: &mut Collector,
+        walk: &WalkState,
+        force: bool,
+    ) -> Result<(), ExportError> {
+        if !force && self.last.is_some_and(|last| last.elapsed() < EVERY) {
+            return Ok(());
+        }
+        let (spills, shapes) = collector.mark()?;
+        let checkpoint = Checkpoint {
+            version: Checkpoint::new_version(),
+            params: self.params.clone(),
+            started_at: self.started_at.clone(),
+            walk: walk.clone(),
+            pages_fetched: collector.pages,
+            duplicates: collector.duplicates,
+            resumes: self.resumes,
+            spills,
+            shapes,
+        };
+        checkpoint
+            .save(&self.work)
+            .map_err(|source| ExportError::Spill {
+                path: self.work.join(super::checkpoint::CHECKPOINT_FILE),
+                source,
+            })?;
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The spills -> the output tables, once the schemas are final.
+//!
+//! Receives the final table shapes and the spill files; emits `DIR/<table>.<ext>` through a
+//! temporary name, and the tables' manifest entries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ExportError;
+use crate::manifest::TableEntry;
+use crate::progress::Progress;
+use crate::sink::{Format, SinkError, TableWriter};
+use crate::store::{OutputDir, StoreError};
+use crate::transform::Row;
+use crate::transform::batch::BatchBuilder;
+use crate::transform::flatten::Flattener;
+use crate::transform::schema::TableSchema;
+use crate::transform::spill::SpillReader;
+
+/// The two output tables, in the order they are written.
+pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
+
+/// Writes both tables; returns their manifest entries and the final paths.
+pub fn write_tables(
+    format: Format,
+    dir: &OutputDir,
+    flattener: &Flattener,
+    spills: &[PathBuf; 2],
+    progress: &Progress,
+) -> Result<(BTreeMap<String, TableEntry>, Vec<PathBuf>), ExportError> {
+    let schemas = [flattener.contacts.finish(), flattener.inboxes.finish()];
+    let mut tables = BTreeMap::new();
+    let mut written = Vec::new();
+    for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
+        progress.phase(&format!("writing {table}"));
+        let file_name = format!("{table}.{}", format.extension());
+        let rows = write_table(format, dir, table, &file_name, &schema, spill)?;
+        tables.insert(
+            table.to_owned(),
+            TableEntry::new(vec![file_name.clone()], rows, &schema),
+        );
+        written.push(dir.root().join(&file_name));
+    }
+    Ok((tables, written))
+}
+
+fn write_table(
+    format: Format,
+    dir: &OutputDir,
+    table: &'static str,
+    file_name: &str,
+    schema: &TableSchema,
+    spill: &Path,
+) -> Result<u64, ExportError> {
+    let sink_error = |source: SinkError| ExportError::Sink { table, source };
+    let spill_error = |source| ExportError::Spill {
+        path: spill.to_owned(),
+        source,
+    };
+    let (file, temp) = dir.create_temp(file_name)?;
+    let mut writer =
+        TableWriter::create(format, file, Arc::clone(&schema.arrow)).map_err(sink_error)?;
+    let mut reader = SpillReader::open(spill).map_err(spill_error)?;
+    let mut batch = BatchBuilder::new(schema.clone());
+    let mut row = Row::new();
+    let mut rows = 0u64;
+    let mut batches = 0u64;
+    while reader.next_row(&mut row).map_err(spill_error)? {
+        batch.push(&row);
+        rows += 1;
+        if batch.is_full() {
+            writer
+                .write(
+                    &batch
+                        .finish()
+                        .map_err(SinkError::from)
+                        .map_err(sink_error)?,
+                )
+                .map_err(sink_error)?;
+            batches += 1;
+        }
+    }
+    // The last partial batch, or an empty one so an empty table still gets a CSV header.
+    if !batch.is_empty() || batches == 0 {
+        writer
+            .write(
+                &batch
+                    .finish()
+                    .map_err(SinkError::from)
+                    .map_err(sink_error)?,
+            )
+            .map_err(sink_error)?;
+    }
+    writer.finish().map_err(|source| match source {
+        SinkError::Io(source) => ExportError::Store(StoreError::Write {
+            path: temp.clone(),
+            source,
+        }),
+        other => sink_error(other),
+    })?;
+    dir.commit(&temp, file_name)?;
+    Ok(rows)
+}
