@@ -134,3 +134,33 @@ mod tests {
         assert_eq!(listing.created_between_days(None, None).len(), 1000);
     }
 }
+
+#[cfg(test)]
+mod brute_force {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn index_at_matches_counting_live_contacts() {
+        for seed in 0..20 {
+            let mut rng = Rng::new(seed, 3);
+            let mut listing = Listing::new(700);
+            for _ in 0..60 {
+                let len = listing.len();
+                listing.delete_at(rng.below(len));
+                if rng.chance(50) {
+                    listing.create();
+                }
+                let live: Vec<u64> = listing.live().collect();
+                for (position, index) in live.iter().enumerate() {
+                    assert_eq!(
+                        listing.index_at(position as u64),
+                        Some(*index),
+                        "seed {seed} position {position} deleted {:?}",
+                        listing.deleted
+                    );
+                }
+            }
+        }
+    }
+}

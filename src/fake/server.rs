@@ -55,6 +55,8 @@ pub struct FakeServerConfig {
     /// Drift: after every this many contact requests, one contact is deleted (anywhere in the
     /// list, so later pages shift back) and one is created.
     pub drift_every: Option<u64>,
+    /// Growth and drift happen only during this many first requests (None: always).
+    pub drift_requests: Option<u64>,
     pub faults: FaultConfig,
 }
 
@@ -69,6 +71,7 @@ impl Default for FakeServerConfig {
             latency: Duration::ZERO,
             grow_every: None,
             drift_every: None,
+            drift_requests: None,
             faults: FaultConfig::default(),
         }
     }
@@ -437,16 +440,31 @@ fn page_of(total: u64, page: u64, index_at: impl Fn(u64) -> Option<u64>) -> Vec<
 
 /// Growth and drift, decided by the request number.
 fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
-    let every = |n: Option<u64>| n.is_some_and(|n| n > 0 && request % n == 0);
+    if shared
+        .config
+        .drift_requests
+        .is_some_and(|last| request > last)
+    {
+        return;
+    }
+    let every = |n: Option<u64>| n.is_some_and(|n| n > 0 && request.is_multiple_of(n));
     if every(shared.config.grow_every) {
         listing.create();
     }
+    // Drift deletes on one request and creates on the next, as two people would: the count
+    // moves, and deletions anywhere shift the later pages back.
     if every(shared.config.drift_every) {
         let mut rng = Rng::new(shared.config.seed ^ 0xD81F_7000, request);
         let len = listing.len();
         if len > 0 {
             listing.delete_at(rng.below(len));
         }
+    }
+    if shared
+        .config
+        .drift_every
+        .is_some_and(|n| n > 0 && request % n == 1 % n)
+    {
         listing.create();
     }
 }

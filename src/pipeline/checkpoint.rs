@@ -72,6 +72,19 @@ pub struct WalkState {
     pub next_page: u64,
     /// True once an empty page past the plan ended the walk.
     pub done: bool,
+    /// True if any page's `meta.count` differed from page 1's: the account changed.
+    #[serde(default)]
+    pub count_changed: bool,
+}
+
+impl WalkState {
+    /// Records a page's `meta.count`.
+    pub fn saw_count(&mut self, count: Option<u64>) {
+        if let Some(count) = count {
+            self.count_changed |= Some(count) != self.expected_count;
+            self.final_count = Some(count);
+        }
+    }
 }
 
 /// A spill's length at the checkpoint.

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::ExportError;
 use super::checkpoint::{Checkpoint, SpillMark};
+use crate::source::ContactsPage;
 use crate::store::OutputDir;
 use crate::transform::flatten::Flattener;
 use crate::transform::schema::parse_timestamp;
@@ -19,6 +20,18 @@ use crate::transform::spill::{SpillReader, SpillWriter};
 use crate::transform::{Cell, Row};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
+/// Page notes are kept for this many pages (about 2.6 MB; 1,500,000 contacts).
+const MAX_PAGE_NOTES: usize = 100_000;
+
+/// What the walk saw of one page, for the drift repair.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageNote {
+    /// The order its answer arrived in, among all pages (None: not fetched in this run).
+    pub arrival: Option<u64>,
+    pub count: Option<u64>,
+    pub first_created: Option<i64>,
+    pub last_created: Option<i64>,
+}
 
 /// Flattens, deduplicates and spills.
 pub struct Collector {
@@ -26,6 +39,7 @@ pub struct Collector {
     seen: HashSet<i64>,
     /// Distinct contacts per `created_at` day (days since the epoch, UTC).
     days: BTreeMap<i64, u64>,
+    page_notes: Vec<PageNote>,
     spills: [SpillWriter; 2],
     paths: [PathBuf; 2],
     pub duplicates: u64,
@@ -41,6 +55,7 @@ impl Collector {
             flattener: Flattener::default(),
             seen: HashSet::new(),
             days: BTreeMap::new(),
+            page_notes: Vec::new(),
             spills: [open(&paths[0])?, open(&paths[1])?],
             paths,
             duplicates: 0,
@@ -65,6 +80,7 @@ impl Collector {
             flattener,
             seen: HashSet::new(),
             days: BTreeMap::new(),
+            page_notes: Vec::new(),
             spills,
             paths,
             duplicates: checkpoint.duplicates,
@@ -109,13 +125,37 @@ impl Collector {
         Ok(())
     }
 
-    /// Adds the contacts of page `number`, dropping ids already seen.
-    pub fn add_page(&mut self, number: u64, contacts: &[Value]) -> Result<(), ExportError> {
+    /// Adds the contacts of page `number`, dropping ids already seen, and notes what the
+    /// repair needs to know about the page: when its answer came (`arrival`, an order among
+    /// all answers), the count it reported, and its first and last `created_at`.
+    pub fn add_page(
+        &mut self,
+        number: u64,
+        arrival: u64,
+        page: &ContactsPage,
+    ) -> Result<(), ExportError> {
         self.pages += 1;
-        for contact in contacts {
+        for contact in &page.payload {
             self.add(number, contact)?;
         }
+        let index = usize::try_from(number).unwrap_or(usize::MAX);
+        if index < MAX_PAGE_NOTES {
+            if self.page_notes.len() <= index {
+                self.page_notes.resize(index + 1, PageNote::default());
+            }
+            self.page_notes[index] = PageNote {
+                arrival: Some(arrival),
+                count: page.meta.count,
+                first_created: page.payload.first().and_then(created_at_secs),
+                last_created: page.payload.last().and_then(created_at_secs),
+            };
+        }
         Ok(())
+    }
+
+    /// What the walk noted about each page, by page number (not kept across `--resume`).
+    pub fn page_notes(&self) -> &[PageNote] {
+        &self.page_notes
     }
 
     /// Adds one contact; false if its id was already there.

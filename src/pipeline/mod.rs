@@ -278,7 +278,7 @@ async fn run(
 
     let max_requests = (walk_state.planned_pages / 20).max(100);
     let repaired = tokio::select! {
-        result = repair::repair(fetcher, &mut collector, walk_state.final_count, walk_state.page_size, max_requests, progress) => result,
+        result = repair::repair(fetcher, &mut collector, &walk_state, max_requests, progress) => result,
         () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: settings.out.clone() }),
     };
     let (drift, final_count) = match repaired {

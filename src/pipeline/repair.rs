@@ -17,14 +17,18 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::ExportError;
-use super::collector::Collector;
+use super::checkpoint::WalkState;
+use super::collector::{Collector, PageNote};
 use crate::progress::Progress;
 use crate::source::{FetchError, Fetcher};
+use std::collections::BTreeSet;
 
 /// A range this small (in contacts on the server) is fetched whole instead of bisected.
 const FETCH_WHOLE_PAGES: u64 = 4;
 /// Rounds of compare-and-repair before giving up on a moving account.
 const MAX_ROUNDS: u32 = 3;
+/// Parts the first round compares the account in.
+const SWEEP_RANGES: usize = 32;
 
 /// What the repair did; part of the manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -60,36 +64,38 @@ struct Repair<'a> {
     report: RepairReport,
 }
 
-/// Runs the repair if the walk's numbers call for it.
+/// Runs the repair if the walk saw the account change: a `meta.count` that moved, duplicates
+/// (pages shifted), or a total that differs from the contacts exported. The first round
+/// compares every part of the account (deletions and creations can cancel out in the total);
+/// later rounds look only where the total says contacts are still missing.
 pub async fn repair(
     fetcher: &Fetcher,
     collector: &mut Collector,
-    final_count: Option<u64>,
-    page_size: u64,
+    walk: &WalkState,
     max_requests: u64,
     progress: &Progress,
 ) -> Result<(RepairReport, Option<u64>), ExportError> {
-    let Some(mut count) = final_count else {
+    let Some(mut count) = walk.final_count else {
         return Ok((RepairReport::default(), None));
     };
-    let shifted = collector.duplicates > 0;
+    let changed = walk.count_changed || collector.duplicates > 0 || collector.unique() != count;
     let mut repair = Repair {
         fetcher,
         collector,
-        page_size: page_size.max(1),
+        page_size: walk.page_size.max(1),
         max_requests,
         report: RepairReport::default(),
     };
-    while repair.report.rounds < MAX_ROUNDS {
+    while changed && repair.report.rounds < MAX_ROUNDS {
         let ours = repair.collector.unique();
-        let suspicious = ours < count || (shifted && repair.report.rounds == 0);
-        if !suspicious || repair.report.requests >= max_requests || repair.report.stopped.is_some()
-        {
+        let first = repair.report.rounds == 0;
+        let worth_it = first || ours < count;
+        if !worth_it || repair.report.requests >= max_requests || repair.report.stopped.is_some() {
             break;
         }
         repair.report.rounds += 1;
         progress.phase(&format!("repairing drift (round {})", repair.report.rounds));
-        let outcome = match repair.pass(count).await {
+        let outcome = match repair.pass(count, first).await {
             Ok(()) => repair.recount().await,
             Err(err) => Err(err),
         };
@@ -107,27 +113,47 @@ pub async fn repair(
 }
 
 impl Repair<'_> {
-    /// One bisection over `created_at` ranges, starting from the whole account.
-    async fn pass(&mut self, total: u64) -> Result<(), FetchError> {
-        let mut pending = vec![Range {
-            after: None,
-            before: None,
-            server: total,
-        }];
+    /// One bisection over `created_at` ranges: from a sweep of the whole account in
+    /// `SWEEP_RANGES` parts, or from the whole account as one range. The sweep starts by
+    /// fetching the days around page boundaries the walk crossed while contacts were deleted,
+    /// where a skipped contact hides even when the day's count does not show it (a deletion
+    /// and a creation on the same day cancel out).
+    async fn pass(&mut self, total: u64, sweep: bool) -> Result<(), FetchError> {
+        let mut pending = if sweep {
+            for (first, last) in suspect_days(self.collector.page_notes()) {
+                let range = Range {
+                    after: Some(first - 1),
+                    before: Some(last + 1),
+                    server: 0,
+                };
+                self.fetch_whole(range).await?;
+            }
+            self.sweep().await?
+        } else {
+            vec![Range {
+                after: None,
+                before: None,
+                server: total,
+            }]
+        };
         while let Some(range) = pending.pop() {
             if self.report.requests >= self.max_requests {
                 break;
             }
             let ours = self.ours(range);
-            if range.server <= ours {
+            if range.server == ours {
                 continue;
             }
             let pivot = self.pivot(range);
-            if range.server <= FETCH_WHOLE_PAGES * self.page_size || pivot.is_none() {
-                self.fetch_whole(range).await?;
+            if range.server < ours && pivot.is_none() {
+                // Only deletions can explain it, and the range cannot be split further.
                 continue;
             }
-            let Some(pivot) = pivot else { continue };
+            let Some(pivot) = pivot.filter(|_| range.server > FETCH_WHOLE_PAGES * self.page_size)
+            else {
+                self.fetch_whole(range).await?;
+                continue;
+            };
             // Left: up to and including the pivot day; its count costs one request, whose
             // first page is kept too. Right: the rest, by difference.
             let left = Range {
@@ -151,6 +177,43 @@ impl Repair<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Cuts the account into up to `SWEEP_RANGES` ranges holding about as many of our
+    /// contacts each, and asks the server how many it lists in each.
+    async fn sweep(&mut self) -> Result<Vec<Range>, FetchError> {
+        let days: Vec<(i64, u64)> = self
+            .collector
+            .days()
+            .iter()
+            .map(|(d, n)| (*d, *n))
+            .collect();
+        let total: u64 = days.iter().map(|(_, n)| n).sum();
+        let pieces = (SWEEP_RANGES as u64).min(days.len() as u64).max(1);
+        let mut cuts = Vec::new();
+        let mut seen = 0;
+        for (day, n) in &days {
+            seen += n;
+            if (cuts.len() as u64) + 1 < pieces && seen * pieces >= (cuts.len() as u64 + 1) * total
+            {
+                cuts.push(*day);
+            }
+        }
+        let mut ranges = Vec::with_capacity(cuts.len() + 1);
+        let mut after = None;
+        for cut in cuts.into_iter().map(Some).chain([None]) {
+            let mut range = Range {
+                after,
+                before: cut.map(|day| day + 1),
+                server: 0,
+            };
+            let first = self.filter_page(range, 1).await?;
+            range.server = first.meta.count.unwrap_or(0);
+            self.keep(&first.payload)?;
+            ranges.push(range);
+            after = cut;
+        }
+        Ok(ranges)
     }
 
     /// A fresh `meta.count` (page 1 of the list; its contacts are kept too).
@@ -266,6 +329,48 @@ impl Repair<'_> {
     }
 }
 
+/// Day ranges (first, last; inclusive) around the page boundaries the walk crossed while the
+/// account's count went down. A deletion before the walk's position shifts the list back by
+/// one, so the contact just after the last page fetched moves onto that page and is skipped:
+/// it lies between that page's last contact and the next page's first.
+fn suspect_days(notes: &[PageNote]) -> Vec<(i64, i64)> {
+    let mut arrivals: Vec<(u64, usize)> = notes
+        .iter()
+        .enumerate()
+        .filter_map(|(page, note)| note.arrival.map(|arrival| (arrival, page)))
+        .collect();
+    arrivals.sort_unstable();
+    let mut suspect = BTreeSet::new();
+    for pair in arrivals.windows(2) {
+        let (before, after) = (&notes[pair[0].1], &notes[pair[1].1]);
+        if let (Some(then), Some(now)) = (before.count, after.count)
+            && now < then
+        {
+            suspect.extend([pair[0].1, pair[1].1]);
+        }
+    }
+    let day = |secs: i64| secs.div_euclid(86_400);
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for page in suspect {
+        for (left, right) in [(page.saturating_sub(1), page), (page, page + 1)] {
+            let last = notes.get(left).and_then(|n| n.last_created);
+            let first = notes.get(right).and_then(|n| n.first_created);
+            if let (Some(last), Some(first)) = (last, first) {
+                ranges.push((day(last.min(first)), day(last.max(first))));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::new();
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(previous) if first <= previous.1 + 1 => previous.1 = previous.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+}
+
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01).
 fn day_text(day: i64) -> String {
     const UNIX_EPOCH_FROM_CE: i64 = 719_163;
@@ -281,6 +386,30 @@ fn day_text(day: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::day_text;
+
+    #[test]
+    fn boundaries_around_a_falling_count_are_suspect() {
+        use super::{PageNote, suspect_days};
+        let day = 86_400;
+        let note = |arrival, count, first: i64, last: i64| PageNote {
+            arrival: Some(arrival),
+            count: Some(count),
+            first_created: Some(first * day),
+            last_created: Some(last * day),
+        };
+        let mut notes = vec![PageNote::default()];
+        notes.push(note(0, 100, 1, 1));
+        notes.push(note(1, 100, 2, 3));
+        notes.push(note(2, 99, 5, 6)); // a deletion between pages 2 and 3
+        notes.push(note(3, 99, 9, 9));
+        notes.push(note(4, 99, 20, 20));
+        // Around pages 2 and 3: boundaries 1|2, 2|3 and 3|4: days 1-2, 3-5 and 6-9, merged.
+        assert_eq!(suspect_days(&notes), vec![(1, 9)]);
+        for note in notes.iter_mut().skip(1) {
+            note.count = Some(100);
+        }
+        assert_eq!(suspect_days(&notes), Vec::<(i64, i64)>::new());
+    }
 
     #[test]
     fn day_numbers_become_dates() {

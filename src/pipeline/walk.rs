@@ -8,6 +8,7 @@
 //! empty one, so contacts created during the run are not cut off.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use futures::stream;
@@ -27,8 +28,12 @@ pub async fn walk(
     lookahead: usize,
     saver: &mut Saver,
 ) -> Result<(), ExportError> {
+    // The order answers arrive in, for the repair's notes.
+    let arrivals = Arc::new(AtomicU64::new(0));
+    let arrived = |arrivals: &AtomicU64| arrivals.fetch_add(1, Ordering::SeqCst);
     if state.next_page <= 1 {
         let first = fetcher.page(1).await?;
+        let arrival = arrived(&arrivals);
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
@@ -36,7 +41,7 @@ pub async fn walk(
             Some(count) if state.page_size > 0 => count.div_ceil(state.page_size).max(1),
             _ => 1,
         };
-        collector.add_page(1, &first.payload)?;
+        collector.add_page(1, arrival, &first)?;
         state.next_page = 2;
         state.done = first.payload.is_empty();
         progress.plan(
@@ -61,15 +66,18 @@ pub async fn walk(
     if state.next_page <= state.planned_pages {
         let mut pages = stream::iter(state.next_page..=state.planned_pages)
             .map(|number| {
-                let fetcher = Arc::clone(fetcher);
-                tokio::spawn(async move { (number, fetcher.page(number).await) })
+                let (fetcher, arrivals) = (Arc::clone(fetcher), Arc::clone(&arrivals));
+                tokio::spawn(async move {
+                    let page = fetcher.page(number).await;
+                    (number, arrived(&arrivals), page)
+                })
             })
             .buffered(lookahead.max(1));
         while let Some(joined) = pages.next().await {
-            let (number, page) = joined?;
+            let (number, arrival, page) = joined?;
             let page = page?;
-            state.final_count = page.meta.count.or(state.final_count);
-            collector.add_page(number, &page.payload)?;
+            state.saw_count(page.meta.count);
+            collector.add_page(number, arrival, &page)?;
             state.next_page = number + 1;
             progress.page_done(collector.unique());
             saver.save(collector, state, false)?;
@@ -80,13 +88,14 @@ pub async fn walk(
     loop {
         let number = state.next_page;
         let page = fetcher.page(number).await?;
-        state.final_count = page.meta.count.or(state.final_count);
+        let arrival = arrived(&arrivals);
+        state.saw_count(page.meta.count);
         if page.payload.is_empty() {
             collector.pages += 1;
             state.done = true;
             break;
         }
-        collector.add_page(number, &page.payload)?;
+        collector.add_page(number, arrival, &page)?;
         state.next_page = number + 1;
         progress.page_done(collector.unique());
         saver.save(collector, state, false)?;

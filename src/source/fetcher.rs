@@ -105,7 +105,9 @@ impl Fetcher {
         loop {
             let permit = self.concurrency.acquire().await;
             let ticket = self.governor.acquire().await;
+            let sent = std::time::Instant::now();
             let answer = attempt().await;
+            let rtt = sent.elapsed();
             if let Some(date) = answer.date {
                 self.governor.observe_date(date, SystemTime::now());
             }
@@ -115,7 +117,7 @@ impl Fetcher {
             }
             let error = match answer.outcome {
                 Ok(page) => {
-                    self.governor.succeeded(ticket);
+                    self.governor.succeeded(ticket, rtt);
                     permit.done(false);
                     return Ok(page);
                 }
@@ -130,7 +132,7 @@ impl Fetcher {
                 }
                 continue;
             }
-            self.governor.succeeded(ticket);
+            self.governor.succeeded(ticket, rtt);
             throttles = 0;
             if !error.is_transient() {
                 drop(permit);

@@ -44,12 +44,17 @@ struct State {
     window: i64,
     sent_in_window: u64,
     succeeded_in_window: u64,
+    throttled_in_window: bool,
     /// The window whose 429 set the budget; later successes in it raise the budget again.
     learned_in: Option<i64>,
+    /// Windows in a row that used the whole budget without a 429 (time to probe upward).
+    clean_full_windows: u32,
     paused_until: Option<Instant>,
     /// Bounds on (server clock - local clock), in seconds.
     offset_low: f64,
     offset_high: f64,
+    /// Average round trip, in seconds: a request counts where it arrives, half of it later.
+    rtt: f64,
     sent: u64,
     throttled: u64,
     rng: Rng,
@@ -59,27 +64,37 @@ struct State {
 #[derive(Debug)]
 pub struct RateGovernor {
     window: Duration,
+    /// The most the budget may grow back to when probing (the configured budget).
+    ceiling: Option<u64>,
     state: Mutex<State>,
 }
 
-/// Margin after a window starts before its first request goes, on top of the clock's
-/// uncertainty: our idea of "the next window" must not be early by the server's clock.
+/// Margin kept free at each end of a window: our idea of the window must sit inside the
+/// server's, whatever the small errors of clocks and timing.
 const GUARD: f64 = 0.05;
+/// After this many full windows without a 429, a learned budget is probed one step upward,
+/// so a budget learned too low (a burst of other traffic from the same IP) recovers.
+const PROBE_AFTER_WINDOWS: u32 = 10;
 
 impl RateGovernor {
     /// `budget` requests per `window`; `None` means no budget until a 429 teaches one.
     pub fn new(budget: Option<u64>, window: Duration) -> Self {
+        let budget = budget.map(|b| b.max(1));
         Self {
             window: window.max(Duration::from_millis(100)),
+            ceiling: budget,
             state: Mutex::new(State {
-                budget: budget.map(|b| b.max(1)),
+                budget,
                 window: i64::MIN,
                 sent_in_window: 0,
                 succeeded_in_window: 0,
+                throttled_in_window: false,
                 learned_in: None,
+                clean_full_windows: 0,
                 paused_until: None,
                 offset_low: f64::NEG_INFINITY,
                 offset_high: f64::INFINITY,
+                rtt: 0.0,
                 sent: 0,
                 throttled: 0,
                 rng: Rng::from_entropy(),
@@ -99,43 +114,95 @@ impl RateGovernor {
             let wait = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                if let Some(until) = state.paused_until {
-                    if until > now {
-                        until - now
-                    } else {
+                match state.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ => {
                         state.paused_until = None;
-                        continue;
+                        match self.try_take(&mut state) {
+                            Ok(ticket) => return ticket,
+                            Err(wait) => {
+                                // Everyone waits for the same instant; jitter spreads them.
+                                let wait = wait + self.jitter(&mut state);
+                                state.paused_until = Some(now + wait);
+                                wait
+                            }
+                        }
                     }
-                } else {
-                    let (window, into_window) = self.window_now(&state);
-                    if window != state.window {
-                        state.window = window;
-                        state.sent_in_window = 0;
-                        state.succeeded_in_window = 0;
-                    }
-                    if state
-                        .budget
-                        .is_none_or(|budget| state.sent_in_window < budget)
-                    {
-                        state.sent_in_window += 1;
-                        state.sent += 1;
-                        return Ticket(window);
-                    }
-                    // Budget spent: wait for the next window (all workers land on the same
-                    // instant; the small jitter spreads them).
-                    let jitter = self.jitter(&mut state);
-                    let wait = self.until_next_window(&state, into_window) + jitter;
-                    state.paused_until = Some(now + wait);
-                    wait
                 }
             };
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// The request with `ticket` was answered without a 429.
-    pub fn succeeded(&self, ticket: Ticket) {
+    /// Takes a request from the current window's budget, or says how long until one is free.
+    fn try_take(&self, state: &mut State) -> Result<Ticket, Duration> {
+        let length = self.window.as_secs_f64();
+        let (offset, uncertainty) = self.offset(state);
+        let local = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let server = local + offset;
+        let window = (server / length).floor() as i64;
+        let into = server - window as f64 * length;
+        if window != state.window {
+            self.close_window(state);
+            state.window = window;
+            state.sent_in_window = 0;
+            state.succeeded_in_window = 0;
+            state.throttled_in_window = false;
+        }
+        let Some(budget) = state.budget else {
+            state.sent += 1;
+            return Ok(Ticket(window));
+        };
+        // Send only where the request surely lands in this window of the server's: not
+        // before its start, not so near its end that it arrives in the next one.
+        let start_guard = GUARD + uncertainty;
+        let end_guard = GUARD + uncertainty + state.rtt / 2.0;
+        let guarded = length > 4.0 * (start_guard + end_guard);
+        if guarded && into < start_guard {
+            return Err(Duration::from_secs_f64(start_guard - into));
+        }
+        if state.sent_in_window >= budget || (guarded && into > length - end_guard) {
+            return Err(Duration::from_secs_f64(
+                length - into + if guarded { start_guard } else { 0.0 },
+            ));
+        }
+        state.sent_in_window += 1;
+        state.sent += 1;
+        Ok(Ticket(window))
+    }
+
+    /// Bookkeeping when a window ends: probe a learned budget upward after enough windows
+    /// that used all of it without a 429.
+    fn close_window(&self, state: &mut State) {
+        let Some(budget) = state.budget else { return };
+        if state.throttled_in_window || state.sent_in_window < budget {
+            state.clean_full_windows = 0;
+            return;
+        }
+        state.clean_full_windows += 1;
+        if state.clean_full_windows >= PROBE_AFTER_WINDOWS
+            && self.ceiling.is_none_or(|c| budget < c)
+        {
+            let step = (budget / 20).max(1);
+            state.budget = Some(
+                self.ceiling
+                    .map_or(budget + step, |c| (budget + step).min(c)),
+            );
+            state.clean_full_windows = 0;
+        }
+    }
+
+    /// The request with `ticket` was answered without a 429, after `rtt`.
+    pub fn succeeded(&self, ticket: Ticket, rtt: Duration) {
         let mut state = self.lock();
+        let rtt = rtt.as_secs_f64();
+        state.rtt = if state.rtt == 0.0 {
+            rtt
+        } else {
+            state.rtt * 0.9 + rtt * 0.1
+        };
         if ticket.0 == state.window {
             state.succeeded_in_window += 1;
             if state.learned_in == Some(ticket.0) {
@@ -150,22 +217,30 @@ impl RateGovernor {
     pub fn throttled(&self, ticket: Ticket, retry_after: Option<Duration>) {
         let mut state = self.lock();
         state.throttled += 1;
-        if ticket.0 == state.window && state.learned_in != Some(ticket.0) {
-            let succeeded = state.succeeded_in_window.max(1);
-            state.budget = Some(state.budget.map_or(succeeded, |b| b.min(succeeded)));
-            state.learned_in = Some(ticket.0);
+        if ticket.0 == state.window {
+            state.throttled_in_window = true;
+            if state.learned_in != Some(ticket.0) {
+                let succeeded = state.succeeded_in_window.max(1);
+                state.budget = Some(state.budget.map_or(succeeded, |b| b.min(succeeded)));
+                state.learned_in = Some(ticket.0);
+            }
         }
-        let (window, into_window) = self.window_now(&state);
         let wait = match retry_after {
             Some(wait) => wait,
-            None if window == ticket.0 => self.until_next_window(&state, into_window),
+            None if ticket.0 == state.window => {
+                // Nothing more in this window: take all that is left of it.
+                let left = state.budget.unwrap_or(0);
+                state.sent_in_window = state.sent_in_window.max(left);
+                Duration::ZERO
+            }
             // The window has turned since the request went: go again now.
             None => Duration::ZERO,
         };
-        let wait = wait + self.jitter(&mut state);
-        let until = Instant::now() + wait;
-        if state.paused_until.is_none_or(|current| current < until) {
-            state.paused_until = Some(until);
+        if !wait.is_zero() {
+            let until = Instant::now() + wait + self.jitter(&mut state);
+            if state.paused_until.is_none_or(|current| current < until) {
+                state.paused_until = Some(until);
+            }
         }
     }
 
@@ -206,40 +281,21 @@ impl RateGovernor {
         }
     }
 
-    /// The current window number on the server's clock, and how far into it we are (secs).
-    fn window_now(&self, state: &State) -> (i64, f64) {
-        let local = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let server = local + self.offset(state) - GUARD - self.uncertainty(state);
-        let length = self.window.as_secs_f64();
-        let window = (server / length).floor();
-        (window as i64, server - window * length)
-    }
-
-    fn until_next_window(&self, _state: &State, into_window: f64) -> Duration {
-        Duration::from_secs_f64((self.window.as_secs_f64() - into_window).max(0.0))
+    /// (server clock - local clock, uncertainty of that), in seconds. A synchronised local
+    /// clock (the `Date` headers agree with it) is exact to well under a second, finer than
+    /// the headers can tell; otherwise the middle of what the headers allow.
+    fn offset(&self, state: &State) -> (f64, f64) {
+        let (low, high) = (state.offset_low, state.offset_high);
+        if !(low.is_finite() && high.is_finite()) || (low <= 0.0 && 0.0 <= high) {
+            return (0.0, 0.0);
+        }
+        ((low + high) / 2.0, (high - low) / 2.0)
     }
 
     /// Up to 2% of the window (at most a second).
     fn jitter(&self, state: &mut State) -> Duration {
         let spread = (self.window.as_secs_f64() * 0.02).min(1.0);
         Duration::from_secs_f64(spread * state.rng.unit())
-    }
-
-    fn offset(&self, state: &State) -> f64 {
-        match (state.offset_low.is_finite(), state.offset_high.is_finite()) {
-            (true, true) => (state.offset_low + state.offset_high) / 2.0,
-            _ => 0.0,
-        }
-    }
-
-    fn uncertainty(&self, state: &State) -> f64 {
-        if state.offset_low.is_finite() && state.offset_high.is_finite() {
-            (state.offset_high - state.offset_low) / 2.0
-        } else {
-            0.0
-        }
     }
 }
 
@@ -270,13 +326,15 @@ mod tests {
             tickets.push(governor.acquire().await);
         }
         for ticket in &tickets[..4] {
-            governor.succeeded(*ticket);
+            governor.succeeded(*ticket, Duration::from_millis(5));
         }
         governor.throttled(tickets[4], None);
         let status = governor.status();
         assert_eq!(status.budget, Some(4));
-        assert!(status.waiting.is_some_and(|w| w > Duration::ZERO));
         assert_eq!(status.throttled, 1);
+        // The window is used up: the next request waits for the next one.
+        let waited = tokio::time::timeout(Duration::from_millis(100), governor.acquire()).await;
+        assert!(waited.is_err(), "no more requests in a throttled window");
     }
 
     #[test]

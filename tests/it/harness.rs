@@ -52,14 +52,15 @@ impl Fake {
 
     /// Every contact the account holds now, in `created_at` order.
     pub fn truth(&self) -> Vec<Value> {
-        let server = self.server();
-        (0..server.live_contacts())
-            .map(|i| server.account().contact(i))
-            .collect()
+        self.server().live_truth()
     }
 
     pub fn requests(&self) -> u64 {
         self.server().requests()
+    }
+
+    pub fn throttled(&self) -> u64 {
+        self.server().throttled()
     }
 }
 

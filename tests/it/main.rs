@@ -4,6 +4,7 @@
 mod errors;
 mod expected;
 mod export;
+mod faults;
 mod harness;
 mod python;
 mod readers;
