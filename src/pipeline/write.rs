@@ -65,32 +65,18 @@ fn write_table(
     let mut batch = BatchBuilder::new(schema.clone());
     let mut row = Row::new();
     let mut rows = 0u64;
-    let mut batches = 0u64;
+    let mut flush =
+        |batch: &mut BatchBuilder| -> Result<(), SinkError> { writer.write(&batch.finish()?) };
     while reader.next_row(&mut row).map_err(spill_error)? {
         batch.push(&row);
         rows += 1;
         if batch.is_full() {
-            writer
-                .write(
-                    &batch
-                        .finish()
-                        .map_err(SinkError::from)
-                        .map_err(sink_error)?,
-                )
-                .map_err(sink_error)?;
-            batches += 1;
+            flush(&mut batch).map_err(sink_error)?;
         }
     }
     // The last partial batch, or an empty one so an empty table still gets a CSV header.
-    if !batch.is_empty() || batches == 0 {
-        writer
-            .write(
-                &batch
-                    .finish()
-                    .map_err(SinkError::from)
-                    .map_err(sink_error)?,
-            )
-            .map_err(sink_error)?;
+    if !batch.is_empty() || rows == 0 {
+        flush(&mut batch).map_err(sink_error)?;
     }
     writer.finish().map_err(|source| match source {
         SinkError::Io(source) => ExportError::Store(StoreError::Write {

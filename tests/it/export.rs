@@ -150,15 +150,7 @@ fn duplicates_from_page_drift_are_dropped_and_the_missed_are_recovered() {
         &["--sort", "-created_at", "--concurrency", "1"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines = std::fs::read_to_string(dir.path().join("contacts.ndjson")).expect("ndjson");
-    let ids: Vec<i64> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("json")["id"]
-                .as_i64()
-                .expect("id")
-        })
-        .collect();
+    let ids = crate::harness::ndjson_ids(dir.path());
     let unique: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "every contact at most once");
     let truth = fake.truth();

@@ -163,15 +163,7 @@ fn drift_with_inserts_and_deletes_is_repaired() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let truth = fake.truth();
-    let text = std::fs::read_to_string(dir.path().join("contacts.ndjson")).expect("ndjson");
-    let ids: Vec<i64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("json")["id"]
-                .as_i64()
-                .expect("id")
-        })
-        .collect();
+    let ids = crate::harness::ndjson_ids(dir.path());
     let exported: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(exported.len(), ids.len(), "every contact at most once");
     let live: HashSet<i64> = truth

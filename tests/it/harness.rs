@@ -166,3 +166,14 @@ pub fn manifest(dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
     Some(serde_json::from_str(&text).expect("manifest is JSON"))
 }
+
+/// The contact ids of `DIR/contacts.ndjson`, in file order.
+pub fn ndjson_ids(dir: &Path) -> Vec<i64> {
+    let text = std::fs::read_to_string(dir.join("contacts.ndjson")).expect("contacts.ndjson");
+    text.lines()
+        .map(|line| {
+            let contact: Value = serde_json::from_str(line).expect("a JSON object a line");
+            contact["id"].as_i64().expect("an integer id")
+        })
+        .collect()
+}
