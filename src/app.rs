@@ -27,6 +27,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 async fn contacts(args: ContactsArgs) -> Result<(), Error> {
     let token = read_token(args.token_file.as_deref())?;
     check_base_url(&args.base_url, args.allow_insecure_http)?;
+    if args.output.csv_safe && args.output.format != crate::sink::Format::Csv {
+        return Err(Error::Usage(format!(
+            "--csv-safe applies only to CSV, not --format {}: add --format csv or drop --csv-safe",
+            args.output.format.extension()
+        )));
+    }
     let settings = ExportSettings {
         client: ClientOptions {
             base_url: args.base_url,
@@ -40,6 +46,8 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         concurrency: usize::from(args.fetch.concurrency),
         overwrite: args.output.overwrite,
         progress: !args.output.no_progress,
+        keep_inbox_secrets: args.output.keep_inbox_secrets,
+        csv_safe: args.output.csv_safe,
     };
     let summary = export(&settings).await?;
     print_summary(&summary);
@@ -78,6 +86,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         concurrency: 8,
         overwrite: false,
         progress: !args.no_progress,
+        keep_inbox_secrets: false,
+        csv_safe: false,
     };
     let result = export(&settings).await;
     server.shutdown().await;
@@ -107,7 +117,9 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         };
         let file = std::fs::File::create(path).map_err(io_error)?;
         let mut out = std::io::BufWriter::new(file);
-        write_truth(&FakeAccount::new(args.seed, args.contacts), &mut out).map_err(io_error)?;
+        let account = FakeAccount::new(args.seed, args.contacts)
+            .with_legacy_inbox_secrets(args.legacy_inbox_secrets);
+        write_truth(&account, &mut out).map_err(io_error)?;
         return Ok(());
     }
     let config = FakeServerConfig {
@@ -118,6 +130,7 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         latency: Duration::from_millis(args.latency_ms),
         grow_every: args.grow_every,
         malformed_page: args.malformed_page,
+        legacy_inbox_secrets: args.legacy_inbox_secrets,
         ..FakeServerConfig::default()
     };
     let server = FakeServer::start(config, args.port)
@@ -192,6 +205,17 @@ fn print_summary(summary: &ExportSummary) {
         summary.duplicates_dropped,
         summary.out.display()
     );
+    let dropped = &summary.manifest.inbox_fields_dropped;
+    if !dropped.is_empty() {
+        let values: u64 = dropped.values().sum();
+        let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
+        eprintln!(
+            "chatwoot-export: note: left out {values} values of inbox fields that look like credentials \
+             ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
+             or pass --keep-inbox-secrets to keep them",
+            names.join(", ")
+        );
+    }
     if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
         eprintln!(
             "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \

@@ -19,12 +19,13 @@ use futures::stream;
 
 use crate::manifest::{Manifest, Source, TableEntry, Tool, public_base_url};
 use crate::progress::Progress;
-use crate::sink::{Format, SinkError, TableWriter};
+use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::source::{ClientOptions, ContactsClient, ContactsPage, FetchError};
 use crate::store::{OutputDir, StoreError};
 use crate::transform::Row;
 use crate::transform::batch::BatchBuilder;
 use crate::transform::flatten::{FlattenError, Flattener};
+use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::schema::TableSchema;
 use crate::transform::spill::{SpillReader, SpillWriter};
 
@@ -38,6 +39,10 @@ pub struct ExportSettings {
     pub concurrency: usize,
     pub overwrite: bool,
     pub progress: bool,
+    /// Keep the credentials some servers embed in `contact_inboxes[].inbox`.
+    pub keep_inbox_secrets: bool,
+    /// CSV: neutralise text cells that a spreadsheet would run as a formula.
+    pub csv_safe: bool,
 }
 
 /// What a finished export reports.
@@ -110,7 +115,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             return Err(err);
         }
     };
-    let (tables, written) = match write_tables(settings.format, &dir, &walk, &progress) {
+    let options = SinkOptions {
+        csv_safe: settings.csv_safe,
+    };
+    let (tables, written) = match write_tables(settings.format, options, &dir, &walk, &progress) {
         Ok(done) => done,
         Err(err) => {
             dir.abandon();
@@ -128,6 +136,9 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         count_difference: walk.final_count.map(|count| unique as i64 - count as i64),
         pages_fetched: walk.pages,
         page_size: walk.page_size,
+        keep_inbox_secrets: settings.keep_inbox_secrets,
+        inbox_fields_dropped: walk.flattener.inbox_secrets.dropped().clone(),
+        csv_safe: settings.csv_safe,
         tables,
         source: Source {
             base_url: public_base_url(&settings.client.base_url),
@@ -185,7 +196,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn create(dir: &OutputDir) -> Result<Self, ExportError> {
+    fn create(dir: &OutputDir, inbox_secrets: InboxSecrets) -> Result<Self, ExportError> {
         let paths = [
             dir.work_path("contacts.rows"),
             dir.work_path("contact_inboxes.rows"),
@@ -196,8 +207,10 @@ impl Collector {
                 source,
             })
         };
+        let mut flattener = Flattener::default();
+        flattener.inbox_secrets = inbox_secrets;
         Ok(Self {
-            flattener: Flattener::default(),
+            flattener,
             seen: HashSet::new(),
             spills: [open(&paths[0])?, open(&paths[1])?],
             paths,
@@ -248,7 +261,12 @@ async fn run(
     progress: &mut Progress,
 ) -> Result<Walk, ExportError> {
     let client = Arc::new(ContactsClient::new(settings.client.clone())?);
-    let mut collector = Collector::create(dir)?;
+    let inbox_secrets = if settings.keep_inbox_secrets {
+        InboxSecrets::keep_all()
+    } else {
+        InboxSecrets::default()
+    };
+    let mut collector = Collector::create(dir, inbox_secrets)?;
 
     let first = client.page(1).await?;
     let expected_count = first.meta.count;
@@ -321,6 +339,7 @@ async fn run(
 /// Writes both tables from their spills; returns their manifest entries and the final paths.
 fn write_tables(
     format: Format,
+    options: SinkOptions,
     dir: &OutputDir,
     walk: &Walk,
     progress: &Progress,
@@ -338,7 +357,15 @@ fn write_tables(
     {
         progress.writing(table);
         let file_name = format!("{table}.{}", format.extension());
-        let rows = write_table(format, dir, table, &file_name, &schema, &walk.spills[index])?;
+        let rows = write_table(
+            format,
+            options,
+            dir,
+            table,
+            &file_name,
+            &schema,
+            &walk.spills[index],
+        )?;
         debug_assert_eq!(rows, walk.rows[index]);
         tables.insert(
             table.to_owned(),
@@ -351,6 +378,7 @@ fn write_tables(
 
 fn write_table(
     format: Format,
+    options: SinkOptions,
     dir: &OutputDir,
     table: &'static str,
     file_name: &str,
@@ -363,8 +391,8 @@ fn write_table(
         source,
     };
     let (file, temp) = dir.create_temp(file_name)?;
-    let mut writer =
-        TableWriter::create(format, file, Arc::clone(&schema.arrow)).map_err(sink_error)?;
+    let mut writer = TableWriter::create(format, file, Arc::clone(&schema.arrow), options)
+        .map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
     let mut row = Row::new();

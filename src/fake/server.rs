@@ -5,7 +5,8 @@
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
 //! past the end is an empty payload, `sort` keys with `-` for descending and unknown keys
-//! ignored, and the 401/404 bodies of each authentication failure.
+//! ignored, and the 401/404 bodies of each authentication failure. `legacy_inbox_secrets`
+//! serves the inbox credentials that Chatwoot before PR #10888 embedded in contacts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,9 @@ pub struct FakeServerConfig {
     pub grow_every: Option<u64>,
     /// Answers this page once with a body that is not valid JSON.
     pub malformed_page: Option<u64>,
+    /// Embeds the whole inbox, credentials included, in `contact_inboxes`, as Chatwoot did
+    /// for admin tokens before PR #10888.
+    pub legacy_inbox_secrets: bool,
 }
 
 impl Default for FakeServerConfig {
@@ -61,6 +65,7 @@ impl Default for FakeServerConfig {
             latency: Duration::ZERO,
             grow_every: None,
             malformed_page: None,
+            legacy_inbox_secrets: false,
         }
     }
 }
@@ -90,7 +95,8 @@ impl FakeServer {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            account: FakeAccount::new(config.seed, config.contacts),
+            account: FakeAccount::new(config.seed, config.contacts)
+                .with_legacy_inbox_secrets(config.legacy_inbox_secrets),
             live: AtomicU64::new(config.contacts),
             config,
             orders: Mutex::new(HashMap::new()),
