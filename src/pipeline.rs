@@ -197,23 +197,23 @@ struct Collector {
 
 impl Collector {
     fn create(dir: &OutputDir, inbox_secrets: InboxSecrets) -> Result<Self, ExportError> {
-        let paths = [
-            dir.work_path("contacts.rows"),
-            dir.work_path("contact_inboxes.rows"),
-        ];
-        let open = |path: &PathBuf| {
-            SpillWriter::create(path).map_err(|source| ExportError::Spill {
-                path: path.clone(),
-                source,
-            })
+        let open = |name: &str| {
+            dir.create_work_file(name)
+                .map(|(file, path)| (SpillWriter::new(file), path))
+                .map_err(|source| ExportError::Spill {
+                    path: dir.work_path(name),
+                    source,
+                })
         };
+        let (contacts, contacts_path) = open("contacts.rows")?;
+        let (inboxes, inboxes_path) = open("contact_inboxes.rows")?;
         let mut flattener = Flattener::default();
         flattener.inbox_secrets = inbox_secrets;
         Ok(Self {
             flattener,
             seen: HashSet::new(),
-            spills: [open(&paths[0])?, open(&paths[1])?],
-            paths,
+            spills: [contacts, inboxes],
+            paths: [contacts_path, inboxes_path],
             duplicates: 0,
             pages: 0,
         })

@@ -27,10 +27,15 @@ pub struct SpillWriter {
 
 impl SpillWriter {
     pub fn create(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            out: BufWriter::with_capacity(1 << 20, File::create(path)?),
+        Ok(Self::new(File::create(path)?))
+    }
+
+    /// Writes to a file the caller created (owner-only, in the output's work folder).
+    pub fn new(file: File) -> Self {
+        Self {
+            out: BufWriter::with_capacity(1 << 20, file),
             rows: 0,
-        })
+        }
     }
 
     pub fn write_row(&mut self, row: &Row) -> io::Result<()> {

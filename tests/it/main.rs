@@ -5,6 +5,7 @@ mod csv_safe;
 mod errors;
 mod expected;
 mod export;
+mod files;
 mod harness;
 mod inbox_secrets;
 mod python;
