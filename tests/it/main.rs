@@ -8,6 +8,8 @@ mod export;
 mod files;
 mod harness;
 mod inbox_secrets;
+mod loopback;
 mod python;
 mod readers;
+mod redirects;
 mod secrets;
