@@ -12,4 +12,5 @@ mod loopback;
 mod python;
 mod readers;
 mod redirects;
+mod robustness;
 mod secrets;
