@@ -27,6 +27,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 async fn contacts(args: ContactsArgs) -> Result<(), Error> {
     let token = read_token(args.token_file.as_deref())?;
     check_base_url(&args.base_url, args.allow_insecure_http)?;
+    if args.output.csv_safe && args.output.format != crate::sink::Format::Csv {
+        return Err(Error::Usage(format!(
+            "--csv-safe applies only to CSV, not --format {}: add --format csv or drop --csv-safe",
+            args.output.format.extension()
+        )));
+    }
     let settings = ExportSettings {
         client: ClientOptions {
             base_url: args.base_url,
@@ -49,6 +55,8 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         overwrite: args.output.overwrite,
         progress: !args.output.no_progress,
         resume: args.output.resume,
+        keep_inbox_secrets: args.output.keep_inbox_secrets,
+        csv_safe: args.output.csv_safe,
     };
     let summary = export(&settings).await?;
     print_summary(&summary);
@@ -93,6 +101,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         overwrite: false,
         progress: !args.no_progress,
         resume: false,
+        keep_inbox_secrets: false,
+        csv_safe: false,
     };
     let result = export(&settings).await;
     server.shutdown().await;
@@ -122,7 +132,9 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         };
         let file = std::fs::File::create(path).map_err(io_error)?;
         let mut out = std::io::BufWriter::new(file);
-        write_truth(&FakeAccount::new(args.seed, args.contacts), &mut out).map_err(io_error)?;
+        let account = FakeAccount::new(args.seed, args.contacts)
+            .with_legacy_inbox_secrets(args.legacy_inbox_secrets);
+        write_truth(&account, &mut out).map_err(io_error)?;
         return Ok(());
     }
     let config = FakeServerConfig {
@@ -140,6 +152,7 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
             rate_window_secs: args.rate_window_secs,
             malformed_page: args.malformed_page,
         },
+        legacy_inbox_secrets: args.legacy_inbox_secrets,
         ..FakeServerConfig::default()
     };
     let server = FakeServer::start(config, args.port)
@@ -241,6 +254,17 @@ fn print_summary(summary: &ExportSummary) {
                 .stopped
                 .as_ref()
                 .map_or(String::new(), |why| format!("; it stopped early: {why}"))
+        );
+    }
+    let dropped = &summary.manifest.inbox_fields_dropped;
+    if !dropped.is_empty() {
+        let values: u64 = dropped.values().sum();
+        let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
+        eprintln!(
+            "chatwoot-export: note: left out {values} values of inbox fields that look like credentials \
+             ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
+             or pass --keep-inbox-secrets to keep them",
+            names.join(", ")
         );
     }
     if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {

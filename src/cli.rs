@@ -97,6 +97,15 @@ pub struct OutputArgs {
     /// fetching its finished pages again. The other options must be the same.
     #[arg(long)]
     pub resume: bool,
+    /// CSV only: prefix text cells starting with = + - @ tab or CR with ' so spreadsheets do
+    /// not run them as formulas (not lossless: -5 in a text column becomes '-5).
+    #[arg(long)]
+    pub csv_safe: bool,
+    /// Keep inbox fields that look like credentials (imap_password, hmac_token,
+    /// provider_config...), which Chatwoot before PR #10888 sent to admin tokens. Off: they
+    /// are dropped and counted in manifest.json.
+    #[arg(long)]
+    pub keep_inbox_secrets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +205,10 @@ pub struct FakeServerArgs {
     /// Answer page K once with a body that is not valid JSON.
     #[arg(long, value_name = "K")]
     pub malformed_page: Option<u64>,
+    /// Embed whole inboxes, credentials included (imap_password, hmac_token, provider_config...),
+    /// in contact_inboxes, as Chatwoot did for admin tokens before PR #10888.
+    #[arg(long)]
+    pub legacy_inbox_secrets: bool,
     /// Write the account's contacts (the ground truth), one JSON object a line, and exit.
     #[arg(long, value_name = "PATH")]
     pub dump_truth: Option<PathBuf>,

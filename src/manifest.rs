@@ -40,6 +40,13 @@ pub struct Manifest {
     pub drift: crate::pipeline::RepairReport,
     /// How many times the export was resumed after an interruption.
     pub resumes: u32,
+    /// Whether `--keep-inbox-secrets` kept the credentials some servers embed in inboxes.
+    pub keep_inbox_secrets: bool,
+    /// Values left out of `contact_inboxes` because their field looks like a credential, by
+    /// the column they would have had. Names and counts only, never values.
+    pub inbox_fields_dropped: BTreeMap<String, u64>,
+    /// Whether CSV text cells that start like a formula got a leading `'` (`--csv-safe`).
+    pub csv_safe: bool,
     pub tables: BTreeMap<String, TableEntry>,
     pub source: Source,
     pub tool: Tool,

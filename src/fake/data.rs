@@ -5,7 +5,8 @@
 //! page of a million-contact account costs fifteen contacts of work and no memory.
 //! The data is deliberately nasty: Hebrew, emoji, quotes, commas, newlines, leading `=`, nulls,
 //! empty objects, omitted `last_activity_at`, custom attribute keys with spaces, dots and
-//! Hebrew, a key whose values mix numbers and strings, and a nested value.
+//! Hebrew, a key whose values mix numbers and strings, and a nested value. In legacy mode the
+//! inboxes carry the credentials old Chatwoot versions leaked there.
 
 use serde_json::{Map, Value, json};
 
@@ -110,6 +111,48 @@ fn inboxes() -> Vec<Value> {
     ]
 }
 
+/// The inboxes as Chatwoot before PR #10888 rendered them for admin tokens: the whole inbox
+/// (`_inbox.json.jbuilder`), credentials included. Every credential value holds
+/// `fake-secret-`, so a test can look for it in the output's bytes.
+fn legacy_inboxes() -> Vec<Value> {
+    let extras = [
+        json!({"website_url": "https://example.com", "widget_color": "#1f93ff",
+               "website_token": "fake-secret-website-token-1", "hmac_token": "fake-secret-hmac-1",
+               "hmac_mandatory": false, "welcome_title": "Hi there"}),
+        json!({"phone_number": "+15550001111", "reauthorization_required": false,
+               "provider_config": {"api_key": "fake-secret-wa-api-key-2", "phone_number_id": "1234",
+                                   "business_account_id": "5678",
+                                   "webhook_verify_token": "fake-secret-wa-verify-2"}}),
+        json!({"email": "support@example.com", "forward_to_email": "fwd-3@inbound.example.com",
+               "imap_login": "fake-secret-imap-login-3", "imap_password": "fake-secret-imap-password-3",
+               "imap_address": "imap.example.com", "imap_port": 993, "imap_enabled": true,
+               "smtp_login": "fake-secret-smtp-login-3", "smtp_password": "fake-secret-smtp-password-3",
+               "smtp_address": "smtp.example.com", "smtp_port": 587, "smtp_authentication": "login",
+               "smtp_enable_starttls_auto": true}),
+        json!({"webhook_url": "https://hooks.example.com/fake-secret-webhook-4",
+               "inbox_identifier": "Xq9kLm2Np4", "hmac_token": "fake-secret-hmac-4",
+               "secret": "fake-secret-api-4", "hmac_mandatory": true}),
+        json!({"bot_name": "support_bot", "bot_token": "fake-secret-bot-token-5"}),
+    ];
+    inboxes()
+        .into_iter()
+        .zip(extras)
+        .map(|(mut inbox, extra)| {
+            if let (Value::Object(fields), Value::Object(extra)) = (&mut inbox, extra) {
+                fields.insert("greeting_enabled".into(), false.into());
+                fields.insert("enable_auto_assignment".into(), true.into());
+                fields.insert("timezone".into(), "Asia/Jerusalem".into());
+                fields.insert(
+                    "working_hours".into(),
+                    json!([{"day_of_week": 0, "open_all_day": true}]),
+                );
+                fields.extend(extra);
+            }
+            inbox
+        })
+        .collect()
+}
+
 /// One fake Chatwoot account: its contacts are a pure function of (seed, index).
 #[derive(Clone, Debug)]
 pub struct FakeAccount {
@@ -130,6 +173,15 @@ impl FakeAccount {
             custom_keys,
             inboxes: inboxes(),
         }
+    }
+
+    /// Renders inboxes as Chatwoot before PR #10888 did for admin tokens, credentials
+    /// included (`--legacy-inbox-secrets`).
+    pub fn with_legacy_inbox_secrets(mut self, legacy: bool) -> Self {
+        if legacy {
+            self.inboxes = legacy_inboxes();
+        }
+        self
     }
 
     /// How many contacts the account holds.
@@ -421,5 +473,34 @@ mod tests {
             all.iter()
                 .any(|c| c["custom_attributes"]["customer_id"].is_number())
         );
+    }
+
+    #[test]
+    fn legacy_mode_only_adds_inbox_fields() {
+        let plain = FakeAccount::new(42, 50);
+        let legacy = FakeAccount::new(42, 50).with_legacy_inbox_secrets(true);
+        let mut secrets = 0;
+        for index in 0..50 {
+            let (mut a, b) = (plain.contact(index), legacy.contact(index));
+            let links_b = b["contact_inboxes"].as_array().expect("links");
+            secrets += links_b
+                .iter()
+                .filter(|l| l.to_string().contains("fake-secret-"))
+                .count();
+            // Same contact once the legacy inbox is put in place of the slim one.
+            for (link, legacy_link) in a["contact_inboxes"]
+                .as_array_mut()
+                .expect("links")
+                .iter_mut()
+                .zip(links_b)
+            {
+                for (key, value) in link["inbox"].as_object().expect("inbox") {
+                    assert_eq!(&legacy_link["inbox"][key], value);
+                }
+                link["inbox"] = legacy_link["inbox"].clone();
+            }
+            assert_eq!(a, b);
+        }
+        assert!(secrets > 10, "legacy inboxes carry credentials");
     }
 }

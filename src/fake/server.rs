@@ -7,7 +7,8 @@
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
 //! past the end is an empty payload, `sort` keys with `-` for descending and unknown keys
-//! ignored, and the 401/404 bodies of each authentication failure.
+//! ignored, and the 401/404 bodies of each authentication failure. `legacy_inbox_secrets`
+//! serves the inbox credentials that Chatwoot before PR #10888 embedded in contacts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub struct FakeServerConfig {
     /// Growth and drift happen only during this many first requests (None: always).
     pub drift_requests: Option<u64>,
     pub faults: FaultConfig,
+    /// Embeds the whole inbox, credentials included, in `contact_inboxes`, as Chatwoot did
+    /// for admin tokens before PR #10888.
+    pub legacy_inbox_secrets: bool,
 }
 
 impl Default for FakeServerConfig {
@@ -73,6 +77,7 @@ impl Default for FakeServerConfig {
             drift_every: None,
             drift_requests: None,
             faults: FaultConfig::default(),
+            legacy_inbox_secrets: false,
         }
     }
 }
@@ -118,7 +123,8 @@ impl FakeServer {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            account: FakeAccount::new(config.seed, config.contacts),
+            account: FakeAccount::new(config.seed, config.contacts)
+                .with_legacy_inbox_secrets(config.legacy_inbox_secrets),
             listing: Mutex::new(Listing::new(config.contacts)),
             faults: Faults::new(config.faults.clone(), config.seed),
             config,

@@ -25,6 +25,9 @@ pub struct JobParams {
     pub account_id: u64,
     pub sort: String,
     pub format: Format,
+    /// `--keep-inbox-secrets`: decides which inbox columns exist.
+    #[serde(default)]
+    pub keep_inbox_secrets: bool,
 }
 
 impl JobParams {
@@ -44,6 +47,20 @@ impl JobParams {
         }
         if self.sort != other.sort {
             return Some(format!("sort {} (now {})", other.sort, self.sort));
+        }
+        if self.keep_inbox_secrets != other.keep_inbox_secrets {
+            let flag = |keep: bool| {
+                if keep {
+                    "--keep-inbox-secrets"
+                } else {
+                    "no --keep-inbox-secrets"
+                }
+            };
+            return Some(format!(
+                "{} (now {})",
+                flag(other.keep_inbox_secrets),
+                flag(self.keep_inbox_secrets)
+            ));
         }
         if self.format != other.format {
             let name = |f: Format| f.extension();
@@ -108,6 +125,9 @@ pub struct Checkpoint {
     /// `contacts`, then `contact_inboxes`.
     pub spills: [SpillMark; 2],
     pub shapes: [Vec<ColumnDef>; 2],
+    /// Inbox fields left out so far, by column name (see `inbox_secrets`).
+    #[serde(default)]
+    pub inbox_fields_dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// Why a checkpoint could not be used.
@@ -169,6 +189,7 @@ mod tests {
                 account_id: 3,
                 sort: "created_at".into(),
                 format: Format::Csv,
+                keep_inbox_secrets: false,
             },
             started_at: "2026-01-01T00:00:00Z".into(),
             walk: WalkState {
@@ -194,6 +215,7 @@ mod tests {
                 }],
                 vec![],
             ],
+            inbox_fields_dropped: [("inbox__imap_password".to_owned(), 2)].into(),
         };
         assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
         checkpoint.save(dir.path()).expect("save");
@@ -210,6 +232,7 @@ mod tests {
             account_id: 1,
             sort: "created_at".into(),
             format: Format::Parquet,
+            keep_inbox_secrets: false,
         };
         let b = JobParams {
             format: Format::Csv,

@@ -15,6 +15,7 @@ use super::checkpoint::{Checkpoint, SpillMark};
 use crate::source::ContactsPage;
 use crate::store::OutputDir;
 use crate::transform::flatten::Flattener;
+use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::schema::parse_timestamp;
 use crate::transform::spill::{SpillReader, SpillWriter};
 use crate::transform::{Cell, Row};
@@ -47,16 +48,22 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn create(dir: &OutputDir) -> Result<Self, ExportError> {
+    pub fn create(dir: &OutputDir, inbox_secrets: InboxSecrets) -> Result<Self, ExportError> {
         let paths = SPILL_NAMES.map(|name| dir.work_path(name));
-        let open =
-            |path: &PathBuf| SpillWriter::create(path).map_err(|source| spill_error(path, source));
+        // Owner-only and create-new: the rows are personal data.
+        let open = |name: &str| {
+            dir.create_work_file(name)
+                .map(|(file, _)| SpillWriter::new(file))
+                .map_err(|source| spill_error(&dir.work_path(name), source))
+        };
+        let mut flattener = Flattener::default();
+        flattener.inbox_secrets = inbox_secrets;
         Ok(Self {
-            flattener: Flattener::default(),
+            flattener,
             seen: HashSet::new(),
             days: BTreeMap::new(),
             page_notes: Vec::new(),
-            spills: [open(&paths[0])?, open(&paths[1])?],
+            spills: [open(SPILL_NAMES[0])?, open(SPILL_NAMES[1])?],
             paths,
             duplicates: 0,
             pages: 0,
@@ -65,9 +72,15 @@ impl Collector {
 
     /// Comes back from `checkpoint`: restores the shapes, cuts the spills back to their saved
     /// length and reads the ids and days back from the contacts spill.
-    pub fn resume(dir: &OutputDir, checkpoint: &Checkpoint) -> Result<Self, ExportError> {
+    pub fn resume(
+        dir: &OutputDir,
+        checkpoint: &Checkpoint,
+        mut inbox_secrets: InboxSecrets,
+    ) -> Result<Self, ExportError> {
         let paths = SPILL_NAMES.map(|name| dir.work_path(name));
         let mut flattener = Flattener::default();
+        inbox_secrets.restore_dropped(checkpoint.inbox_fields_dropped.clone());
+        flattener.inbox_secrets = inbox_secrets;
         flattener.contacts.restore(&checkpoint.shapes[0]);
         flattener.inboxes.restore(&checkpoint.shapes[1]);
         let open = |index: usize| {

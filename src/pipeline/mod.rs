@@ -29,12 +29,13 @@ use saver::Saver;
 
 use crate::manifest::{Manifest, Source, Tool, public_base_url};
 use crate::progress::Progress;
-use crate::sink::{Format, SinkError};
+use crate::sink::{Format, SinkError, SinkOptions};
 use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::FlattenError;
+use crate::transform::inbox_secrets::InboxSecrets;
 
 /// Everything an export needs, resolved from flags, environment and defaults.
 #[derive(Clone, Debug)]
@@ -47,6 +48,10 @@ pub struct ExportSettings {
     pub progress: bool,
     /// Continue the interrupted export in `out` instead of starting over.
     pub resume: bool,
+    /// Keep the credentials some servers embed in `contact_inboxes[].inbox`.
+    pub keep_inbox_secrets: bool,
+    /// CSV: neutralise text cells that a spreadsheet would run as a formula.
+    pub csv_safe: bool,
 }
 
 /// What a finished export reports.
@@ -124,6 +129,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         account_id: settings.client.account_id,
         sort: settings.client.sort.clone(),
         format: settings.format,
+        keep_inbox_secrets: settings.keep_inbox_secrets,
     };
     let (dir, checkpoint) = open_output(settings, &params)?;
     let client = match ContactsClient::new(settings.client.clone()) {
@@ -237,15 +243,22 @@ async fn run(
         resumable: false,
     };
     let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let inbox_secrets = || {
+        if settings.keep_inbox_secrets {
+            InboxSecrets::keep_all()
+        } else {
+            InboxSecrets::default()
+        }
+    };
     let (mut collector, mut walk_state, started_at, resumes) = match &checkpoint {
         Some(saved) => (
-            Collector::resume(dir, saved).map_err(fatal)?,
+            Collector::resume(dir, saved, inbox_secrets()).map_err(fatal)?,
             saved.walk.clone(),
             saved.started_at.clone(),
             saved.resumes + 1,
         ),
         None => (
-            Collector::create(dir).map_err(fatal)?,
+            Collector::create(dir, inbox_secrets()).map_err(fatal)?,
             WalkState {
                 next_page: 1,
                 ..WalkState::default()
@@ -306,8 +319,11 @@ async fn run(
     let (duplicates, pages) = (collector.duplicates, collector.pages);
     let unique = collector.unique();
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
+    let options = SinkOptions {
+        csv_safe: settings.csv_safe,
+    };
     let (tables, written) =
-        write::write_tables(settings.format, dir, &flattener, &spills, progress)
+        write::write_tables(settings.format, options, dir, &flattener, &spills, progress)
             .map_err(resumable)?;
     let manifest = Manifest {
         complete: true,
@@ -326,6 +342,9 @@ async fn run(
         throttled: status.governor.throttled,
         drift,
         resumes,
+        keep_inbox_secrets: settings.keep_inbox_secrets,
+        inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
+        csv_safe: settings.csv_safe,
         tables,
         source: Source {
             base_url: params.base_url.clone(),

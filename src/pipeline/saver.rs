@@ -50,6 +50,7 @@ impl Saver {
             resumes: self.resumes,
             spills,
             shapes,
+            inbox_fields_dropped: collector.flattener.inbox_secrets.dropped().clone(),
         };
         checkpoint
             .save(&self.work)

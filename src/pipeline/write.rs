@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::ExportError;
 use crate::manifest::TableEntry;
 use crate::progress::Progress;
-use crate::sink::{Format, SinkError, TableWriter};
+use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
 use crate::transform::Row;
 use crate::transform::batch::BatchBuilder;
@@ -24,6 +24,7 @@ pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
 /// Writes both tables; returns their manifest entries and the final paths.
 pub fn write_tables(
     format: Format,
+    options: SinkOptions,
     dir: &OutputDir,
     flattener: &Flattener,
     spills: &[PathBuf; 2],
@@ -35,7 +36,7 @@ pub fn write_tables(
     for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
         progress.phase(&format!("writing {table}"));
         let file_name = format!("{table}.{}", format.extension());
-        let rows = write_table(format, dir, table, &file_name, &schema, spill)?;
+        let rows = write_table(format, options, dir, table, &file_name, &schema, spill)?;
         tables.insert(
             table.to_owned(),
             TableEntry::new(vec![file_name.clone()], rows, &schema),
@@ -47,6 +48,7 @@ pub fn write_tables(
 
 fn write_table(
     format: Format,
+    options: SinkOptions,
     dir: &OutputDir,
     table: &'static str,
     file_name: &str,
@@ -59,8 +61,8 @@ fn write_table(
         source,
     };
     let (file, temp) = dir.create_temp(file_name)?;
-    let mut writer =
-        TableWriter::create(format, file, Arc::clone(&schema.arrow)).map_err(sink_error)?;
+    let mut writer = TableWriter::create(format, file, Arc::clone(&schema.arrow), options)
+        .map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
     let mut row = Row::new();

@@ -1,32 +1,147 @@
 //! CSV: a header line, RFC 4180 quoting (fields with commas, quotes or newlines are quoted,
-//! quotes doubled), UTF-8, an empty field for null. Lossless: a cell is written as it came.
+//! quotes doubled), UTF-8, an empty field for null. Lossless by default: a cell is written as
+//! it came.
+//!
+//! With `safe` (`--csv-safe`), text cells and header names that a spreadsheet would run as a
+//! formula (starting with `=`, `+`, `-`, `@`, tab or carriage return: the OWASP CSV injection
+//! rule) get a leading `'`. Only text (`Utf8`) columns: typed numbers, booleans and timestamps
+//! are never touched, so a `-5` in an int64 column stays `-5`, while `-5` in a text column
+//! becomes `'-5`. Not lossless: a cell that really started with `'=` reads the same as an
+//! escaped `=`.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::BufWriter;
+use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::csv::{Writer, WriterBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::{SinkError, TIMESTAMP_FORMAT, with_offset_timezones};
 
+/// First characters that make a spreadsheet read a cell as a formula (OWASP).
+const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];
+
 pub struct CsvSink {
     writer: Writer<BufWriter<File>>,
+    safe: bool,
 }
 
 impl CsvSink {
-    pub fn create(out: BufWriter<File>) -> Self {
+    pub fn create(out: BufWriter<File>, safe: bool) -> Self {
         let writer = WriterBuilder::new()
             .with_header(true)
             .with_timestamp_tz_format(TIMESTAMP_FORMAT.to_owned())
             .build(out);
-        Self { writer }
+        Self { writer, safe }
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        Ok(self.writer.write(&with_offset_timezones(batch)?)?)
+        let batch = with_offset_timezones(batch)?;
+        let batch = if self.safe {
+            neutralise_batch(&batch)?
+        } else {
+            batch
+        };
+        Ok(self.writer.write(&batch)?)
     }
 
     pub fn finish(self) -> Result<BufWriter<File>, SinkError> {
         Ok(self.writer.into_inner())
+    }
+}
+
+/// `text` as a spreadsheet shows it literally: with a leading `'` when it starts like a formula.
+pub fn neutralise(text: &str) -> Cow<'_, str> {
+    if text.starts_with(FORMULA_STARTS) {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The batch with its text cells and column names neutralised; other columns as they are.
+fn neutralise_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let name = neutralise(field.name());
+        fields.push(Field::new(
+            name.as_ref(),
+            field.data_type().clone(),
+            field.is_nullable(),
+        ));
+        let needs_change = |text: &StringArray| {
+            text.iter()
+                .flatten()
+                .any(|cell| cell.starts_with(FORMULA_STARTS))
+        };
+        match column.data_type() {
+            DataType::Utf8 if needs_change(column.as_string::<i32>()) => {
+                let text: StringArray = column
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|cell| cell.map(neutralise))
+                    .collect();
+                columns.push(Arc::new(text));
+            }
+            _ => columns.push(Arc::clone(column)),
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn neutralises_the_owasp_formula_starts_only() {
+        for (cell, want) in [
+            ("=1+2", "'=1+2"),
+            ("+972 50", "'+972 50"),
+            ("-5", "'-5"),
+            ("@cmd", "'@cmd"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("a=b", "a=b"),
+            (" =x", " =x"),
+            ("", ""),
+            ("'already", "'already"),
+            ("שלום", "שלום"),
+        ] {
+            assert_eq!(neutralise(cell), want, "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn only_text_columns_and_names_change() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("t", DataType::Utf8, true),
+            Field::new("=evil", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![Some(-5), None])),
+                Arc::new(StringArray::from(vec![Some("-5"), None])),
+                Arc::new(StringArray::from(vec![Some("ok"), Some("@x")])),
+            ],
+        )
+        .expect("batch");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.csv");
+        let file = File::create(&path).expect("create");
+        let mut sink = CsvSink::create(BufWriter::new(file), true);
+        sink.write(&batch).expect("write");
+        drop(sink.finish().expect("finish").into_inner().expect("flush"));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "n,t,'=evil\n-5,'-5,ok\n,,'@x\n");
     }
 }

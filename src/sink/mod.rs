@@ -8,6 +8,8 @@ mod csv;
 mod ndjson;
 mod parquet;
 
+pub use csv::neutralise;
+
 use std::fs::File;
 use std::io::BufWriter;
 
@@ -83,6 +85,13 @@ fn with_offset_timezones(batch: &RecordBatch) -> Result<RecordBatch, ArrowError>
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
+/// How the sinks write, beyond the format.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkOptions {
+    /// CSV: neutralise text cells that a spreadsheet would run as a formula (`--csv-safe`).
+    pub csv_safe: bool,
+}
+
 /// A failure while encoding or writing a table file.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -102,11 +111,16 @@ pub enum TableWriter {
 }
 
 impl TableWriter {
-    pub fn create(format: Format, file: File, schema: SchemaRef) -> Result<Self, SinkError> {
+    pub fn create(
+        format: Format,
+        file: File,
+        schema: SchemaRef,
+        options: SinkOptions,
+    ) -> Result<Self, SinkError> {
         let out = BufWriter::with_capacity(1 << 20, file);
         Ok(match format {
             Format::Parquet => Self::Parquet(parquet::ParquetSink::create(out, schema)?),
-            Format::Csv => Self::Csv(csv::CsvSink::create(out)),
+            Format::Csv => Self::Csv(csv::CsvSink::create(out, options.csv_safe)),
             Format::Ndjson => Self::Ndjson(ndjson::NdjsonSink::create(out)),
         })
     }

@@ -150,10 +150,21 @@ impl ContactsClient {
         let date = header(DATE).and_then(parse_http_date);
         let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
         let outcome = if status.is_redirection() {
-            let location = header(LOCATION).unwrap_or("?");
+            // Only where it points, without its query: a signed URL may carry secrets.
+            let location = header(LOCATION)
+                .and_then(|l| response.url().join(l).ok())
+                .map_or_else(
+                    || "an unreadable location".to_owned(),
+                    |mut target| {
+                        target.set_query(None);
+                        target.set_fragment(None);
+                        crate::manifest::public_base_url(&target)
+                    },
+                );
             Err(FetchError::CrossOriginRedirect {
                 page,
-                location: self.options.token.scrub(location),
+                status: status.as_u16(),
+                location: self.options.token.scrub(&location),
             })
         } else {
             match response.bytes().await {
@@ -173,7 +184,7 @@ impl ContactsClient {
     }
 
     fn status_error(&self, page: u64, status: StatusCode, body: &[u8]) -> FetchError {
-        let server_says = self.options.token.scrub(&server_message(body));
+        let server_says = quote_server(&self.options.token, body);
         match status {
             StatusCode::UNAUTHORIZED => {
                 let hint = unauthorized_hint(&server_says, self.options.account_id);
@@ -199,6 +210,9 @@ impl ContactsClient {
 
     fn transport_error(&self, page: u64, err: &reqwest::Error) -> FetchError {
         let chain = self.options.token.scrub(&error_chain(err));
+        if err.is_redirect() {
+            return FetchError::TooManyRedirects { page };
+        }
         if err.is_timeout() && !err.is_connect() {
             return FetchError::Timeout {
                 page,
@@ -259,19 +273,30 @@ fn contacts_url(base: &Url, account_id: u64) -> Url {
     url
 }
 
+/// Redirects followed within the origin before a page fails.
+const MAX_REDIRECTS: usize = 5;
+
 /// Follows redirects within the origin; stops at one to another origin, which `page` then
 /// reports. The token header must never reach a host the user did not name.
 fn same_origin_redirects() -> redirect::Policy {
     redirect::Policy::custom(|attempt| {
         let first = attempt.previous().first().map(Url::origin);
-        if attempt.previous().len() > 5 {
-            attempt.error("more than 5 redirects")
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
         } else if first.as_ref() == Some(&attempt.url().origin()) {
             attempt.follow()
         } else {
             attempt.stop()
         }
     })
+}
+
+/// What the server said, for an error message, without the token: scrubbed before the text
+/// is cut short (so no piece of it survives the cut) and after JSON unescaping (so an escaped
+/// copy does not survive either).
+fn quote_server(token: &ApiToken, body: &[u8]) -> String {
+    let raw = token.scrub(&String::from_utf8_lossy(body));
+    token.scrub(&server_message(raw.as_bytes()))
 }
 
 /// The error text of a Chatwoot error body (`{"error": ...}` or `{"errors": [...]}`), else the
@@ -406,5 +431,17 @@ mod tests {
         ] {
             assert!(unauthorized_hint(says, 9).contains(needle), "{says}");
         }
+    }
+
+    #[test]
+    fn quoted_server_text_holds_no_piece_of_the_token() {
+        let token = ApiToken::new("it-s3cret-token-7f3a9c2e").expect("token");
+        // The token straddles the 120-character cut of a long body.
+        let body = format!("{}it-s3cret-token-7f3a9c2e and more", "x".repeat(110));
+        let quoted = quote_server(&token, body.as_bytes());
+        assert!(!quoted.contains("it-s3cret"), "{quoted}");
+        // A JSON-escaped copy turns into the token once parsed.
+        let quoted = quote_server(&token, br#"{"error":"bad \u0069t-s3cret-token-7f3a9c2e"}"#);
+        assert_eq!(quoted, "bad ****");
     }
 }

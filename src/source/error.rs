@@ -33,9 +33,17 @@ pub enum FetchError {
         server_says: String,
     },
     #[error(
-        "the server redirected page {page} to another origin ({location}), where the token is never sent: pass that origin as --base-url if it is the real Chatwoot"
+        "the server redirected page {page} (HTTP {status}) to another origin ({location}), where the token is never sent: pass that address as --base-url if it is the real Chatwoot"
     )]
-    CrossOriginRedirect { page: u64, location: String },
+    CrossOriginRedirect {
+        page: u64,
+        status: u16,
+        location: String,
+    },
+    #[error(
+        "page {page} was redirected more than 5 times within the server: check --base-url and the server's proxy settings"
+    )]
+    TooManyRedirects { page: u64 },
     #[error("cannot connect to {origin} for page {page}: {cause}")]
     Connect {
         page: u64,
@@ -89,6 +97,7 @@ impl FetchError {
             | Self::RateLimited { page }
             | Self::Status { page, .. }
             | Self::CrossOriginRedirect { page, .. }
+            | Self::TooManyRedirects { page }
             | Self::Connect { page, .. }
             | Self::Timeout { page, .. }
             | Self::BodyDropped { page, .. }

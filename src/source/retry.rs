@@ -65,6 +65,7 @@ impl FetchError {
             | FetchError::Forbidden { .. }
             | FetchError::AccountNotFound { .. }
             | FetchError::CrossOriginRedirect { .. }
+            | FetchError::TooManyRedirects { .. }
             | FetchError::GaveUp { .. } => false,
         }
     }

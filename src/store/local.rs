@@ -6,7 +6,11 @@
 //! of a previous export is removed before anything of the new run is renamed into place, and
 //! the new manifest is written only after every data file, so a folder whose manifest says
 //! complete always holds a complete export. Files are created owner-only (they hold personal
-//! data), and a folder holding anything but a previous export is refused without `--overwrite`.
+//! data), folders this run creates too, and a folder holding anything but a previous export is
+//! refused without `--overwrite`. Nothing is ever written through a symbolic link: files are
+//! created with create-new (which refuses links) and renamed over their final name (which
+//! replaces a link itself), and a link under one of the export's names is refused like any
+//! other foreign entry.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -60,15 +64,31 @@ impl OutputDir {
             path: root.to_owned(),
             source,
         };
-        fs::create_dir_all(root).map_err(folder_error)?;
+        owner_only_dir()
+            .recursive(true)
+            .create(root)
+            .map_err(folder_error)?;
         if !overwrite {
             for entry in fs::read_dir(root).map_err(folder_error)? {
-                let name = entry.map_err(folder_error)?.file_name();
+                let entry = entry.map_err(folder_error)?;
+                let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if !is_ours(&name) {
+                // The entry itself, not what a link points to.
+                let kind = entry.file_type().map_err(folder_error)?;
+                let expected = if name == WORK_DIR {
+                    kind.is_dir()
+                } else {
+                    kind.is_file()
+                };
+                if !is_ours(&name) || !expected {
+                    let what = if kind.is_symlink() {
+                        ", a symbolic link (an export never writes through links),"
+                    } else {
+                        ""
+                    };
                     return Err(StoreError::NotAnExport {
                         path: root.to_owned(),
-                        example: format!("{name:?}"),
+                        example: format!("{name:?}{what}"),
                     });
                 }
             }
@@ -79,10 +99,13 @@ impl OutputDir {
         };
         dir.remove_if_present(&root.join(MANIFEST_FILE))?;
         let discarded = dir.work.join(CHECKPOINT_FILE).exists();
-        if dir.work.exists() {
-            fs::remove_dir_all(&dir.work).map_err(folder_error)?;
+        // A link (with --overwrite) is removed itself, never followed.
+        match fs::symlink_metadata(&dir.work) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&dir.work).map_err(folder_error)?,
+            Ok(_) => fs::remove_file(&dir.work).map_err(folder_error)?,
+            Err(_) => {}
         }
-        fs::create_dir(&dir.work).map_err(folder_error)?;
+        owner_only_dir().create(&dir.work).map_err(folder_error)?;
         Ok((dir, discarded))
     }
 
@@ -92,7 +115,9 @@ impl OutputDir {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
         };
-        if !dir.work.join(CHECKPOINT_FILE).is_file() {
+        // Only a real folder of ours, never one behind a link.
+        let is_dir = fs::symlink_metadata(&dir.work).is_ok_and(|meta| meta.is_dir());
+        if !is_dir || !dir.work.join(CHECKPOINT_FILE).is_file() {
             return Ok(None);
         }
         dir.remove_if_present(&root.join(MANIFEST_FILE))?;
@@ -111,6 +136,12 @@ impl OutputDir {
     /// A path in the run's work folder.
     pub fn work_path(&self, name: &str) -> PathBuf {
         self.work.join(name)
+    }
+
+    /// Creates a new owner-only file in the run's work folder (the spilled rows).
+    pub fn create_work_file(&self, name: &str) -> io::Result<(File, PathBuf)> {
+        let path = self.work_path(name);
+        Ok((owner_only().open(&path)?, path))
     }
 
     /// Creates `DIR/.<name>.tmp`, owner-only, never through a link.
@@ -222,6 +253,17 @@ fn is_ours(name: &str) -> bool {
     })
 }
 
+/// A folder only its owner can enter (personal data goes in it).
+fn owner_only_dir() -> fs::DirBuilder {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+}
+
 /// Create-new (so never through an existing link), owner read/write only.
 fn owner_only() -> OpenOptions {
     let mut options = OpenOptions::new();
@@ -281,5 +323,59 @@ mod tests {
             dir.path().join("contacts.csv").exists(),
             "data files stay until a run completes"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_refused_and_with_overwrite_replaced_never_followed() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().expect("temp dir");
+        let target = outside.path().join("precious.txt");
+        fs::write(&target, b"precious").expect("write");
+        let work_target = outside.path().join("elsewhere");
+        fs::create_dir(&work_target).expect("mkdir");
+        fs::write(work_target.join("keep.txt"), b"keep").expect("write");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        symlink(&target, dir.path().join("contacts.csv")).expect("link");
+        let err = OutputDir::prepare(dir.path(), false).expect_err("a link is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        symlink(&target, dir.path().join(MANIFEST_FILE)).expect("link");
+        symlink(&work_target, dir.path().join(WORK_DIR)).expect("link");
+        let (out, _) = OutputDir::prepare(dir.path(), true).expect("--overwrite");
+        let (mut file, temp) = out.create_temp("contacts.csv").expect("temp");
+        file.write_all(b"id\n").expect("write");
+        out.commit(&temp, "contacts.csv").expect("commit");
+        out.create_work_file("rows").expect("work file");
+        out.write_manifest(b"{}").expect("manifest");
+        out.finish(&[dir.path().join("contacts.csv")])
+            .expect("finish");
+
+        assert_eq!(fs::read(&target).expect("read"), b"precious");
+        assert_eq!(
+            fs::read(work_target.join("keep.txt")).expect("read"),
+            b"keep"
+        );
+        assert_eq!(fs::read_dir(&work_target).expect("dir").count(), 1);
+        for name in ["contacts.csv", MANIFEST_FILE] {
+            let meta = fs::symlink_metadata(dir.path().join(name)).expect("meta");
+            assert!(meta.is_file(), "{name} is now a file of its own");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_and_work_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().expect("temp dir");
+        let root = parent.path().join("new").join("out");
+        let (out, _) = OutputDir::prepare(&root, false).expect("prepare");
+        let (_, spill) = out.create_work_file("rows").expect("work file");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(WORK_DIR)), 0o700);
+        assert_eq!(mode(&spill), 0o600);
+        assert!(out.create_work_file("rows").is_err(), "never reuses a file");
     }
 }

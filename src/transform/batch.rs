@@ -14,7 +14,7 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::schema::{ColumnType, TableSchema, parse_timestamp};
+use super::schema::{ColumnType, TableSchema, parse_timestamp, secs_to_micros};
 use super::{Cell, Row};
 
 /// Rows per record batch: large enough for fast columnar encoding, small enough to keep
@@ -52,9 +52,7 @@ impl ColumnBuilder {
             (Self::Int(b), Some(Cell::Int(v))) => b.append_value(*v),
             (Self::Float(b), Some(Cell::Float(v))) => b.append_value(*v),
             (Self::Float(b), Some(Cell::Int(v))) => b.append_value(*v as f64),
-            (Self::Timestamp(b), Some(Cell::Int(secs))) => {
-                b.append_option(secs.checked_mul(1_000_000))
-            }
+            (Self::Timestamp(b), Some(Cell::Int(secs))) => b.append_option(secs_to_micros(*secs)),
             (Self::Timestamp(b), Some(Cell::Str(s))) => b.append_option(parse_timestamp(s)),
             (Self::Str(b), Some(cell)) => b.append_value(json_text(cell, text)),
             (Self::Bool(b), _) => b.append_null(),

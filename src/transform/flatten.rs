@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Value};
 
+use super::inbox_secrets::InboxSecrets;
 use super::schema::{ColumnType, TableShape};
 use super::{Cell, Row};
 
@@ -64,6 +65,8 @@ pub struct FlatContact {
 pub struct Flattener {
     pub contacts: TableShape,
     pub inboxes: TableShape,
+    /// Drops credentials from inbox links before they become cells (`inbox_secrets`).
+    pub inbox_secrets: InboxSecrets,
     /// Reused buffer for building column names.
     name: String,
 }
@@ -73,6 +76,7 @@ impl Default for Flattener {
         Self {
             contacts: TableShape::new(CONTACT_COLUMNS, CONTACT_GROUPS),
             inboxes: TableShape::new(INBOX_COLUMNS, INBOX_GROUPS),
+            inbox_secrets: InboxSecrets::default(),
             name: String::new(),
         }
     }
@@ -119,6 +123,8 @@ impl Flattener {
     }
 
     fn inbox_row(&mut self, contact_id: i64, link: &Value) -> Row {
+        let link = self.inbox_secrets.scrub_link(link);
+        let link: &Value = &link;
         let mut row = Row::with_capacity(10);
         push(
             &mut self.inboxes,

@@ -28,11 +28,16 @@ pub struct SpillWriter {
 
 impl SpillWriter {
     pub fn create(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            out: BufWriter::with_capacity(1 << 20, File::create(path)?),
+        Ok(Self::new(File::create(path)?))
+    }
+
+    /// Writes to a file the caller created (owner-only, in the output's work folder).
+    pub fn new(file: File) -> Self {
+        Self {
+            out: BufWriter::with_capacity(1 << 20, file),
             rows: 0,
             bytes: 0,
-        })
+        }
     }
 
     /// Reopens a spill to go on after a checkpoint: cuts whatever was written after it (an

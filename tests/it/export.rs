@@ -10,7 +10,7 @@ use crate::harness::{Fake, assert_no_token, export, manifest};
 use crate::readers::{assert_same, read};
 
 /// Checks both tables in `dir` against `truth`, in `format`.
-fn assert_export_matches(dir: &std::path::Path, format: &str, truth: &[Value]) {
+pub fn assert_export_matches(dir: &std::path::Path, format: &str, truth: &[Value]) {
     let (contacts, inboxes) = expected::tables(truth);
     for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
         let got = read(dir, name, format, table);
@@ -63,6 +63,9 @@ fn every_format_matches_the_ground_truth() {
         assert_eq!(manifest["page_size"], 15);
         // 47 planned pages and one empty page past the plan.
         assert_eq!(manifest["pages_fetched"], 48);
+        assert_eq!(manifest["inbox_fields_dropped"], serde_json::json!({}));
+        assert_eq!(manifest["keep_inbox_secrets"], false);
+        assert_eq!(manifest["csv_safe"], false);
         assert!(
             run.stderr.contains("exported 700 contacts"),
             "{}",

@@ -143,8 +143,10 @@ pub fn all_file_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// Asserts that the token is in none of the run's output nor any file under `dir`.
+/// Asserts that the token is in none of the run's output nor any file under `dir`, and that
+/// the run did not panic (a panic message is where an unplanned value would show).
 pub fn assert_no_token(run: &Run, dir: &Path) {
+    assert!(!run.stderr.contains("panicked"), "a panic: {}", run.stderr);
     assert!(
         !run.stdout.contains(TOKEN),
         "token in stdout: {}",

@@ -1,11 +1,17 @@
 //! The integration test binary: runs the real `chatwoot-export` binary against the fake
 //! Chatwoot server on 127.0.0.1 and checks what it wrote against the server's ground truth.
 
+mod csv_safe;
 mod errors;
 mod expected;
 mod export;
 mod faults;
+mod files;
 mod harness;
+mod inbox_secrets;
+mod loopback;
 mod python;
 mod readers;
+mod redirects;
+mod robustness;
 mod secrets;

@@ -1,6 +1,29 @@
-//! The token never shows: not in output, files, errors; and it can come from a file.
+//! The token never shows: not in output, files, errors, whatever the server sends back; and it
+//! can come from a file.
 
 use crate::harness::{Fake, TOKEN, assert_no_token, run_with_env};
+use crate::loopback::{Loopback, Reply};
+
+/// `contacts` against `base_url` with the token in the environment and every logging and
+/// backtrace switch a user might try turned on.
+fn export_loudly(base_url: &str, out: &std::path::Path) -> crate::harness::Run {
+    run_with_env(
+        &[
+            "contacts",
+            "--base-url",
+            base_url,
+            "--account-id",
+            "1",
+            "--out",
+            out.to_str().expect("path"),
+        ],
+        &[
+            ("CHATWOOT_API_TOKEN", TOKEN),
+            ("RUST_LOG", "trace"),
+            ("RUST_BACKTRACE", "full"),
+        ],
+    )
+}
 
 #[test]
 fn a_token_file_works_and_the_token_shows_nowhere() {
@@ -22,8 +45,101 @@ fn a_token_file_works_and_the_token_shows_nowhere() {
             out.to_str().expect("path"),
             "--no-progress",
         ],
-        &[],
+        &[("RUST_LOG", "trace"), ("RUST_BACKTRACE", "full")],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_no_token(&run, &out);
+}
+
+#[test]
+fn a_server_echoing_the_token_never_gets_it_printed() {
+    // Each server quotes the request it received, token header included, back at the tool.
+    let echo = |head: &str| head.replace(['\r', '\n'], " ").replace('"', "'");
+    let cases: Vec<(&str, Loopback, Option<&str>)> = vec![
+        (
+            "401 quoting the request",
+            Loopback::start(move |_, head| {
+                Reply::json(401, format!(r#"{{"error":"{}"}}"#, echo(head)))
+            }),
+            Some("****"),
+        ),
+        (
+            "403 quoting the request",
+            Loopback::start(move |_, head| {
+                Reply::json(403, format!(r#"{{"errors":["{}"]}}"#, echo(head)))
+            }),
+            Some("****"),
+        ),
+        (
+            "500 with the request as text",
+            Loopback::start(|_, head| Reply::json(500, head.to_owned())),
+            Some("****"),
+        ),
+        (
+            "a page that is not JSON",
+            Loopback::start(|_, head| Reply::json(200, head.to_owned())),
+            None,
+        ),
+        (
+            "a redirect to another origin carrying the token",
+            Loopback::start(|_, _| {
+                Reply::redirect(
+                    302,
+                    format!(
+                        "http://{TOKEN}:{TOKEN}@127.0.0.1:9/{TOKEN}/x?api_access_token={TOKEN}"
+                    ),
+                )
+            }),
+            Some("(http://127.0.0.1:9/****/x)"),
+        ),
+    ];
+    for (what, server, shows) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = export_loudly(&server.base_url(), dir.path());
+        assert_ne!(run.code, 0, "{what}: {}", run.stderr);
+        assert!(
+            server.heads().iter().any(|h| h.contains(TOKEN)),
+            "{what}: the server had the token to echo"
+        );
+        if let Some(shows) = shows {
+            assert!(
+                run.stderr.contains(shows),
+                "{what}: the echo is quoted, scrubbed: {}",
+                run.stderr
+            );
+        }
+        assert_eq!(run.stderr.lines().count(), 1, "{what}: {}", run.stderr);
+        assert_no_token(&run, dir.path());
+    }
+}
+
+#[test]
+fn a_token_that_cannot_be_sent_is_refused_without_being_shown() {
+    let fake = Fake::with_contacts(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\u{1}\n")).expect("write token");
+    let out = dir.path().join("out");
+    let run = run_with_env(
+        &[
+            "contacts",
+            "--base-url",
+            &fake.base_url(),
+            "--account-id",
+            "1",
+            "--token-file",
+            token_file.to_str().expect("path"),
+            "--out",
+            out.to_str().expect("path"),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot go in an HTTP header"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fake.requests(), 0);
+    assert!(!run.stderr.contains(TOKEN) && !run.stdout.contains(TOKEN));
 }
