@@ -16,6 +16,9 @@ fn export_loudly(base_url: &str, out: &std::path::Path) -> crate::harness::Run {
             "1",
             "--out",
             out.to_str().expect("path"),
+            // One retry shows the retry path too, without the long backoff of eight.
+            "--max-retries",
+            "1",
         ],
         &[
             ("CHATWOOT_API_TOKEN", TOKEN),
