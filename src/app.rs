@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
-use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs};
+use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs, RunArgs, ValidateArgs};
+use crate::config::{self, Pipeline, TableSelection};
 use crate::error::Error;
 use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_truth};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::runner;
 use crate::secret::ApiToken;
 use crate::source::{ClientOptions, FetchOptions, RetryPolicy};
+use crate::store::{RunVars, is_url};
 
 /// The environment variable that holds the API token.
 pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
@@ -21,7 +24,60 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Contacts(args) => contacts(args).await,
         Command::Demo(args) => demo(args).await,
         Command::FakeServer(args) => fake_server(args).await,
+        Command::Run(args) => run_file(args).await,
+        Command::Validate(args) => validate(args),
     }
+}
+
+/// `run FILE`: validate the whole file first (exit 2 on any problem), then run it.
+async fn run_file(args: RunArgs) -> Result<(), Error> {
+    let pipeline = load_pipeline(&args.file, &args.sets)?;
+    let report = runner::run_pipeline(&pipeline, !args.no_progress && !args.json).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|err| Error::Usage(format!("cannot encode the run report: {err}")))?;
+        println!("{text}");
+    }
+    report.outcome()
+}
+
+/// `validate FILE`: every problem on its own line, exit 2 if any.
+fn validate(args: ValidateArgs) -> Result<(), Error> {
+    match load_pipeline(&args.file, &args.sets) {
+        Ok(pipeline) => {
+            eprintln!(
+                "chatwoot-export: {} is valid: {} account(s), {} to {}",
+                args.file.display(),
+                pipeline.accounts.len(),
+                pipeline.sink.format.extension(),
+                pipeline.sink.destination
+            );
+            Ok(())
+        }
+        Err(Error::Config(errors)) => {
+            for problem in &errors.problems {
+                eprintln!("{}: {problem}", errors.file.display());
+            }
+            Err(Error::Usage(format!(
+                "{} has {} problem(s), listed above",
+                errors.file.display(),
+                errors.problems.len()
+            )))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+fn load_pipeline(file: &Path, sets: &[String]) -> Result<Pipeline, Error> {
+    let text = std::fs::read_to_string(file).map_err(|err| {
+        Error::Usage(format!(
+            "cannot read pipeline file {}: {err}",
+            file.display()
+        ))
+    })?;
+    Ok(config::parse(file, &text, sets, &|name| {
+        std::env::var(name).ok()
+    })?)
 }
 
 async fn contacts(args: ContactsArgs) -> Result<(), Error> {
@@ -57,7 +113,27 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         resume: args.output.resume,
         keep_inbox_secrets: args.output.keep_inbox_secrets,
         csv_safe: args.output.csv_safe,
+        tables: TableSelection::default(),
+        governor: None,
     };
+    if let Some(url) = settings.out.to_str().filter(|out| is_url(out)) {
+        // An object store: staged locally, then uploaded with the manifest last.
+        let target = runner::Target {
+            destination: url.to_owned(),
+            path: None,
+        };
+        if settings.resume {
+            return Err(Error::Usage(
+                "--resume works with a local --out folder only: run again without --resume".into(),
+            ));
+        }
+        let nonce = crate::rng::Rng::from_entropy().next_u64();
+        let vars = RunVars::now(settings.client.account_id, chrono::Utc::now(), nonce);
+        return runner::export_to(settings, &target, &vars)
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error);
+    }
     let summary = export(&settings).await?;
     print_summary(&summary);
     check_drift(&summary)
@@ -103,6 +179,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         resume: false,
         keep_inbox_secrets: false,
         csv_safe: false,
+        tables: TableSelection::default(),
+        governor: None,
     };
     let result = export(&settings).await;
     server.shutdown().await;
@@ -204,7 +282,7 @@ fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
@@ -224,14 +302,19 @@ fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
     }
 }
 
-fn print_summary(summary: &ExportSummary) {
+pub(crate) fn print_summary(summary: &ExportSummary) {
+    print_summary_to(summary, &summary.out.display().to_string());
+}
+
+/// The human summary on stderr, naming `destination` as where the files went.
+pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
     let listed = summary
         .final_count
         .map_or_else(|| "an unknown number".to_owned(), |n| n.to_string());
     let fetch = &summary.fetch;
     eprintln!(
         "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
-         ({} duplicates dropped, {} retries, {} rate-limited; the account lists {listed}) -> {}",
+         ({} duplicates dropped, {} retries, {} rate-limited; the account lists {listed}) -> {destination}",
         summary.contacts,
         summary.inbox_links,
         summary.pages,
@@ -239,7 +322,6 @@ fn print_summary(summary: &ExportSummary) {
         summary.duplicates_dropped,
         fetch.retries,
         fetch.governor.throttled,
-        summary.out.display()
     );
     let drift = &summary.drift;
     if drift.rounds > 0 {

@@ -13,12 +13,14 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  the export is complete (manifest.json says \"complete\": true)
   1  the export failed: network, server, bad page or disk (no complete manifest is left)
-  2  bad usage or configuration (a flag, the token, the output folder)
+  2  bad usage or configuration (a flag, the token, the output folder, a pipeline file)
   3  authentication or access refused (HTTP 401/403)
   4  the account does not exist (HTTP 404)
   5  complete, but the account changed during the export and some contacts could not be
      reconciled (see \"drift\" in manifest.json)
-  130 interrupted (Ctrl-C or SIGTERM); run the same command with --resume to continue";
+  130 interrupted (Ctrl-C or SIGTERM); run the same command with --resume to continue
+With several accounts (run), the code is the failed accounts' own when they agree, else 1;
+the others are exported all the same.";
 
 const CONTACTS_EXAMPLES: &str = "\
 Examples:
@@ -56,6 +58,47 @@ pub enum Command {
                       --account-id 1 --out ./fake-export"
     )]
     FakeServer(FakeServerArgs),
+    /// Run a pipeline file: its accounts, fetch options, tables and destination.
+    #[command(after_help = format!("{RUN_EXAMPLES}\n\n{EXIT_CODES}"))]
+    Run(RunArgs),
+    /// Check a pipeline file and list every problem with its key and line (exit 2 if any).
+    #[command(
+        after_help = "Example:\n  chatwoot-export validate pipelines/nightly-s3.toml --set sink.format=csv"
+    )]
+    Validate(ValidateArgs),
+}
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  chatwoot-export run pipelines/demo.toml                       # no account needed
+  CHATWOOT_API_TOKEN=... chatwoot-export run pipelines/nightly-s3.toml --json
+  chatwoot-export run pipelines/oneoff-parquet.toml --set sink.format=csv --set fetch.concurrency=4";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML; see pipelines/ and the README's pipeline keys).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Override a key of the file, e.g. --set sink.format=csv (repeatable; the value is read as
+    /// TOML, else as text).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print a machine-readable run report (JSON) on stdout; human messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Override a key of the file, as `run --set` does.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +127,9 @@ pub struct OutputArgs {
     /// Output file format.
     #[arg(long, value_enum, default_value_t = Format::Parquet)]
     pub format: Format,
-    /// Output folder: contacts.<ext>, contact_inboxes.<ext> and manifest.json go here.
+    /// Output folder (contacts.<ext>, contact_inboxes.<ext>, manifest.json), or an object store
+    /// URL: s3://bucket/prefix, gs://..., az://..., file:///... (credentials from AWS_*,
+    /// GOOGLE_*, AZURE_* variables).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Use the output folder even if it holds files other than a previous export.

@@ -23,6 +23,18 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    #[error(transparent)]
+    Lake(#[from] crate::store::LakeError),
+    #[error("{} of {total} accounts failed: {}", failed.len(), failed.join("; "))]
+    Accounts {
+        total: usize,
+        /// `account N: why`, one per failed account.
+        failed: Vec<String>,
+        /// The exit code: the failures' own when they agree, else 1.
+        code: u8,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -41,7 +53,9 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) => EXIT_USAGE,
+            Error::Usage(_) | Error::Config(_) => EXIT_USAGE,
+            Error::Lake(_) => EXIT_FAILURE,
+            Error::Accounts { code, .. } => *code,
             Error::Drift { .. } => EXIT_DRIFT,
             Error::Export(ExportError::Interrupted { .. }) => EXIT_INTERRUPTED,
             Error::Export(ExportError::Resume(_)) => EXIT_USAGE,

@@ -7,12 +7,14 @@
 
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod fake;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;
 pub mod rng;
+pub mod runner;
 pub mod secret;
 pub mod sink;
 pub mod source;

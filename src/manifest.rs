@@ -64,7 +64,7 @@ pub struct TableEntry {
     pub columns: Vec<ColumnEntry>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ColumnEntry {
     pub name: String,
     #[serde(rename = "type")]

@@ -27,11 +27,12 @@ use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
 use saver::Saver;
 
+use crate::config::TableSelection;
 use crate::manifest::{Manifest, Source, Tool, public_base_url};
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions};
 use crate::source::{
-    ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher,
+    ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, RateGovernor,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::FlattenError;
@@ -52,6 +53,11 @@ pub struct ExportSettings {
     pub keep_inbox_secrets: bool,
     /// CSV: neutralise text cells that a spreadsheet would run as a formula.
     pub csv_safe: bool,
+    /// Which tables and columns to write (a pipeline file's `[tables]`; all by default).
+    pub tables: TableSelection,
+    /// A request budget shared with other exports to the same host (several accounts in one
+    /// run); `None`: this export has its own.
+    pub governor: Option<Arc<RateGovernor>>,
 }
 
 /// What a finished export reports.
@@ -139,7 +145,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             return Err(err.into());
         }
     };
-    let fetcher = Arc::new(Fetcher::new(client, settings.fetch));
+    let fetcher = Arc::new(match &settings.governor {
+        Some(governor) => Fetcher::with_governor(client, settings.fetch, Arc::clone(governor)),
+        None => Fetcher::new(client, settings.fetch),
+    });
     let progress = Progress::new(settings.progress);
     let ticker = tokio::spawn({
         let (fetcher, progress) = (Arc::clone(&fetcher), progress.clone());
@@ -322,9 +331,16 @@ async fn run(
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
     };
-    let (tables, written) =
-        write::write_tables(settings.format, options, dir, &flattener, &spills, progress)
-            .map_err(resumable)?;
+    let (tables, written) = write::write_tables(
+        settings.format,
+        options,
+        &settings.tables,
+        dir,
+        &flattener,
+        &spills,
+        progress,
+    )
+    .map_err(resumable)?;
     let manifest = Manifest {
         complete: true,
         format: settings.format,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::ExportError;
+use crate::config::{ColumnFilter, TableSelection};
 use crate::manifest::TableEntry;
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
@@ -21,10 +22,12 @@ use crate::transform::spill::SpillReader;
 /// The two output tables, in the order they are written.
 pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
 
-/// Writes both tables; returns their manifest entries and the final paths.
+/// Writes the selected tables with their selected columns; returns their manifest entries
+/// and the final paths.
 pub fn write_tables(
     format: Format,
     options: SinkOptions,
+    selection: &TableSelection,
     dir: &OutputDir,
     flattener: &Flattener,
     spills: &[PathBuf; 2],
@@ -34,18 +37,36 @@ pub fn write_tables(
     let mut tables = BTreeMap::new();
     let mut written = Vec::new();
     for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
+        let filter = selection.of(table);
+        if !filter.enabled {
+            continue;
+        }
         progress.phase(&format!("writing {table}"));
         let file_name = format!("{table}.{}", format.extension());
-        let rows = write_table(format, options, dir, table, &file_name, &schema, spill)?;
-        tables.insert(
-            table.to_owned(),
-            TableEntry::new(vec![file_name.clone()], rows, &schema),
-        );
+        let keep = kept_columns(&schema, filter);
+        let rows = write_table(
+            format, options, dir, table, &file_name, &schema, &keep, spill,
+        )?;
+        let mut entry = TableEntry::new(vec![file_name.clone()], rows, &schema);
+        entry.columns = keep.iter().map(|&i| entry.columns[i].clone()).collect();
+        tables.insert(table.to_owned(), entry);
         written.push(dir.root().join(&file_name));
     }
     Ok((tables, written))
 }
 
+/// The positions of the columns the filter keeps. Filtering happens on the final schema, at
+/// write time, so inference and the spill files do not need to know about it.
+fn kept_columns(schema: &TableSchema, filter: &ColumnFilter) -> Vec<usize> {
+    (0..schema.columns.len())
+        .filter(|&i| filter.keeps(&schema.columns[i].name))
+        .collect()
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument is distinct"
+)]
 fn write_table(
     format: Format,
     options: SinkOptions,
@@ -53,6 +74,7 @@ fn write_table(
     table: &'static str,
     file_name: &str,
     schema: &TableSchema,
+    keep: &[usize],
     spill: &Path,
 ) -> Result<u64, ExportError> {
     let sink_error = |source: SinkError| ExportError::Sink { table, source };
@@ -61,14 +83,20 @@ fn write_table(
         source,
     };
     let (file, temp) = dir.create_temp(file_name)?;
-    let mut writer = TableWriter::create(format, file, Arc::clone(&schema.arrow), options)
-        .map_err(sink_error)?;
+    let projected = Arc::new(
+        schema
+            .arrow
+            .project(keep)
+            .map_err(|e| sink_error(e.into()))?,
+    );
+    let mut writer = TableWriter::create(format, file, projected, options).map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
     let mut row = Row::new();
     let mut rows = 0u64;
-    let mut flush =
-        |batch: &mut BatchBuilder| -> Result<(), SinkError> { writer.write(&batch.finish()?) };
+    let mut flush = |batch: &mut BatchBuilder| -> Result<(), SinkError> {
+        writer.write(&batch.finish()?.project(keep)?)
+    };
     while reader.next_row(&mut row).map_err(spill_error)? {
         batch.push(&row);
         rows += 1;

@@ -7,6 +7,7 @@
 //! (`governor`); 429s go back to the governor, which pauses everyone, and do not use up the
 //! page's retries; other transient errors back off with full jitter (`retry`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -51,18 +52,32 @@ pub struct FetchStatus {
 pub struct Fetcher {
     client: ContactsClient,
     retry: RetryPolicy,
-    governor: RateGovernor,
+    governor: Arc<RateGovernor>,
     concurrency: AdaptiveConcurrency,
     retries: AtomicU64,
     answered: std::sync::atomic::AtomicBool,
 }
 
 impl Fetcher {
+    /// A fetcher with its own request budget (`options.rate_limit` per `options.rate_window`).
     pub fn new(client: ContactsClient, options: FetchOptions) -> Self {
+        let governor = Arc::new(RateGovernor::new(options.rate_limit, options.rate_window));
+        Self::with_governor(client, options, governor)
+    }
+
+    /// A fetcher that takes its requests from `governor`, shared with other fetchers to the
+    /// same host: Chatwoot limits requests per client IP, not per account, so exports of
+    /// several accounts in one run must share one budget. The governor's own limit and
+    /// window apply; `options.rate_limit` and `options.rate_window` are not used.
+    pub fn with_governor(
+        client: ContactsClient,
+        options: FetchOptions,
+        governor: Arc<RateGovernor>,
+    ) -> Self {
         Self {
             client,
             retry: options.retry,
-            governor: RateGovernor::new(options.rate_limit, options.rate_window),
+            governor,
             concurrency: AdaptiveConcurrency::new(options.concurrency),
             retries: AtomicU64::new(0),
             answered: std::sync::atomic::AtomicBool::new(false),

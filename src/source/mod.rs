@@ -16,6 +16,6 @@ mod retry;
 pub use client::{Attempt, ClientOptions, ContactsClient};
 pub use error::{ConnectCause, FetchError};
 pub use fetcher::{FetchOptions, FetchStatus, Fetcher};
-pub use governor::GovernorStatus;
+pub use governor::{GovernorStatus, RateGovernor};
 pub use page::{ContactsPage, Meta};
 pub use retry::RetryPolicy;

@@ -1,5 +1,9 @@
-//! Where finished files go. Today a local folder (`local`); an object store is one more file.
+//! Where finished files go: a local folder (`local`: temporary names, atomic renames, manifest
+//! last) or an object store / lake folder (`lake`: a staged export uploaded, manifests last,
+//! earlier runs of the partition removed after).
 
+mod lake;
 mod local;
 
+pub use lake::{Destination, LakeError, Published, RunVars, is_url};
 pub use local::{MANIFEST_FILE, OutputDir, StoreError, disk_hint};

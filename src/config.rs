@@ -1,0 +1,987 @@
+//! Pipeline files: TOML -> `--set` overrides -> `${VAR}` interpolation -> typed sections ->
+//! pure validation that collects every problem -> a resolved `Pipeline`.
+//!
+//! Receives the file's text, the `--set key=value` overrides and a way to read the
+//! environment (a closure, so validation stays pure and testable); emits a `Pipeline` or a
+//! `ConfigErrors` that lists every problem with its key and, when it can be found, its line.
+//! Invariants: unknown keys are errors; the token is never written in the file, only as
+//! `${ENV_VAR}`; nothing here touches the network or the disk.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+use url::Url;
+
+use crate::secret::ApiToken;
+use crate::sink::Format;
+use crate::source::{FetchOptions, RetryPolicy};
+
+/// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
+pub const BUILTIN_FAKE: &str = "builtin:fake";
+/// The placeholders a path template may use.
+pub const PLACEHOLDERS: [&str; 4] = ["account_id", "table", "date", "run_id"];
+/// The tables an export writes.
+pub const TABLE_NAMES: [&str; 2] = ["contacts", "contact_inboxes"];
+
+/// One problem in a pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key (`sink.format`), or `(file)` for a syntax error.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} (line {line}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} has {n} problem{}: ",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        let list: Vec<String> = self.problems.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "{}; fix them and run `chatwoot-export validate FILE`",
+            list.join("; ")
+        )
+    }
+}
+
+// ---- The file's shape (serde) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    source: SourceSection,
+    #[serde(default)]
+    fetch: FetchSection,
+    #[serde(default)]
+    tables: TablesSection,
+    sink: SinkSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSection {
+    base_url: String,
+    account_id: Option<u64>,
+    accounts: Option<Vec<u64>>,
+    #[expect(
+        dead_code,
+        reason = "declared so serde checks its type; its ${VAR} is read before interpolation"
+    )]
+    token: Option<String>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FetchSection {
+    sort: String,
+    concurrency: u16,
+    rate_limit: u64,
+    rate_window_secs: u64,
+    max_retries: u32,
+    timeout_secs: u64,
+}
+
+impl Default for FetchSection {
+    fn default() -> Self {
+        Self {
+            sort: "created_at".into(),
+            concurrency: 8,
+            rate_limit: 3000,
+            rate_window_secs: 60,
+            max_retries: 8,
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TablesSection {
+    contacts: TableSection,
+    contact_inboxes: TableSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TableSection {
+    enabled: bool,
+    include: Option<Vec<String>>,
+    exclude: Vec<String>,
+}
+
+impl Default for TableSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            include: None,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkSection {
+    #[serde(default = "default_format")]
+    format: String,
+    destination: String,
+    path: Option<String>,
+    #[serde(default)]
+    csv_safe: bool,
+    #[serde(default)]
+    keep_inbox_secrets: bool,
+    #[serde(default)]
+    overwrite: bool,
+}
+
+fn default_format() -> String {
+    "parquet".into()
+}
+
+/// Known keys per section, so that every unknown key is reported (serde stops at the first).
+const KNOWN: &[(&str, &[&str])] = &[
+    ("", &["source", "fetch", "tables", "sink"]),
+    (
+        "source",
+        &[
+            "base_url",
+            "account_id",
+            "accounts",
+            "token",
+            "allow_insecure_http",
+        ],
+    ),
+    (
+        "fetch",
+        &[
+            "sort",
+            "concurrency",
+            "rate_limit",
+            "rate_window_secs",
+            "max_retries",
+            "timeout_secs",
+        ],
+    ),
+    ("tables", &["contacts", "contact_inboxes"]),
+    ("tables.contacts", &["enabled", "include", "exclude"]),
+    ("tables.contact_inboxes", &["enabled", "include", "exclude"]),
+    (
+        "sink",
+        &[
+            "format",
+            "destination",
+            "path",
+            "csv_safe",
+            "keep_inbox_secrets",
+            "overwrite",
+        ],
+    ),
+];
+
+// ---- The resolved pipeline ----
+
+/// Where the contacts come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceUrl {
+    /// A Chatwoot server.
+    Chatwoot(Url),
+    /// The built-in fake server, started in-process.
+    BuiltinFake,
+}
+
+/// Which columns of one table to write.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ColumnFilter {
+    pub enabled: bool,
+    /// Only these columns (in the table's order), when given.
+    pub include: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+}
+
+impl ColumnFilter {
+    /// Every column.
+    pub fn all() -> Self {
+        Self {
+            enabled: true,
+            include: None,
+            exclude: Vec::new(),
+        }
+    }
+
+    /// Whether `column` is written.
+    pub fn keeps(&self, column: &str) -> bool {
+        self.include
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == column))
+            && !self.exclude.iter().any(|c| c == column)
+    }
+}
+
+/// The tables and columns to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSelection {
+    pub contacts: ColumnFilter,
+    pub contact_inboxes: ColumnFilter,
+}
+
+impl Default for TableSelection {
+    fn default() -> Self {
+        Self {
+            contacts: ColumnFilter::all(),
+            contact_inboxes: ColumnFilter::all(),
+        }
+    }
+}
+
+impl TableSelection {
+    /// The filter of table `name`.
+    pub fn of(&self, name: &str) -> &ColumnFilter {
+        if name == "contacts" {
+            &self.contacts
+        } else {
+            &self.contact_inboxes
+        }
+    }
+}
+
+/// Where and how the files go.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    pub format: Format,
+    /// A local folder or an object store URL (`s3://`, `gs://`, `az://`, `file://`).
+    pub destination: String,
+    /// The partition path under the destination, with `{account_id}`, `{table}`, `{date}`,
+    /// `{run_id}`.
+    pub path: Option<String>,
+    pub csv_safe: bool,
+    pub keep_inbox_secrets: bool,
+    pub overwrite: bool,
+}
+
+/// A validated pipeline, ready to run.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub source: SourceUrl,
+    pub accounts: Vec<u64>,
+    /// `None` only for the built-in fake server.
+    pub token: Option<ApiToken>,
+    pub allow_insecure_http: bool,
+    pub sort: String,
+    pub timeout: Duration,
+    pub fetch: FetchOptions,
+    pub tables: TableSelection,
+    pub sink: SinkSettings,
+}
+
+/// Loads, overrides, interpolates and validates a pipeline file's text.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    sets: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigErrors> {
+    let fail = |problems| ConfigErrors {
+        file: file.to_owned(),
+        problems,
+    };
+    let mut table: Table = match text.parse() {
+        Ok(table) => table,
+        Err(err) => {
+            let err: toml::de::Error = err;
+            let line = err.span().map(|span| line_of_offset(text, span.start));
+            let message = err.message().trim().to_owned();
+            return Err(fail(vec![ConfigProblem {
+                key: "(file)".into(),
+                line,
+                message: format!("not valid TOML: {message}"),
+            }]));
+        }
+    };
+    let lines = KeyLines::new(text);
+    let mut problems = Vec::new();
+    let problem = |key: &str, message: String| ConfigProblem {
+        key: key.to_owned(),
+        line: lines.find(key),
+        message,
+    };
+    for set in sets {
+        if let Err(message) = apply_set(&mut table, set) {
+            problems.push(ConfigProblem {
+                key: "--set".into(),
+                line: None,
+                message,
+            });
+        }
+    }
+    check_unknown_keys(&table, "", &mut |key| {
+        problems.push(problem(
+            &key,
+            "unknown key: remove it or check its spelling (see the README's pipeline keys)".into(),
+        ));
+    });
+    // The token must be a reference to the environment, checked before interpolation.
+    // `Err`: a literal token, already reported.
+    let token_var: Result<Option<String>, ()> = match table
+        .get("source")
+        .and_then(|s| s.get("token"))
+        .map(Value::as_str)
+    {
+        None => Ok(None),
+        Some(Some(raw)) => match env_reference(raw) {
+            Some(name) => Ok(Some(name.to_owned())),
+            None => {
+                problems.push(problem(
+                    "source.token",
+                    "write the token as ${ENV_VAR} (e.g. \"${CHATWOOT_API_TOKEN}\"), never the token itself: pipeline files get copied and committed".into(),
+                ));
+                Err(())
+            }
+        },
+        Some(None) => Ok(None), // wrong type: reported by the typed pass
+    };
+    interpolate(&mut table, "", env, &mut |key, message| {
+        problems.push(problem(&key, message));
+    });
+    // Typed pass: each failure names its key; remove the key and go on, so every type
+    // error is reported, not only the first.
+    let mut parsed = None;
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, PipelineFile>(Value::Table(table.clone())) {
+            Ok(file) => {
+                parsed = Some(file);
+                break;
+            }
+            Err(err) => {
+                let path = err.path().to_string();
+                let message = err.inner().message().trim().to_owned();
+                let key = if path == "." { String::new() } else { path };
+                let missing = message.starts_with("missing field");
+                let full = match (missing, key.is_empty()) {
+                    (true, true) => missing_field(&message),
+                    (true, false) => format!("{key}.{}", missing_field(&message)),
+                    _ => key.clone(),
+                };
+                if !problems.iter().any(|p| p.key == full) {
+                    problems.push(problem(&full, describe(&message)));
+                }
+                if missing || !remove_key(&mut table, &key) {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(parsed) = parsed else {
+        return Err(fail(problems));
+    };
+    let pipeline = resolve(parsed, token_var, env, &mut |key, message| {
+        problems.push(problem(key, message));
+    });
+    match pipeline {
+        Some(pipeline) if problems.is_empty() => Ok(pipeline),
+        _ => Err(fail(problems)),
+    }
+}
+
+/// Semantic checks and resolution; reports through `report` and returns `None` if any failed.
+fn resolve(
+    file: PipelineFile,
+    token_var: Result<Option<String>, ()>,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(&str, String),
+) -> Option<Pipeline> {
+    let mut ok = true;
+    let mut bad = |key: &str, message: String| {
+        ok = false;
+        report(key, message);
+    };
+    let PipelineFile {
+        source,
+        fetch,
+        tables,
+        sink,
+    } = file;
+
+    let url = if source.base_url == BUILTIN_FAKE {
+        Some(SourceUrl::BuiltinFake)
+    } else {
+        match Url::parse(&source.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(SourceUrl::Chatwoot(url)),
+            Ok(url) => {
+                bad(
+                    "source.base_url",
+                    format!(
+                        "must be http(s)://... or {BUILTIN_FAKE}, not {}:",
+                        url.scheme()
+                    ),
+                );
+                None
+            }
+            Err(err) => {
+                bad(
+                    "source.base_url",
+                    format!("not a URL ({err}): write e.g. https://app.chatwoot.com"),
+                );
+                None
+            }
+        }
+    };
+    let accounts: Vec<u64> = match (source.account_id, source.accounts) {
+        (Some(_), Some(_)) => {
+            bad(
+                "source.accounts",
+                "give account_id or accounts, not both".into(),
+            );
+            Vec::new()
+        }
+        (Some(id), None) => vec![id],
+        (None, Some(list)) if !list.is_empty() => {
+            let unique: BTreeSet<u64> = list.iter().copied().collect();
+            if unique.len() != list.len() {
+                bad(
+                    "source.accounts",
+                    "lists an account twice: remove the duplicate".into(),
+                );
+            }
+            list
+        }
+        (None, _) => {
+            bad(
+                "source.accounts",
+                "no account: set account_id = N or accounts = [N, M]".into(),
+            );
+            Vec::new()
+        }
+    };
+    let token = match (&url, token_var) {
+        (Some(SourceUrl::BuiltinFake), _) | (_, Err(())) => None,
+        (_, Ok(var)) => {
+            let var = var.unwrap_or_else(|| crate::app::TOKEN_ENV.to_owned());
+            match env(&var).map(|raw| ApiToken::new(&raw)) {
+                Some(Ok(token)) => Some(token),
+                Some(Err(err)) => {
+                    bad("source.token", format!("${{{var}}}: {err}"));
+                    None
+                }
+                None => {
+                    bad(
+                        "source.token",
+                        format!(
+                            "the environment variable {var} is not set: export it before running"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    if let Some(SourceUrl::Chatwoot(url)) = &url
+        && url.scheme() == "http"
+        && !source.allow_insecure_http
+        && !crate::app::is_loopback(url)
+    {
+        bad(
+            "source.base_url",
+            "plain http would send the token unencrypted: use https, or set allow_insecure_http = true".into(),
+        );
+    }
+
+    for (key, value, min) in [
+        ("fetch.concurrency", u64::from(fetch.concurrency), 1),
+        ("fetch.rate_window_secs", fetch.rate_window_secs, 1),
+        ("fetch.timeout_secs", fetch.timeout_secs, 1),
+    ] {
+        if value < min {
+            bad(key, format!("must be at least {min}"));
+        }
+    }
+    if fetch.concurrency > 256 {
+        bad("fetch.concurrency", "must be at most 256".into());
+    }
+    if fetch.sort.trim_start_matches('-').is_empty() {
+        bad(
+            "fetch.sort",
+            "is empty: use created_at (the default)".into(),
+        );
+    }
+
+    let mut filters = Vec::new();
+    for (name, table) in [
+        ("contacts", tables.contacts),
+        ("contact_inboxes", tables.contact_inboxes),
+    ] {
+        if let Some(include) = &table.include
+            && include.is_empty()
+        {
+            bad(
+                &format!("tables.{name}.include"),
+                "is empty: list columns, or set enabled = false to skip the table".into(),
+            );
+        }
+        if name == "contact_inboxes"
+            && table
+                .include
+                .as_ref()
+                .is_some_and(|list| !list.iter().any(|c| c == "contact_id"))
+        {
+            bad(
+                "tables.contact_inboxes.include",
+                "must keep contact_id, the key that joins the table to contacts".into(),
+            );
+        }
+        if name == "contacts" && (!table.enabled || table.exclude.iter().any(|c| c == "id")) {
+            bad(
+                &format!("tables.{name}"),
+                "the contacts table and its id column are always written".into(),
+            );
+        }
+        filters.push(ColumnFilter {
+            enabled: table.enabled,
+            include: table.include,
+            exclude: table.exclude,
+        });
+    }
+
+    let format = match sink.format.as_str() {
+        "parquet" => Some(Format::Parquet),
+        "csv" => Some(Format::Csv),
+        "ndjson" => Some(Format::Ndjson),
+        other => {
+            bad(
+                "sink.format",
+                format!("must be parquet, csv or ndjson, not {other:?}"),
+            );
+            None
+        }
+    };
+    if sink.csv_safe && format.is_some_and(|f| f != Format::Csv) {
+        bad(
+            "sink.csv_safe",
+            "applies only to format = \"csv\": set the format or drop csv_safe".into(),
+        );
+    }
+    if sink.destination.trim().is_empty() {
+        bad(
+            "sink.destination",
+            "is empty: a folder or s3://, gs://, az://, file:// URL".into(),
+        );
+    }
+    if let Some(template) = &sink.path {
+        for problem in template_problems(template) {
+            bad("sink.path", problem);
+        }
+        if accounts.len() > 1 && !template.contains("{account_id}") {
+            bad(
+                "sink.path",
+                "several accounts would write to the same place: put {account_id} in the path"
+                    .into(),
+            );
+        }
+    } else if accounts.len() > 1 {
+        bad(
+            "sink.path",
+            "several accounts need a path template with {account_id}, e.g. \"account_id={account_id}\"".into(),
+        );
+    }
+
+    let contact_inboxes = filters.pop().unwrap_or_else(ColumnFilter::all);
+    let contacts = filters.pop().unwrap_or_else(ColumnFilter::all);
+    if !ok {
+        return None;
+    }
+    Some(Pipeline {
+        source: url?,
+        accounts,
+        token,
+        allow_insecure_http: source.allow_insecure_http,
+        sort: fetch.sort,
+        timeout: Duration::from_secs(fetch.timeout_secs),
+        fetch: FetchOptions {
+            concurrency: usize::from(fetch.concurrency),
+            retry: RetryPolicy {
+                max_retries: fetch.max_retries,
+                ..RetryPolicy::default()
+            },
+            rate_limit: (fetch.rate_limit > 0).then_some(fetch.rate_limit),
+            rate_window: Duration::from_secs(fetch.rate_window_secs),
+        },
+        tables: TableSelection {
+            contacts,
+            contact_inboxes,
+        },
+        sink: SinkSettings {
+            format: format?,
+            destination: sink.destination,
+            path: sink.path,
+            csv_safe: sink.csv_safe,
+            keep_inbox_secrets: sink.keep_inbox_secrets,
+            overwrite: sink.overwrite,
+        },
+    })
+}
+
+/// What is wrong with a path template: unknown placeholders, unbalanced braces, `..`.
+pub fn template_problems(template: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            problems.push("has a { without its }".into());
+            break;
+        };
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            problems.push(format!(
+                "unknown placeholder {{{name}}}: use {{account_id}}, {{table}}, {{date}} or {{run_id}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    if template.split('/').any(|part| part == "..") {
+        problems.push("must not climb out of the destination with ..".into());
+    }
+    problems
+}
+
+/// `${NAME}` -> `NAME` when the whole value is one reference.
+fn env_reference(raw: &str) -> Option<&str> {
+    let name = raw.strip_prefix("${")?.strip_suffix('}')?;
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    valid.then_some(name)
+}
+
+/// Replaces `${NAME}` in every string value (not the token: it is read at resolution, so its
+/// value never sits in the table).
+fn interpolate(
+    table: &mut Table,
+    prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(String, String),
+) {
+    for (key, value) in table.iter_mut() {
+        let path = join(prefix, key);
+        if path == "source.token" {
+            continue;
+        }
+        match value {
+            Value::String(text) => match expand(text, env) {
+                Ok(expanded) => *text = expanded,
+                Err(message) => report(path, message),
+            },
+            Value::Table(inner) => interpolate(inner, &path, env, report),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::String(text) = item {
+                        match expand(text, env) {
+                            Ok(expanded) => *text = expanded,
+                            Err(message) => report(path.clone(), message),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `text` with each `${NAME}` replaced by the variable's value.
+fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("has ${ without its }".into());
+        };
+        let name = &after[..end];
+        match env(name) {
+            Some(value) => out.push_str(&value),
+            None => {
+                return Err(format!(
+                    "uses ${{{name}}} but the environment variable {name} is not set: export it"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Applies one `--set key.path=value`; the value is read as TOML (`8`, `true`, `["a"]`),
+/// else taken as a string.
+fn apply_set(table: &mut Table, set: &str) -> Result<(), String> {
+    let Some((key, raw)) = set.split_once('=') else {
+        return Err(format!("{set:?} is not key=value (e.g. sink.format=csv)"));
+    };
+    let key = key.trim();
+    let value = format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop().filter(|k| !k.is_empty()) else {
+        return Err(format!("{set:?} has an empty key"));
+    };
+    let mut node = table;
+    for part in parts {
+        let entry = node
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {key}: {part} is not a table"))?;
+    }
+    node.insert(last.to_owned(), value);
+    Ok(())
+}
+
+fn check_unknown_keys(table: &Table, prefix: &str, report: &mut dyn FnMut(String)) {
+    let Some((_, known)) = KNOWN.iter().find(|(section, _)| *section == prefix) else {
+        return;
+    };
+    for (key, value) in table {
+        let path = join(prefix, key);
+        if !known.contains(&key.as_str()) {
+            report(path);
+        } else if let Value::Table(inner) = value {
+            check_unknown_keys(inner, &path, report);
+        }
+    }
+}
+
+/// Removes the dotted `key` from the table; false if it was not there.
+fn remove_key(table: &mut Table, key: &str) -> bool {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut node = table;
+    for part in parts {
+        match node.get_mut(part).and_then(Value::as_table_mut) {
+            Some(inner) => node = inner,
+            None => return false,
+        }
+    }
+    node.remove(last).is_some()
+}
+
+fn missing_field(message: &str) -> String {
+    message
+        .trim_start_matches("missing field")
+        .trim()
+        .trim_matches('`')
+        .to_owned()
+}
+
+/// serde's message, with the fix spelled out for the common cases.
+fn describe(message: &str) -> String {
+    if message.starts_with("missing field") {
+        "is required".into()
+    } else {
+        format!("wrong type: {message}")
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line of a dotted key in the file's text: `[section]` headers are tracked and
+/// `key =` lines matched. Good enough for the plain layout pipeline files use; a key set
+/// inline (`sink = { format = ... }`) gets no line.
+struct KeyLines {
+    keys: Vec<(String, usize)>,
+}
+
+impl KeyLines {
+    fn new(text: &str) -> Self {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = header.trim().to_owned();
+                keys.push((section.clone(), index + 1));
+            } else if let Some((key, _)) = line.split_once('=')
+                && !line.starts_with('#')
+            {
+                keys.push((join(&section, key.trim().trim_matches('"')), index + 1));
+            }
+        }
+        Self { keys }
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, line)| *line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "CHATWOOT_API_TOKEN" => Some("tok".into()),
+            "LAKE" => Some("s3://lake".into()),
+            _ => None,
+        }
+    }
+
+    fn load(text: &str, sets: &[&str]) -> Result<Pipeline, Vec<ConfigProblem>> {
+        let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+        parse(Path::new("p.toml"), text, &sets, &env).map_err(|e| e.problems)
+    }
+
+    const GOOD: &str = r#"
+[source]
+base_url = "https://app.chatwoot.com"
+accounts = [1, 2]
+token = "${CHATWOOT_API_TOKEN}"
+
+[sink]
+destination = "${LAKE}/chatwoot"
+path = "{table}/account_id={account_id}/dt={date}"
+"#;
+
+    #[test]
+    fn a_good_file_resolves_with_defaults() {
+        let p = load(GOOD, &[]).expect("valid");
+        assert_eq!(p.accounts, vec![1, 2]);
+        assert_eq!(p.sink.destination, "s3://lake/chatwoot");
+        assert_eq!(p.sink.format, Format::Parquet);
+        assert_eq!(p.fetch.concurrency, 8);
+        assert_eq!(p.fetch.rate_limit, Some(3000));
+        assert!(p.token.is_some());
+        assert!(p.tables.contacts.enabled);
+    }
+
+    #[test]
+    fn set_overrides_the_file() {
+        let p = load(GOOD, &["sink.format=csv", "fetch.concurrency=3"]).expect("valid");
+        assert_eq!(p.sink.format, Format::Csv);
+        assert_eq!(p.fetch.concurrency, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_and_line() {
+        let text = r#"
+[source]
+base_url = "https://app.chatwoot.com"
+account_id = 3
+token = "abc123literal"
+colour = "blue"
+
+[fetch]
+concurrency = "many"
+timeout_secs = 0
+
+[sink]
+format = "xlsx"
+destination = "out"
+path = "{table}/{month}"
+csv_safe = true
+"#;
+        let problems = load(text, &[]).expect_err("invalid");
+        let keys: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        for want in [
+            ("source.token", Some(5)),
+            ("source.colour", Some(6)),
+            ("fetch.concurrency", Some(9)),
+            ("sink.format", Some(13)),
+            ("sink.path", Some(15)),
+        ] {
+            assert!(keys.contains(&want), "{want:?} missing from {problems:#?}");
+        }
+        // A wrong type does not hide later checks: timeout 0 is reported too.
+        assert!(
+            keys.contains(&("fetch.timeout_secs", Some(10))),
+            "{problems:#?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.message.contains("abc123literal")),
+            "the literal token is not echoed"
+        );
+    }
+
+    #[test]
+    fn missing_sections_and_env_vars_are_reported() {
+        let problems = load("[source]\nbase_url = \"https://x\"\n", &[]).expect_err("invalid");
+        assert!(problems.iter().any(|p| p.key == "sink"), "{problems:#?}");
+        let text = GOOD.replace("${LAKE}", "${NOPE}");
+        let problems = load(&text, &[]).expect_err("invalid");
+        assert_eq!(problems[0].key, "sink.destination");
+        assert!(problems[0].message.contains("NOPE"));
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_line() {
+        let problems = load("[source]\nbase_url = \n", &[]).expect_err("invalid");
+        assert_eq!(problems[0].key, "(file)");
+        assert_eq!(problems[0].line, Some(2));
+    }
+
+    #[test]
+    fn templates_know_their_placeholders() {
+        assert!(template_problems("{table}/account_id={account_id}/dt={date}/{run_id}").is_empty());
+        assert_eq!(template_problems("{tabel}").len(), 1);
+        assert_eq!(template_problems("a/{table").len(), 1);
+        assert_eq!(template_problems("../x").len(), 1);
+    }
+
+    #[test]
+    fn column_filters() {
+        let f = ColumnFilter {
+            enabled: true,
+            include: Some(vec!["id".into(), "email".into()]),
+            exclude: vec!["email".into()],
+        };
+        assert!(f.keeps("id"));
+        assert!(!f.keeps("email"));
+        assert!(!f.keeps("name"));
+        assert!(ColumnFilter::all().keeps("anything"));
+    }
+}
