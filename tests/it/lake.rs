@@ -1,0 +1,313 @@
+//! Object store destinations for real: moto's S3 server on loopback, the real binary writing
+//! to it with the usual AWS_* variables, the objects read back and compared with the fake
+//! Chatwoot's ground truth.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path as LocalPath;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde_json::Value;
+
+use crate::expected;
+use crate::harness::{Fake, TOKEN, run_with_env};
+use crate::readers::{assert_same, read};
+
+const BUCKET: &str = "lake";
+
+/// moto's S3 server on 127.0.0.1, killed by its PID when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {python} -m moto.server: {err}; run tests/run.sh (it installs moto[server])"));
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not answer on port {port} in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let create = Command::new(&python)
+            .args([
+                "-c",
+                "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+                 aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
+                &moto.endpoint,
+                BUCKET,
+            ])
+            .output()
+            .expect("python runs");
+        assert!(
+            create.status.success(),
+            "create bucket: {}",
+            String::from_utf8_lossy(&create.stderr)
+        );
+        moto
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("CHATWOOT_API_TOKEN", TOKEN),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_bucket_name(BUCKET)
+                .with_region("us-east-1")
+                .with_access_key_id("testing")
+                .with_secret_access_key("testing")
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(true)
+                .build()
+                .expect("s3 client"),
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every object under `prefix`, sorted, with its bytes.
+fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listed: Vec<_> = store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .expect("list");
+        let mut out = Vec::new();
+        for meta in listed {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            out.push((meta.location.to_string(), bytes.to_vec()));
+        }
+        out.sort();
+        out
+    })
+}
+
+/// Writes a partition's objects to `dir` under the names the readers expect
+/// (`contacts-<run>.parquet` -> `contacts.parquet`) and returns its manifest.
+fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
+    let mut manifest = None;
+    for (name, bytes) in objects {
+        let Some(file) = name.strip_prefix(&format!("{partition}/")) else {
+            continue;
+        };
+        if file == "manifest.json" {
+            manifest = Some(serde_json::from_slice(bytes).expect("manifest is JSON"));
+        } else {
+            let (table, rest) = file.split_once('-').expect("<table>-<run_id>.<ext>");
+            let ext = rest.rsplit('.').next().expect("extension");
+            std::fs::write(dir.join(format!("{table}.{ext}")), bytes).expect("write");
+        }
+    }
+    manifest.expect("a manifest in the partition")
+}
+
+fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
+    for (name, bytes) in objects {
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "token in {name}"
+        );
+    }
+}
+
+#[test]
+fn contacts_to_s3_match_the_ground_truth_and_a_rerun_replaces_them() {
+    let moto = Moto::start();
+    let fake = Fake::with_contacts(200);
+    let store = moto.store();
+    let base = fake.base_url();
+    let args = [
+        "contacts",
+        "--base-url",
+        &base,
+        "--account-id",
+        "1",
+        "--out",
+        "s3://lake/one",
+        "--no-progress",
+    ];
+    let first = run_with_env(&args, &moto.env());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let listed = objects(&store, "one");
+    assert_eq!(
+        listed.len(),
+        3,
+        "two tables and the manifest: {:?}",
+        listed.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = download(&listed, "one", dir.path());
+    assert_eq!(manifest["complete"], true);
+    let run_id = manifest["run_id"].as_str().expect("run_id").to_owned();
+    assert_eq!(
+        manifest["tables"]["contacts"]["files"][0],
+        format!("contacts-{run_id}.parquet")
+    );
+    let truth = fake.truth();
+    let (contacts, inboxes) = expected::tables(&truth);
+    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+        assert_same(
+            name,
+            "parquet",
+            table,
+            &read(dir.path(), name, "parquet", table),
+        );
+    }
+    assert_no_token_in(&listed);
+    assert!(!first.stderr.contains(TOKEN));
+
+    // The same job again: the new run's files, and only those, remain.
+    std::thread::sleep(Duration::from_millis(1100)); // run ids have second resolution
+    let second = run_with_env(&args, &moto.env());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let relisted = objects(&store, "one");
+    assert_eq!(
+        relisted.len(),
+        3,
+        "{:?}",
+        relisted.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = download(&relisted, "one", dir.path());
+    let new_id = manifest["run_id"].as_str().expect("run_id");
+    assert_ne!(new_id, run_id);
+    assert!(
+        relisted.iter().all(|(name, _)| !name.contains(&run_id)),
+        "the first run's files are gone"
+    );
+    assert_same(
+        "contacts",
+        "parquet",
+        &contacts,
+        &read(dir.path(), "contacts", "parquet", &contacts),
+    );
+}
+
+#[test]
+fn the_nightly_pipeline_writes_hive_partitions_to_s3() {
+    let moto = Moto::start();
+    let fake = Fake::with_contacts(150);
+    let file = LocalPath::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/nightly-s3.toml");
+    let mut env = moto.env();
+    let base = fake.base_url();
+    env.push(("CHATWOOT_BASE_URL", &base));
+    let run = run_with_env(
+        &[
+            "run",
+            file.to_str().expect("utf-8"),
+            "--set",
+            "source.account_id=1",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    assert_eq!(report["accounts"][0]["status"], "complete");
+    let date = &report["started_at"].as_str().expect("started_at")[..10];
+    let store = moto.store();
+    let listed = objects(&store, "chatwoot");
+    let truth = fake.truth();
+    let (contacts, inboxes) = expected::tables(&truth);
+    for (table, rows) in [
+        ("contacts", contacts.rows.len()),
+        ("contact_inboxes", inboxes.rows.len()),
+    ] {
+        let partition = format!("chatwoot/{table}/account_id=1/dt={date}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest = download(&listed, &partition, dir.path());
+        assert_eq!(
+            manifest["tables"].as_object().expect("tables").len(),
+            1,
+            "one table per partition"
+        );
+        assert_eq!(manifest["tables"][table]["rows"], rows as u64);
+        assert_eq!(report["accounts"][0]["rows"][table], rows as u64);
+        let columns: Vec<&str> = manifest["tables"][table]["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name"))
+            .collect();
+        // The pipeline's column selection, applied to the files themselves.
+        let parquet =
+            std::fs::File::open(dir.path().join(format!("{table}.parquet"))).expect("file");
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet)
+                .expect("parquet");
+        let in_file: Vec<String> = reader
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(in_file, columns);
+        if table == "contacts" {
+            assert!(
+                !columns.contains(&"thumbnail") && columns.contains(&"email"),
+                "{columns:?}"
+            );
+        } else {
+            assert_eq!(
+                columns,
+                [
+                    "contact_id",
+                    "source_id",
+                    "inbox__id",
+                    "inbox__name",
+                    "inbox__channel_type"
+                ]
+            );
+        }
+    }
+    assert_no_token_in(&listed);
+}

@@ -1,0 +1,278 @@
+//! Pipeline files: every example in pipelines/ validates, `validate` lists every problem at
+//! once, and pipelines run for real against the fake server (local folders, column filters,
+//! several accounts with one failing).
+
+use std::path::{Path, PathBuf};
+
+use chatwoot_export::fake::FakeServerConfig;
+use serde_json::Value;
+
+use crate::expected;
+use crate::harness::{Fake, TOKEN, assert_no_token, run_with_env};
+use crate::readers::{assert_same, read};
+
+fn pipelines() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("pipelines/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn env<'a>(base_url: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CHATWOOT_API_TOKEN", TOKEN),
+        ("CHATWOOT_BASE_URL", base_url),
+    ]
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let files = pipelines();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "demo.toml",
+        "multi-account.toml",
+        "nightly-s3.toml",
+        "oneoff-parquet.toml",
+        "spreadsheet-csv.toml",
+    ] {
+        assert!(names.iter().any(|n| n == want), "pipelines/{want} exists");
+    }
+    for file in files {
+        let run = run_with_env(
+            &["validate", file.to_str().expect("utf-8")],
+            &env("https://chat.example.com"),
+        );
+        assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
+        assert!(run.stderr.contains("is valid"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_at_once_with_keys_and_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[source]\nbase_url = \"https://chat.example.com\"\naccount_id = 3\n\
+         token = \"my-literal-token-123\"\ncolour = \"blue\"\n\n[fetch]\nconcurrency = \"many\"\n\n\
+         [sink]\nformat = \"xlsx\"\ndestination = \"out\"\npath = \"{table}/{month}\"\n",
+    )
+    .expect("write");
+    let run = run_with_env(&["validate", file.to_str().expect("utf-8")], &[]);
+    assert_eq!(run.code, 2, "invalid configuration exits 2: {}", run.stderr);
+    for want in [
+        "source.token (line 4)",
+        "source.colour (line 5): unknown key",
+        "fetch.concurrency (line 8)",
+        "sink.format (line 11)",
+        "sink.path (line 13): unknown placeholder {month}",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "{want:?} missing from:\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !run.stderr.contains("my-literal-token-123"),
+        "{}",
+        run.stderr
+    );
+    // `run` refuses the same file with the same exit code, before any request.
+    let run = run_with_env(&["run", file.to_str().expect("utf-8")], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("5 problems"), "{}", run.stderr);
+}
+
+#[test]
+fn the_demo_pipeline_exports_the_builtin_fake() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("demo");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml");
+    let set = format!("sink.destination={}", out.display());
+    let run = run_with_env(
+        &[
+            "run",
+            demo.to_str().expect("utf-8"),
+            "--set",
+            &set,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).expect("--json prints JSON on stdout");
+    assert_eq!(report["status"], "complete");
+    assert_eq!(report["accounts"][0]["rows"]["contacts"], 1500);
+    // The same fake account, started here, is the ground truth.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 1500,
+        seed: 43,
+        ..FakeServerConfig::default()
+    });
+    let truth = fake.truth();
+    let (contacts, inboxes) = expected::tables(&truth);
+    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+        assert_same(name, "parquet", table, &read(&out, name, "parquet", table));
+    }
+}
+
+#[test]
+fn column_selection_and_csv_safe_from_the_spreadsheet_pipeline() {
+    let fake = Fake::with_contacts(120);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("sheets");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/spreadsheet-csv.toml");
+    let base = format!("source.base_url={}", fake.base_url());
+    let dest = format!("sink.destination={}", out.display());
+    let run = run_with_env(
+        &[
+            "run",
+            file.to_str().expect("utf-8"),
+            "--set",
+            &base,
+            "--set",
+            &dest,
+            "--set",
+            "source.account_id=1",
+        ],
+        &env(""),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !out.join("contact_inboxes.csv").exists(),
+        "a disabled table is not written"
+    );
+    let mut reader = csv::Reader::from_path(out.join("contacts.csv")).expect("csv");
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "id",
+            "name",
+            "email",
+            "phone_number",
+            "created_at",
+            "last_activity_at"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), 120);
+    let names: Vec<&str> = rows.iter().map(|r| &r[1]).collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(['=', '+', '-', '@'])),
+        "csv_safe applied"
+    );
+    let truth = fake.truth();
+    let formula = truth
+        .iter()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with('=')))
+        .count();
+    assert!(formula > 0, "the fake serves names starting with =");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("'=")).count(),
+        formula
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let columns: Vec<&str> = manifest["tables"]["contacts"]["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(columns, header);
+    assert!(manifest["tables"].get("contact_inboxes").is_none());
+    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
+    // The fake's token belongs to account 1; account 2 exists but refuses it (401).
+    let fake = Fake::with_contacts(90);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("multi.toml");
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"${{CHATWOOT_BASE_URL}}\"\naccounts = [1, 2]\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\
+             [fetch]\nconcurrency = 2\n[sink]\nformat = \"ndjson\"\ndestination = \"{}\"\npath = \"{{table}}/account_id={{account_id}}/dt={{date}}\"\n",
+            lake.display()
+        ),
+    )
+    .expect("write");
+    let base = fake.base_url();
+    let run = run_with_env(
+        &["run", file.to_str().expect("utf-8"), "--json"],
+        &env(&base),
+    );
+    assert_eq!(
+        run.code, 3,
+        "the failed account's exit code (auth): {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 of 2 accounts failed: account 2"),
+        "{}",
+        run.stderr
+    );
+    let report: Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    assert_eq!(report["status"], "partial");
+    let accounts = report["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts[0]["account_id"], 1);
+    assert_eq!(accounts[0]["status"], "complete");
+    assert_eq!(accounts[0]["rows"]["contacts"], 90);
+    assert_eq!(accounts[1]["status"], "failed");
+    assert_eq!(accounts[1]["exit_code"], 3);
+    // Account 1's partitions are complete and readable.
+    let day = std::fs::read_dir(lake.join("contacts/account_id=1"))
+        .expect("partition")
+        .next()
+        .expect("dt=")
+        .expect("entry")
+        .path();
+    assert!(
+        day.file_name()
+            .expect("name")
+            .to_string_lossy()
+            .starts_with("dt=")
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(day.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let file_name = manifest["tables"]["contacts"]["files"][0]
+        .as_str()
+        .expect("file");
+    let staged = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(day.join(file_name), staged.path().join("contacts.ndjson")).expect("copy");
+    let truth = fake.truth();
+    let (contacts, _) = expected::tables(&truth);
+    assert_same(
+        "contacts",
+        "ndjson",
+        &contacts,
+        &read(staged.path(), "contacts", "ndjson", &contacts),
+    );
+    assert!(
+        !lake.join("contacts/account_id=2").exists(),
+        "nothing for the failed account"
+    );
+    assert_no_token(&run, dir.path());
+}
