@@ -22,7 +22,7 @@ fn pipelines() -> Vec<PathBuf> {
     files
 }
 
-fn env<'a>(base_url: &'a str) -> Vec<(&'a str, &'a str)> {
+fn env(base_url: &str) -> Vec<(&str, &str)> {
     vec![
         ("CHATWOOT_API_TOKEN", TOKEN),
         ("CHATWOOT_BASE_URL", base_url),
