@@ -39,6 +39,17 @@ Read the result:
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Format of the run's log events on stderr (account started, published, failed): text
+    /// for people, json (one object a line) for log collectors. The token is never logged.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log events are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

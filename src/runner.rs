@@ -206,8 +206,31 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
 pub async fn account(settings: ExportSettings, target: &Target, vars: &RunVars) -> AccountReport {
     let clock = Instant::now();
     let account_id = settings.client.account_id;
+    tracing::info!(account_id, run_id = %vars.run_id, destination = %target.destination, "account started");
     let result = export_to(settings, target, vars).await;
     let elapsed = clock.elapsed();
+    let report = account_report(account_id, result, elapsed);
+    // Counts, names and messages only: errors are already scrubbed of the token.
+    match &report.error {
+        None => tracing::info!(
+            account_id,
+            contacts = report.rows.get("contacts").copied().unwrap_or(0),
+            files = report.files.len(),
+            duration_secs = report.duration_secs,
+            "account published"
+        ),
+        Some(error) => {
+            tracing::error!(account_id, exit_code = report.exit_code, error = %error, "account failed")
+        }
+    }
+    report
+}
+
+fn account_report(
+    account_id: u64,
+    result: Result<Exported, (Error, Option<ExportSummary>)>,
+    elapsed: Duration,
+) -> AccountReport {
     match result {
         Ok((summary, published)) => report(account_id, &summary, published, None, elapsed),
         Err((error, Some(summary))) => report(
