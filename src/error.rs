@@ -134,6 +134,27 @@ mod tests {
                 EXIT_FAILURE,
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                Error::Config(crate::config::ConfigErrors {
+                    file: "p.toml".into(),
+                    problems: Vec::new(),
+                }),
+                EXIT_USAGE,
+            ),
+            (
+                Error::Lake(crate::store::LakeError::Unsupported("ftp://x".into())),
+                EXIT_FAILURE,
+            ),
+            (
+                Error::Accounts {
+                    total: 3,
+                    failed: vec!["account 2: refused".into()],
+                    code: EXIT_AUTH,
+                },
+                EXIT_AUTH,
+            ),
+        ]);
         for (err, code) in cases {
             assert_eq!(err.exit_code(), code, "{err}");
         }
