@@ -82,7 +82,7 @@ impl ContactsClient {
             .map_err(|err| self.transport_error(page, &err))?;
         let status = response.status();
         if status.is_redirection() {
-            // Only where it points, without its query: a signed URL may carry secrets.
+            // Where it points, without credentials or query: a signed URL may carry secrets.
             let location = response
                 .headers()
                 .get(LOCATION)
@@ -90,11 +90,7 @@ impl ContactsClient {
                 .and_then(|l| response.url().join(l).ok())
                 .map_or_else(
                     || "an unreadable location".to_owned(),
-                    |mut target| {
-                        target.set_query(None);
-                        target.set_fragment(None);
-                        crate::manifest::public_base_url(&target)
-                    },
+                    |target| crate::manifest::public_base_url(&target),
                 );
             return Err(FetchError::CrossOriginRedirect {
                 page,
