@@ -155,11 +155,7 @@ impl ContactsClient {
                 .and_then(|l| response.url().join(l).ok())
                 .map_or_else(
                     || "an unreadable location".to_owned(),
-                    |mut target| {
-                        target.set_query(None);
-                        target.set_fragment(None);
-                        crate::manifest::public_base_url(&target)
-                    },
+                    |target| crate::manifest::public_base_url(&target),
                 );
             Err(FetchError::CrossOriginRedirect {
                 page,
