@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod fake;
+pub mod idset;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;

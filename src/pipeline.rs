@@ -9,7 +9,7 @@
 //! Only the ids seen and the column shapes stay in memory; rows go to disk until the schemas
 //! are final.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream;
 
+use crate::idset::IdSet;
 use crate::manifest::{Manifest, Source, TableEntry, Tool, public_base_url};
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, TableWriter};
 use crate::source::{ClientOptions, ContactsClient, ContactsPage, FetchError};
 use crate::store::{OutputDir, StoreError};
-use crate::transform::Row;
 use crate::transform::batch::BatchBuilder;
-use crate::transform::flatten::{FlattenError, Flattener};
+use crate::transform::flatten::{EncodedContact, FlattenError, Flattener};
 use crate::transform::schema::TableSchema;
 use crate::transform::spill::{SpillReader, SpillWriter};
 
@@ -177,7 +177,9 @@ struct Walk {
 /// Flattens pages in page order, drops contacts already seen, spills the rows.
 struct Collector {
     flattener: Flattener,
-    seen: HashSet<i64>,
+    /// The contact being added, reused so that the walk allocates nothing per contact.
+    flat: EncodedContact,
+    seen: IdSet,
     spills: [SpillWriter; 2],
     paths: [PathBuf; 2],
     duplicates: u64,
@@ -198,7 +200,8 @@ impl Collector {
         };
         Ok(Self {
             flattener: Flattener::default(),
-            seen: HashSet::new(),
+            flat: EncodedContact::default(),
+            seen: IdSet::default(),
             spills: [open(&paths[0])?, open(&paths[1])?],
             paths,
             duplicates: 0,
@@ -209,28 +212,37 @@ impl Collector {
     fn add(&mut self, number: u64, page: &ContactsPage) -> Result<(), ExportError> {
         self.pages += 1;
         for contact in &page.payload {
-            let flat = self
-                .flattener
-                .flatten(contact)
-                .map_err(|source| ExportError::Contact {
-                    page: number,
-                    source,
+            self.flattener
+                .flatten_json(contact.get(), &mut self.flat)
+                .map_err(|source| match source {
+                    // Text the page parse let through but that is not JSON after all.
+                    FlattenError::Json(detail) => ExportError::Fetch(FetchError::InvalidPage {
+                        page: number,
+                        detail,
+                    }),
+                    source => ExportError::Contact {
+                        page: number,
+                        source,
+                    },
                 })?;
-            if !self.seen.insert(flat.id) {
+            if !self.seen.insert(self.flat.id) {
                 self.duplicates += 1;
                 continue;
             }
-            self.spill(0, &flat.contact)?;
-            for link in &flat.inboxes {
-                self.spill(1, link)?;
-            }
+            self.spill(0)?;
+            self.spill(1)?;
         }
         Ok(())
     }
 
-    fn spill(&mut self, table: usize, row: &Row) -> Result<(), ExportError> {
+    /// Appends the current contact's rows of `table` (0: contacts, 1: contact_inboxes).
+    fn spill(&mut self, table: usize) -> Result<(), ExportError> {
+        let rows = [&self.flat.contact, &self.flat.inboxes][table];
+        if rows.is_empty() {
+            return Ok(());
+        }
         self.spills[table]
-            .write_row(row)
+            .write(rows)
             .map_err(|source| ExportError::Spill {
                 path: self.paths[table].clone(),
                 source,
@@ -238,7 +250,7 @@ impl Collector {
     }
 
     fn unique(&self) -> u64 {
-        self.seen.len() as u64
+        self.seen.len()
     }
 }
 
@@ -367,11 +379,10 @@ fn write_table(
         TableWriter::create(format, file, Arc::clone(&schema.arrow)).map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
-    let mut row = Row::new();
     let mut rows = 0u64;
     let mut batches = 0u64;
-    while reader.next_row(&mut row).map_err(spill_error)? {
-        batch.push(&row);
+    while let Some(row) = reader.next_row().map_err(spill_error)? {
+        batch.push_encoded(row).map_err(spill_error)?;
         rows += 1;
         if batch.is_full() {
             writer

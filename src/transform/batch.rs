@@ -1,10 +1,12 @@
 //! Sparse rows -> Arrow record batches in a table's final schema.
 //!
-//! Receives rows (from the spill) and the table's final `TableSchema`; emits record batches of
-//! at most `BATCH_ROWS` rows. Each cell is converted to its column's final type without loss:
+//! Receives rows (encoded, straight from the spill, or as `Row`s) and the table's final
+//! `TableSchema`; emits record batches of at most `BATCH_ROWS` rows. Each cell is converted to its column's final type without loss:
 //! ints into float columns as floats, unix seconds into timestamps, and any value into a string
 //! column as its JSON text (strings as themselves).
 
+use std::fmt::Write as _;
+use std::io;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -15,7 +17,8 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnType, TableSchema, parse_timestamp};
-use super::{Cell, Row};
+use super::spill::EncodedRow;
+use super::{CellRef, Row};
 
 /// Rows per record batch: large enough for fast columnar encoding, small enough to keep
 /// memory flat.
@@ -46,16 +49,16 @@ impl ColumnBuilder {
 
     /// Appends `cell` (or a null). The shape's widening guarantees the cell fits; a cell that
     /// does not (a bug) is written as null rather than crash the export.
-    fn append(&mut self, cell: Option<&Cell>, text: &mut String) {
+    fn append(&mut self, cell: Option<CellRef<'_>>, text: &mut String) {
         match (self, cell) {
-            (Self::Bool(b), Some(Cell::Bool(v))) => b.append_value(*v),
-            (Self::Int(b), Some(Cell::Int(v))) => b.append_value(*v),
-            (Self::Float(b), Some(Cell::Float(v))) => b.append_value(*v),
-            (Self::Float(b), Some(Cell::Int(v))) => b.append_value(*v as f64),
-            (Self::Timestamp(b), Some(Cell::Int(secs))) => {
+            (Self::Bool(b), Some(CellRef::Bool(v))) => b.append_value(v),
+            (Self::Int(b), Some(CellRef::Int(v))) => b.append_value(v),
+            (Self::Float(b), Some(CellRef::Float(v))) => b.append_value(v),
+            (Self::Float(b), Some(CellRef::Int(v))) => b.append_value(v as f64),
+            (Self::Timestamp(b), Some(CellRef::Int(secs))) => {
                 b.append_option(secs.checked_mul(1_000_000))
             }
-            (Self::Timestamp(b), Some(Cell::Str(s))) => b.append_option(parse_timestamp(s)),
+            (Self::Timestamp(b), Some(CellRef::Str(s))) => b.append_option(parse_timestamp(s)),
             (Self::Str(b), Some(cell)) => b.append_value(json_text(cell, text)),
             (Self::Bool(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
@@ -77,23 +80,31 @@ impl ColumnBuilder {
 }
 
 /// A cell as it goes in a string column: text as itself, anything else as its JSON text.
-fn json_text<'a>(cell: &'a Cell, buffer: &'a mut String) -> &'a str {
+fn json_text<'a>(cell: CellRef<'a>, buffer: &'a mut String) -> &'a str {
     buffer.clear();
     match cell {
-        Cell::Str(s) | Cell::Json(s) => return s,
-        Cell::Bool(b) => buffer.push_str(if *b { "true" } else { "false" }),
-        Cell::Int(i) => buffer.push_str(&i.to_string()),
-        Cell::Float(f) => buffer.push_str(&serde_json::Value::from(*f).to_string()),
+        CellRef::Str(s) | CellRef::Json(s) => return s,
+        CellRef::Bool(b) => buffer.push_str(if b { "true" } else { "false" }),
+        // Writing into the reused buffer: no allocation per value.
+        CellRef::Int(i) => {
+            let _ = write!(buffer, "{i}");
+        }
+        // serde_json's float text (`5.0`, `null` for a non-finite value), as `Value` prints it.
+        CellRef::Float(f) => buffer.push_str(&serde_json::Value::from(f).to_string()),
     }
     buffer
 }
+
+/// A slot with no cell.
+const NO_CELL: usize = usize::MAX;
 
 /// Collects rows of one table into record batches.
 pub struct BatchBuilder {
     schema: TableSchema,
     columns: Vec<ColumnBuilder>,
-    /// For the row being appended: the index in the row of each output column's cell.
-    slots: Vec<Option<usize>>,
+    /// For the row being appended: where each output column's cell is (an index in a `Row`
+    /// or an offset in an encoded row), `NO_CELL` for none.
+    slots: Vec<usize>,
     text: String,
     rows: usize,
 }
@@ -105,7 +116,7 @@ impl BatchBuilder {
             .iter()
             .map(|c| ColumnBuilder::new(c.ty))
             .collect();
-        let slots = vec![None; schema.columns.len()];
+        let slots = vec![NO_CELL; schema.columns.len()];
         Self {
             schema,
             columns,
@@ -116,17 +127,43 @@ impl BatchBuilder {
     }
 
     pub fn push(&mut self, row: &Row) {
-        self.slots.fill(None);
+        self.slots.fill(NO_CELL);
         for (index, (column, _)) in row.iter().enumerate() {
-            if let Some(&position) = self.schema.position_of.get(*column as usize) {
-                self.slots[position as usize] = Some(index);
-            }
+            self.place(*column, index);
         }
         for (position, builder) in self.columns.iter_mut().enumerate() {
-            let cell = self.slots[position].map(|index| &row[index].1);
+            let cell = row
+                .get(self.slots[position])
+                .map(|(_, cell)| cell.borrowed());
             builder.append(cell, &mut self.text);
         }
         self.rows += 1;
+    }
+
+    /// Appends a row as the spill encodes it, decoding each cell once and borrowing its text.
+    pub fn push_encoded(&mut self, row: EncodedRow<'_>) -> io::Result<()> {
+        self.slots.fill(NO_CELL);
+        for cell in row.cell_offsets() {
+            let (column, offset) = cell?;
+            self.place(column, offset);
+        }
+        for (position, builder) in self.columns.iter_mut().enumerate() {
+            let cell = match self.slots[position] {
+                NO_CELL => None,
+                offset => Some(row.cell_at(offset)?),
+            };
+            builder.append(cell, &mut self.text);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Records where the cell of shape column `column` is. When a row holds two cells of one
+    /// column the later one wins.
+    fn place(&mut self, column: u32, at: usize) {
+        if let Some(&position) = self.schema.position_of.get(column as usize) {
+            self.slots[position as usize] = at;
+        }
     }
 
     /// Rows pushed since the last `finish`.
@@ -153,7 +190,9 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::Cell;
     use crate::transform::schema::TableShape;
+    use crate::transform::spill::RowBuffer;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
@@ -190,6 +229,13 @@ mod tests {
         let mut builder = BatchBuilder::new(shape.finish());
         rows.iter().for_each(|row| builder.push(row));
         let batch = builder.finish().expect("valid batch");
+        // The same rows through the spill encoding give the same batch.
+        let mut encoded = RowBuffer::default();
+        rows.iter().for_each(|row| encoded.push_row(row));
+        for row in encoded.rows_iter() {
+            builder.push_encoded(row).expect("decodes");
+        }
+        assert_eq!(builder.finish().expect("valid batch"), batch);
         assert_eq!(batch.num_rows(), 3);
         let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(at.value(0), 1_700_000_000_000_000);
