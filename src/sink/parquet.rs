@@ -1,5 +1,5 @@
-//! Parquet: zstd, 64 Ki-row row groups, typed columns that pyarrow, DuckDB, pandas, Polars and
-//! Spark read with no options.
+//! Parquet: zstd level 1, 64 Ki-row row groups, typed columns that pyarrow, DuckDB, pandas,
+//! Polars and Spark read with no options.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -16,6 +16,11 @@ use super::SinkError;
 /// writer's buffered row group stays a few megabytes.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
+/// zstd level 1: a tenth less CPU for the whole write than level 3 (callgrind, 3,000 fake
+/// contacts), for files a few percent larger. The dictionary encoding of repetitive columns
+/// does most of the shrinking before zstd sees the pages.
+const ZSTD_LEVEL: i32 = 1;
+
 pub struct ParquetSink {
     writer: ArrowWriter<BufWriter<File>>,
 }
@@ -23,7 +28,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     pub fn create(out: BufWriter<File>, schema: SchemaRef) -> Result<Self, SinkError> {
         let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("chatwoot-export {}", env!("CARGO_PKG_VERSION")))
             .build();

@@ -99,7 +99,7 @@ impl ContactsClient {
         if !status.is_success() {
             return Err(self.status_error(page, status, &body));
         }
-        serde_json::from_slice(&body).map_err(|err| FetchError::InvalidPage {
+        ContactsPage::from_body(&body).map_err(|err| FetchError::InvalidPage {
             page,
             detail: err.to_string(),
         })

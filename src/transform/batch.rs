@@ -17,7 +17,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnType, TableSchema, parse_timestamp};
-use super::spill::EncodedRow;
+use super::spill::{EncodedRow, RowBuffer};
 use super::{CellRef, Row};
 
 /// Rows per record batch: large enough for fast columnar encoding, small enough to keep
@@ -68,6 +68,16 @@ impl ColumnBuilder {
         }
     }
 
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            Self::Bool(b) => b.append_nulls(n),
+            Self::Int(b) => b.append_nulls(n),
+            Self::Float(b) => b.append_nulls(n),
+            Self::Timestamp(b) => b.append_nulls(n),
+            Self::Str(b) => b.append_nulls(n),
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         match self {
             Self::Bool(b) => Arc::new(b.finish()),
@@ -95,16 +105,18 @@ fn json_text<'a>(cell: CellRef<'a>, buffer: &'a mut String) -> &'a str {
     buffer
 }
 
-/// A slot with no cell.
-const NO_CELL: usize = usize::MAX;
-
 /// Collects rows of one table into record batches.
+///
+/// Rows are sparse (a contact has values in about half the columns), so a row costs only its
+/// cells: a column that gets a value first catches up on the nulls of the rows it missed, in
+/// one `append_nulls`, and `finish` pads every column to the batch's length.
 pub struct BatchBuilder {
     schema: TableSchema,
     columns: Vec<ColumnBuilder>,
-    /// For the row being appended: where each output column's cell is (an index in a `Row`
-    /// or an offset in an encoded row), `NO_CELL` for none.
-    slots: Vec<usize>,
+    /// Per output column, how many rows of the batch it holds (values and nulls).
+    filled: Vec<usize>,
+    /// For `push`.
+    scratch: RowBuffer,
     text: String,
     rows: usize,
 }
@@ -116,54 +128,54 @@ impl BatchBuilder {
             .iter()
             .map(|c| ColumnBuilder::new(c.ty))
             .collect();
-        let slots = vec![NO_CELL; schema.columns.len()];
+        let filled = vec![0; schema.columns.len()];
         Self {
             schema,
             columns,
-            slots,
+            filled,
+            scratch: RowBuffer::default(),
             text: String::new(),
             rows: 0,
         }
     }
 
+    /// Appends a row. When it holds two cells of one column the later one wins.
     pub fn push(&mut self, row: &Row) {
-        self.slots.fill(NO_CELL);
-        for (index, (column, _)) in row.iter().enumerate() {
-            self.place(*column, index);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.push_row(row);
+        for encoded in scratch.rows_iter() {
+            // A row this buffer just encoded always decodes.
+            let _ = self.push_encoded(encoded);
         }
-        for (position, builder) in self.columns.iter_mut().enumerate() {
-            let cell = row
-                .get(self.slots[position])
-                .map(|(_, cell)| cell.borrowed());
-            builder.append(cell, &mut self.text);
-        }
-        self.rows += 1;
+        self.scratch = scratch;
     }
 
     /// Appends a row as the spill encodes it, decoding each cell once and borrowing its text.
+    /// The spill holds at most one cell per column in a row (`RowBuffer::push_row` and the
+    /// fast flatten path see to it); should a damaged file hold two, the first is kept.
     pub fn push_encoded(&mut self, row: EncodedRow<'_>) -> io::Result<()> {
-        self.slots.fill(NO_CELL);
-        for cell in row.cell_offsets() {
-            let (column, offset) = cell?;
-            self.place(column, offset);
-        }
-        for (position, builder) in self.columns.iter_mut().enumerate() {
-            let cell = match self.slots[position] {
-                NO_CELL => None,
-                offset => Some(row.cell_at(offset)?),
+        let this_row = self.rows;
+        for cell in row.cells() {
+            let (column, cell) = cell?;
+            let Some(&position) = self.schema.position_of.get(column as usize) else {
+                continue;
             };
-            builder.append(cell, &mut self.text);
+            let (builder, filled) = (
+                &mut self.columns[position as usize],
+                &mut self.filled[position as usize],
+            );
+            if *filled > this_row {
+                continue;
+            }
+            if *filled < this_row {
+                builder.append_nulls(this_row - *filled);
+            }
+            builder.append(Some(cell), &mut self.text);
+            *filled = this_row + 1;
         }
         self.rows += 1;
         Ok(())
-    }
-
-    /// Records where the cell of shape column `column` is. When a row holds two cells of one
-    /// column the later one wins.
-    fn place(&mut self, column: u32, at: usize) {
-        if let Some(&position) = self.schema.position_of.get(column as usize) {
-            self.slots[position as usize] = at;
-        }
     }
 
     /// Rows pushed since the last `finish`.
@@ -181,6 +193,12 @@ impl BatchBuilder {
 
     /// The rows pushed so far as a batch (possibly empty); the builder starts over.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        for (builder, filled) in self.columns.iter_mut().zip(&mut self.filled) {
+            if *filled < self.rows {
+                builder.append_nulls(self.rows - *filled);
+            }
+            *filled = 0;
+        }
         self.rows = 0;
         let arrays = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         RecordBatch::try_new(Arc::clone(&self.schema.arrow), arrays)
@@ -192,7 +210,6 @@ mod tests {
     use super::*;
     use crate::transform::Cell;
     use crate::transform::schema::TableShape;
-    use crate::transform::spill::RowBuffer;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 

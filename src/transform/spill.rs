@@ -90,11 +90,15 @@ impl RowBuffer {
         self.rows += 1;
     }
 
-    /// Adds a whole row.
+    /// Adds a whole row. Of two cells of one column (the general flatten path can make them
+    /// from keys like `a__b` and `a: {b}`) only the later is kept, as a batch would keep it:
+    /// a spilled row has at most one cell per column.
     pub fn push_row(&mut self, row: &Row) {
         self.begin_row();
-        for (column, cell) in row {
-            self.push(*column, cell.borrowed());
+        for (index, (column, cell)) in row.iter().enumerate() {
+            if !row[index + 1..].iter().any(|(later, _)| later == column) {
+                self.push(*column, cell.borrowed());
+            }
         }
         self.end_row();
     }

@@ -5,7 +5,9 @@
 //! registering columns and widening types exactly as `Flattener::flatten` does for the parsed
 //! `Value`. There is no `Value` in between: serde's visitors walk the text once, each key is
 //! looked up in a small map of its object level (a column name is built only the first time its
-//! path is met), and each text value is copied once, from the page into the row buffer.
+//! path is met), and each text value is copied once, from the page into the row buffer. Keys
+//! come in the same order contact after contact, so each key is first compared with the one
+//! that followed the previous key last time, and hashed only when that guess is wrong.
 //!
 //! It covers what Chatwoot sends, and gives up (`Fallback`) on anything else, so that the output
 //! never depends on which path ran: a key twice in one object or two keys that flatten to one
@@ -36,6 +38,8 @@ pub struct Fallback;
 const NO_COLUMN: u32 = u32::MAX;
 /// The contact object itself.
 const ROOT: u32 = 0;
+/// No node (no guess yet).
+const NO_NODE: u32 = u32::MAX;
 
 /// How a path's value is flattened (see `flatten.rs` for the rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,12 +65,18 @@ enum Kind {
 #[derive(Debug)]
 struct Node {
     kind: Kind,
+    /// The key, as in the JSON.
+    key: Box<str>,
     /// The column name the path flattens to.
     name: Box<str>,
     /// Its `contacts` column once it was a leaf, else `NO_COLUMN`.
     column: u32,
     /// Children by key, for kinds that have them.
     children: FxHashMap<Box<str>, u32>,
+    /// The child met first in this object last time, and the sibling that followed this node
+    /// last time: the guesses for the next key.
+    first: u32,
+    next: u32,
     /// The row serial this key was last met in: meeting it again in that row is a duplicate.
     seen: u32,
     /// A key `Value` treats specially (serde_json's private raw-value marker): always fall back.
@@ -105,9 +115,12 @@ impl StreamState {
     pub fn new(inboxes: &mut TableShape) -> Self {
         let root = Node {
             kind: Kind::Root,
+            key: "".into(),
             name: "".into(),
             column: NO_COLUMN,
             children: FxHashMap::default(),
+            first: NO_NODE,
+            next: NO_NODE,
             seen: 0,
             odd: false,
         };
@@ -138,6 +151,24 @@ impl StreamState {
         self.serial
     }
 
+    /// The child of `parent` for `key` met after sibling `previous` (`NO_NODE` for the first
+    /// key of the object).
+    fn next_child(&mut self, parent: u32, previous: u32, key: &str) -> u32 {
+        let guess = match previous {
+            NO_NODE => self.nodes[parent as usize].first,
+            previous => self.nodes[previous as usize].next,
+        };
+        let node = match self.nodes.get(guess as usize) {
+            Some(node) if *node.key == *key => guess,
+            _ => self.child(parent, key),
+        };
+        match previous {
+            NO_NODE => self.nodes[parent as usize].first = node,
+            previous => self.nodes[previous as usize].next = node,
+        }
+        node
+    }
+
     /// The child of `parent` for `key`, created on first sight.
     fn child(&mut self, parent: u32, key: &str) -> u32 {
         if let Some(&node) = self.nodes[parent as usize].children.get(key) {
@@ -161,9 +192,12 @@ impl StreamState {
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {
             kind,
+            key: key.into(),
             name: name.into(),
             column: NO_COLUMN,
             children: FxHashMap::default(),
+            first: NO_NODE,
+            next: NO_NODE,
             seen: 0,
             odd: key.starts_with("$serde_json::private::"),
         });
@@ -421,14 +455,17 @@ fn entries<'de, A: MapAccess<'de>>(
     parent: u32,
     map: &mut A,
 ) -> Result<(), A::Error> {
+    let mut previous = NO_NODE;
     while let Some(node) = map.next_key_seed(KeySeed {
         walk: &mut *walk,
         parent,
+        previous,
     })? {
         map.next_value_seed(ValueSeed {
             walk: &mut *walk,
             node,
         })?;
+        previous = node;
     }
     Ok(())
 }
@@ -437,6 +474,8 @@ fn entries<'de, A: MapAccess<'de>>(
 struct KeySeed<'w, 'a> {
     walk: &'w mut Walk<'a>,
     parent: u32,
+    /// The key before it in the object, or `NO_NODE`.
+    previous: u32,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
@@ -456,7 +495,7 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<u32, E> {
         let state = &mut *self.walk.state;
-        let node = state.child(self.parent, key);
+        let node = state.next_child(self.parent, self.previous, key);
         let node_ref = &mut state.nodes[node as usize];
         if node_ref.odd {
             return Err(fallback("a key serde_json treats specially"));
