@@ -503,12 +503,41 @@ mod tests {
             r#"{"id":31,"contact_inboxes":[],"additional_attributes":{},"custom_attributes":{}}"#,
             r#"{"id":32,"contact_inboxes":[{"source_id":"x","inbox":{"id":1}}],"contact_id":5}"#,
             r#"  {"id":33}  "#,
+            r#"{"id":34,"n0":-0,"n1":1E2,"n2":0.5e-3,"n3":-9223372036854775808,"n4":-9223372036854775809,"n5":18446744073709551616,"n6":-1.5E+3}"#,
+            r#"{"id":35,"q":"\u0022quoted\u0022 \ud83d\ude00 \uD83D\uDE00 \u00E9","k\ud83d\ude00":"\\\/\b\f\n\r\t"}"#,
+            r#"{"id":36,"s":"\ud83dx","t":1}"#,
+            r#"{"id":37,"s":"\udc00"}"#,
+            r#"{ "id" : 38 , "contact_inboxes" : [ { "source_id" : "a" , "inbox" : { "id" : 1 , "name" : "x" } } ] , "additional_attributes" : { "a" : { "b" : [ 1 , { "c" : "d" } ] } } }"#,
+            "{\"id\":39,\"name\":\"tab\\tand\\u0000nul\"}",
         ]
         .iter()
         .map(|text| text.to_string())
         .collect();
         let fast = assert_paths_agree(&texts);
         assert!(fast.general_path_contacts() > 10);
+    }
+
+    #[test]
+    fn pretty_printed_and_deeply_nested_contacts() {
+        let account = crate::fake::FakeAccount::new(3, 200);
+        let mut texts: Vec<String> = (0..account.len())
+            .map(|index| serde_json::to_string_pretty(&account.contact(index)).expect("json"))
+            .collect();
+        let fast = assert_paths_agree(&texts);
+        assert_eq!(
+            fast.general_path_contacts(),
+            0,
+            "whitespace is no reason to fall back"
+        );
+        // Nesting past what either parser takes: the same error (or rows) either way.
+        for depth in [90, 101, 127, 130, 500] {
+            texts.push(format!(
+                r#"{{"id":1,"additional_attributes":{}{}}}"#,
+                r#"{"a":"#.repeat(depth),
+                "}".repeat(depth)
+            ));
+        }
+        assert_paths_agree(&texts);
     }
 
     #[test]
