@@ -1,7 +1,8 @@
 //! Sparse rows -> Arrow record batches in a table's final schema.
 //!
 //! Receives rows (encoded, straight from the spill, or as `Row`s) and the table's final
-//! `TableSchema`; emits record batches of at most `BATCH_ROWS` rows. Each cell is converted to its column's final type without loss:
+//! `TableSchema`; emits record batches of at most `BATCH_ROWS` rows. Each cell is converted to
+//! its column's final type without loss:
 //! ints into float columns as floats, unix seconds into timestamps, and any value into a string
 //! column as its JSON text (strings as themselves).
 
@@ -10,14 +11,14 @@ use std::io;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnType, TableSchema, parse_timestamp};
-use super::spill::{EncodedRow, RowBuffer};
+use super::spill::{EncodedRow, RawCell, RowBuffer};
 use super::{CellRef, Row};
 
 /// Rows per record batch: large enough for fast columnar encoding, small enough to keep
@@ -29,7 +30,9 @@ enum ColumnBuilder {
     Int(Int64Builder),
     Float(Float64Builder),
     Timestamp(TimestampMicrosecondBuilder),
-    Str(StringBuilder),
+    /// Text collected as bytes and checked to be UTF-8 once, in `finish`: the spill's text
+    /// came from `&str`s, and one check over the column is far cheaper than one per value.
+    Str(BinaryBuilder),
 }
 
 impl ColumnBuilder {
@@ -42,24 +45,35 @@ impl ColumnBuilder {
                 TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
             ),
             ColumnType::Null | ColumnType::String => {
-                Self::Str(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+                Self::Str(BinaryBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
             }
         }
     }
 
     /// Appends `cell` (or a null). The shape's widening guarantees the cell fits; a cell that
     /// does not (a bug) is written as null rather than crash the export.
-    fn append(&mut self, cell: Option<CellRef<'_>>, text: &mut String) {
+    fn append(&mut self, cell: Option<RawCell<'_>>, text: &mut String) {
         match (self, cell) {
-            (Self::Bool(b), Some(CellRef::Bool(v))) => b.append_value(v),
-            (Self::Int(b), Some(CellRef::Int(v))) => b.append_value(v),
-            (Self::Float(b), Some(CellRef::Float(v))) => b.append_value(v),
-            (Self::Float(b), Some(CellRef::Int(v))) => b.append_value(v as f64),
-            (Self::Timestamp(b), Some(CellRef::Int(secs))) => {
+            (Self::Bool(b), Some(RawCell::Bool(v))) => b.append_value(v),
+            (Self::Int(b), Some(RawCell::Int(v))) => b.append_value(v),
+            (Self::Float(b), Some(RawCell::Float(v))) => b.append_value(v),
+            (Self::Float(b), Some(RawCell::Int(v))) => b.append_value(v as f64),
+            (Self::Timestamp(b), Some(RawCell::Int(secs))) => {
                 b.append_option(secs.checked_mul(1_000_000))
             }
-            (Self::Timestamp(b), Some(CellRef::Str(s))) => b.append_option(parse_timestamp(s)),
-            (Self::Str(b), Some(cell)) => b.append_value(json_text(cell, text)),
+            (Self::Timestamp(b), Some(RawCell::Str(s))) => {
+                b.append_option(std::str::from_utf8(s).ok().and_then(parse_timestamp))
+            }
+            (Self::Str(b), Some(RawCell::Str(s) | RawCell::Json(s))) => b.append_value(s),
+            (Self::Str(b), Some(RawCell::Bool(v))) => {
+                b.append_value(json_text(CellRef::Bool(v), text))
+            }
+            (Self::Str(b), Some(RawCell::Int(v))) => {
+                b.append_value(json_text(CellRef::Int(v), text))
+            }
+            (Self::Str(b), Some(RawCell::Float(v))) => {
+                b.append_value(json_text(CellRef::Float(v), text))
+            }
             (Self::Bool(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
             (Self::Float(b), _) => b.append_null(),
@@ -78,14 +92,14 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
+        Ok(match self {
             Self::Bool(b) => Arc::new(b.finish()),
             Self::Int(b) => Arc::new(b.finish()),
             Self::Float(b) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
-            Self::Str(b) => Arc::new(b.finish()),
-        }
+            Self::Str(b) => Arc::new(StringArray::try_from_binary(b.finish())?),
+        })
     }
 }
 
@@ -156,7 +170,7 @@ impl BatchBuilder {
     /// fast flatten path see to it); should a damaged file hold two, the first is kept.
     pub fn push_encoded(&mut self, row: EncodedRow<'_>) -> io::Result<()> {
         let this_row = self.rows;
-        for cell in row.cells() {
+        for cell in row.raw_cells() {
             let (column, cell) = cell?;
             let Some(&position) = self.schema.position_of.get(column as usize) else {
                 continue;
@@ -200,7 +214,11 @@ impl BatchBuilder {
             *filled = 0;
         }
         self.rows = 0;
-        let arrays = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let arrays = self
+            .columns
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect::<Result<_, _>>()?;
         RecordBatch::try_new(Arc::clone(&self.schema.arrow), arrays)
     }
 }

@@ -124,6 +124,33 @@ impl RowBuffer {
     }
 }
 
+/// A spilled cell whose text is still bytes: the batch builder checks a whole column's text
+/// at once (one UTF-8 check per column per batch instead of one per value).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RawCell<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+    Json(&'a [u8]),
+}
+
+impl<'a> RawCell<'a> {
+    /// The cell with its text checked to be UTF-8.
+    pub fn checked(self) -> io::Result<CellRef<'a>> {
+        let text = |raw| {
+            std::str::from_utf8(raw).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+        };
+        Ok(match self {
+            RawCell::Bool(b) => CellRef::Bool(b),
+            RawCell::Int(i) => CellRef::Int(i),
+            RawCell::Float(f) => CellRef::Float(f),
+            RawCell::Str(raw) => CellRef::Str(text(raw)?),
+            RawCell::Json(raw) => CellRef::Json(text(raw)?),
+        })
+    }
+}
+
 /// One row in the spill format (cell count and cells, without the length prefix).
 #[derive(Clone, Copy, Debug)]
 pub struct EncodedRow<'a> {
@@ -159,6 +186,11 @@ impl<'a> EncodedRow<'a> {
 
     /// The cell whose tag is at `offset` (from `cell_offsets`).
     pub fn cell_at(self, offset: usize) -> io::Result<CellRef<'a>> {
+        self.raw_cell_at(offset)?.checked()
+    }
+
+    /// The cell whose tag is at `offset`, its text not yet checked to be UTF-8.
+    pub fn raw_cell_at(self, offset: usize) -> io::Result<RawCell<'a>> {
         let bytes = self.bytes;
         let value = offset + 1;
         let eight = || -> io::Result<[u8; 8]> {
@@ -166,26 +198,29 @@ impl<'a> EncodedRow<'a> {
             Ok(slice.try_into().unwrap_or_default())
         };
         Ok(match *bytes.get(offset).ok_or_else(truncated)? {
-            TAG_BOOL => CellRef::Bool(*bytes.get(value).ok_or_else(truncated)? != 0),
-            TAG_INT => CellRef::Int(i64::from_le_bytes(eight()?)),
-            TAG_FLOAT => CellRef::Float(f64::from_le_bytes(eight()?)),
+            TAG_BOOL => RawCell::Bool(*bytes.get(value).ok_or_else(truncated)? != 0),
+            TAG_INT => RawCell::Int(i64::from_le_bytes(eight()?)),
+            TAG_FLOAT => RawCell::Float(f64::from_le_bytes(eight()?)),
             tag @ (TAG_STR | TAG_JSON) => {
                 let len = read_u32(bytes, value)? as usize;
                 let raw = bytes
                     .get(value + 4..value + 4 + len)
                     .ok_or_else(truncated)?;
-                let text = std::str::from_utf8(raw)
-                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
                 if tag == TAG_STR {
-                    CellRef::Str(text)
+                    RawCell::Str(raw)
                 } else {
-                    CellRef::Json(text)
+                    RawCell::Json(raw)
                 }
             }
             other => return Err(bad_tag(other)),
         })
     }
 
+    /// The row's cells, their text not yet checked to be UTF-8.
+    pub fn raw_cells(self) -> impl Iterator<Item = io::Result<(u32, RawCell<'a>)>> + 'a {
+        self.cell_offsets()
+            .map(move |item| item.and_then(|(column, at)| Ok((column, self.raw_cell_at(at)?))))
+    }
     /// The row's cells, decoded.
     pub fn cells(self) -> impl Iterator<Item = io::Result<(u32, CellRef<'a>)>> + 'a {
         self.cell_offsets()
