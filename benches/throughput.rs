@@ -69,10 +69,10 @@ fn collect(pages: &[Vec<u8>], dir: &Path) -> (Flattener, [PathBuf; 2]) {
     let mut flat = EncodedContact::default();
     let mut seen = IdSet::default();
     for body in pages {
-        let page: ContactsPage = serde_json::from_slice(body).expect("a page");
+        let page = ContactsPage::from_body(body).expect("a page");
         for contact in &page.payload {
             flattener
-                .flatten_json(contact.get(), &mut flat)
+                .flatten_json(contact, &mut flat)
                 .expect("flattens");
             if seen.insert(flat.id) {
                 spills[0].write(&flat.contact).expect("spill");

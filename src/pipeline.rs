@@ -213,7 +213,7 @@ impl Collector {
         self.pages += 1;
         for contact in &page.payload {
             self.flattener
-                .flatten_json(contact.get(), &mut self.flat)
+                .flatten_json(contact, &mut self.flat)
                 .map_err(|source| match source {
                     // Text the page parse let through but that is not JSON after all.
                     FlattenError::Json(detail) => ExportError::Fetch(FetchError::InvalidPage {
