@@ -113,7 +113,7 @@ fn scan(text: &str) -> Option<ContactsPage> {
         if bytes.get(at) != Some(&b'"') {
             return None;
         }
-        let key_end = key_start + memchr::memchr2(b'"', b'\\', &bytes[key_start..])?;
+        let key_end = find(bytes, key_start, &IN_STRING)?;
         if bytes[key_end] != b'"' {
             return None;
         }
@@ -197,36 +197,65 @@ fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
+/// Bytes the scan stops at: inside a value only quotes and brackets matter, and inside a
+/// string only its closing quote and backslashes. A table lookup per byte is cheaper than a
+/// `memchr` call per string for strings as short as a contact's (measured).
+const STRUCTURE: [bool; 256] = byte_set(b"\"{}[]");
+const IN_STRING: [bool; 256] = byte_set(b"\"\\");
+/// Where a top-level scalar ends.
+const SCALAR_END: [bool; 256] = byte_set(b",}] \n\r\t");
+
+const fn byte_set(members: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < members.len() {
+        set[members[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
+/// The first index from `at` whose byte is in `set`, or `None`.
+fn find(bytes: &[u8], mut at: usize, set: &[bool; 256]) -> Option<usize> {
+    while let Some(&b) = bytes.get(at) {
+        if set[usize::from(b)] {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
 /// The end of the value starting at `at`, tracking only strings and brackets; `None` if the
 /// text ends first.
-fn skip_value(bytes: &[u8], mut at: usize) -> Option<usize> {
+fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
+    let first = *bytes.get(at)?;
+    if !matches!(first, b'{' | b'[' | b'"') {
+        // A scalar: up to the next separator.
+        return Some(find(bytes, at, &SCALAR_END).unwrap_or(bytes.len()));
+    }
     let mut depth = 0usize;
+    let mut at = at;
     loop {
-        match *bytes.get(at)? {
+        match bytes[at] {
             b'"' => {
                 at += 1;
                 loop {
-                    at += memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+                    at = find(bytes, at, &IN_STRING)?;
                     if bytes[at] == b'"' {
                         break;
                     }
                     at += 2;
                 }
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(at + 1);
-                }
-            }
-            b',' | b' ' | b'\n' | b'\r' | b'\t' if depth == 0 => return Some(at),
-            _ => {}
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => depth += 1,
         }
         at += 1;
-        if depth == 0 && matches!(bytes.get(at), None | Some(b',' | b'}' | b']')) {
+        if depth == 0 {
             return Some(at);
         }
+        at = find(bytes, at, &STRUCTURE)?;
     }
 }
 
