@@ -56,8 +56,8 @@ pub enum FlattenError {
     NotAnObject,
     #[error("a contact has no integer `id`")]
     NoId,
-    /// Only from `flatten_json`, for text the page parse let through (a lone surrogate
-    /// escape, a number out of range).
+    /// Only from `flatten_json`: the contact's text is not JSON (the page scan checks only
+    /// strings and brackets; the pipeline reports this as an invalid page).
     #[error("a contact is not valid JSON ({0})")]
     Json(String),
 }

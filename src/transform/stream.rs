@@ -1,7 +1,8 @@
 //! Flatten's fast path: one contact's JSON text to spill-encoded rows in one pass.
 //!
-//! Receives a contact as JSON text (already checked to be valid JSON by the page parse) and the
-//! two tables' shapes; emits the contact's row and one row per inbox link into `RowBuffer`s,
+//! Receives a contact as JSON text (cut from its page by a scan that checks only strings and
+//! brackets: serde_json checks the rest here, and any error sends the contact to the general
+//! path, which reports it) and the two tables' shapes; emits the contact's row and one row per inbox link into `RowBuffer`s,
 //! registering columns and widening types exactly as `Flattener::flatten` does for the parsed
 //! `Value`. There is no `Value` in between: serde's visitors walk the text once, each key is
 //! looked up in a small map of its object level (a column name is built only the first time its
