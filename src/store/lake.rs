@@ -130,6 +130,23 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// A local folder (created if missing) as an object store rooted at it.
+    fn local_folder(path: PathBuf, display: String) -> Result<Self, LakeError> {
+        std::fs::create_dir_all(&path).map_err(|source| LakeError::Local {
+            path: path.clone(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&path).map_err(|source| LakeError::Open {
+            destination: display.clone(),
+            source,
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: Path::ROOT,
+            display,
+        })
+    }
+
     /// Opens `destination` (no request is sent yet).
     pub fn open(destination: &str) -> Result<Self, LakeError> {
         let display = destination.trim_end_matches('/').to_owned();
@@ -138,17 +155,7 @@ impl Destination {
             source,
         };
         if !is_url(destination) {
-            let path = PathBuf::from(destination);
-            std::fs::create_dir_all(&path).map_err(|source| LakeError::Local {
-                path: path.clone(),
-                source,
-            })?;
-            let store = LocalFileSystem::new_with_prefix(&path).map_err(open_error)?;
-            return Ok(Self {
-                store: Arc::new(store),
-                prefix: Path::ROOT,
-                display,
-            });
+            return Self::local_folder(PathBuf::from(destination), display);
         }
         let url =
             Url::parse(destination).map_err(|_| LakeError::Unsupported(destination.into()))?;
@@ -179,16 +186,7 @@ impl Destination {
                 let path = url
                     .to_file_path()
                     .map_err(|()| LakeError::Unsupported(destination.into()))?;
-                std::fs::create_dir_all(&path).map_err(|source| LakeError::Local {
-                    path: path.clone(),
-                    source,
-                })?;
-                let store = LocalFileSystem::new_with_prefix(&path).map_err(open_error)?;
-                return Ok(Self {
-                    store: Arc::new(store),
-                    prefix: Path::ROOT,
-                    display,
-                });
+                return Self::local_folder(path, display);
             }
             _ => return Err(LakeError::Unsupported(destination.into())),
         };
