@@ -13,7 +13,6 @@ use crate::manifest::TableEntry;
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
-use crate::transform::Row;
 use crate::transform::batch::BatchBuilder;
 use crate::transform::flatten::Flattener;
 use crate::transform::schema::TableSchema;
@@ -92,13 +91,12 @@ fn write_table(
     let mut writer = TableWriter::create(format, file, projected, options).map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
-    let mut row = Row::new();
     let mut rows = 0u64;
     let mut flush = |batch: &mut BatchBuilder| -> Result<(), SinkError> {
         writer.write(&batch.finish()?.project(keep)?)
     };
-    while reader.next_row(&mut row).map_err(spill_error)? {
-        batch.push(&row);
+    while let Some(row) = reader.next_row().map_err(spill_error)? {
+        batch.push_encoded(row).map_err(spill_error)?;
         rows += 1;
         if batch.is_full() {
             flush(&mut batch).map_err(sink_error)?;
