@@ -18,7 +18,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 50); do [ -s "$work/url" ] && break; sleep 0.1; done
 CHATWOOT_API_TOKEN=fake-token valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$bin" contacts --base-url "$(head -1 "$work/url")" --account-id 1 --out "$work/out" \
-    --no-progress 2> "$work/log"
+    --no-progress --rate-limit 0 2> "$work/log"
 total=$(grep "Collected" "$work/log" | tail -1 | awk '{print $4}' | tr -d ,)
 echo "$total instructions, $((total / contacts)) per contact"
 callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
