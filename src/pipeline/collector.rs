@@ -14,9 +14,8 @@ use crate::idset::IdSet;
 use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
 use crate::transform::CellRef;
-use crate::transform::flatten::{EncodedContact, FlattenError, Flattener};
+use crate::transform::flatten::{EncodedContact, FlattenError, Flattener, created_at_secs};
 use crate::transform::inbox_secrets::InboxSecrets;
-use crate::transform::schema::parse_timestamp;
 use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
@@ -188,15 +187,7 @@ impl Collector {
                 }
                 source => ExportError::Contact { page, source },
             })?;
-        let columns = self.id_and_created_columns();
-        let created_at = match self.flat.contact.rows_iter().next() {
-            Some(row) => {
-                id_and_created_at(row, columns)
-                    .map_err(|source| spill_error(&self.paths[0], source))?
-                    .1
-            }
-            None => None,
-        };
+        let created_at = self.flat.created_at;
         if !self.seen.insert(self.flat.id) {
             return Ok((false, created_at));
         }
@@ -288,13 +279,7 @@ fn id_and_created_at(
                 id = Some(value);
             }
         } else if Some(column) == created_column {
-            created_at = match cell {
-                CellRef::Int(secs) => Some(secs),
-                CellRef::Str(text) => {
-                    parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000))
-                }
-                _ => None,
-            };
+            created_at = created_at_secs(cell);
         }
     }
     Ok((id, created_at))

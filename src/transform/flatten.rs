@@ -16,10 +16,10 @@
 use serde_json::{Map, Value};
 
 use super::inbox_secrets::InboxSecrets;
-use super::schema::{ColumnType, TableShape};
+use super::schema::{ColumnType, TableShape, parse_timestamp};
 use super::spill::RowBuffer;
 use super::stream::{StreamState, Walk};
-use super::{Cell, Row};
+use super::{Cell, CellRef, Row};
 
 /// The `contacts` columns of the contract, in output order.
 pub const CONTACT_COLUMNS: &[(&str, ColumnType)] = &[
@@ -75,10 +75,21 @@ pub struct FlatContact {
 #[derive(Debug, Default)]
 pub struct EncodedContact {
     pub id: i64,
+    /// Its `created_at` in unix seconds, when it has a valid one.
+    pub created_at: Option<i64>,
     /// The `contacts` row.
     pub contact: RowBuffer,
     /// One `contact_inboxes` row per inbox link.
     pub inboxes: RowBuffer,
+}
+
+/// A `created_at` cell in unix seconds: a number, or RFC 3339 text as some forks send.
+pub fn created_at_secs(cell: CellRef<'_>) -> Option<i64> {
+    match cell {
+        CellRef::Int(secs) => Some(secs),
+        CellRef::Str(text) => parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000)),
+        _ => None,
+    }
 }
 
 /// Flattens contacts and learns both tables' shapes as it goes.
@@ -98,10 +109,11 @@ pub struct Flattener {
 
 impl Default for Flattener {
     fn default() -> Self {
+        let mut contacts = TableShape::new(CONTACT_COLUMNS, CONTACT_GROUPS);
         let mut inboxes = TableShape::new(INBOX_COLUMNS, INBOX_GROUPS);
         Self {
-            contacts: TableShape::new(CONTACT_COLUMNS, CONTACT_GROUPS),
-            stream: StreamState::new(&mut inboxes),
+            stream: StreamState::new(&mut contacts, &mut inboxes),
+            contacts,
             inboxes,
             inbox_secrets: InboxSecrets::default(),
             name: String::new(),
@@ -130,8 +142,9 @@ impl Flattener {
             &mut out.inboxes,
         )
         .contact(contact);
-        if let Ok(id) = fast {
+        if let Ok((id, created_at)) = fast {
             out.id = id;
+            out.created_at = created_at;
             return Ok(());
         }
         // Not a shape the fast path covers: undo what it registered and take the general path.
@@ -145,6 +158,10 @@ impl Flattener {
             serde_json::from_str(contact).map_err(|err| FlattenError::Json(err.to_string()))?;
         let flat = self.flatten(&value)?;
         out.id = flat.id;
+        out.created_at = value
+            .get("created_at")
+            .and_then(|v| cell_of(v))
+            .and_then(|cell| created_at_secs(cell.borrowed()));
         out.contact.push_row(&flat.contact);
         for row in &flat.inboxes {
             out.inboxes.push_row(row);

@@ -28,6 +28,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 
 use super::CellRef;
+use super::flatten::created_at_secs;
 use super::schema::TableShape;
 use super::spill::RowBuffer;
 
@@ -110,10 +111,12 @@ pub struct StreamState {
     /// Where each link row's `contact_id` value is, to fill in once the id is known (it may
     /// come after `contact_inboxes` in the object).
     contact_id_slots: Vec<usize>,
+    /// The `contacts` column of `created_at`, whose value the walk also hands back.
+    created_at: u32,
 }
 
 impl StreamState {
-    pub fn new(inboxes: &mut TableShape) -> Self {
+    pub fn new(contacts: &mut TableShape, inboxes: &mut TableShape) -> Self {
         let root = Node {
             kind: Kind::Root,
             key: "".into(),
@@ -134,6 +137,7 @@ impl StreamState {
             source_id: inboxes.intern("source_id"),
             inbox_fields: INBOX_KEYS.map(|key| inboxes.intern(&format!("inbox__{key}"))),
             contact_id_slots: Vec::new(),
+            created_at: contacts.intern("created_at"),
         }
     }
 
@@ -217,6 +221,7 @@ pub struct Walk<'a> {
     /// The contact's row serial.
     serial: u32,
     id: Option<i64>,
+    created_at: Option<i64>,
 }
 
 impl<'a> Walk<'a> {
@@ -235,14 +240,16 @@ impl<'a> Walk<'a> {
             links,
             serial: 0,
             id: None,
+            created_at: None,
         }
     }
 
     /// Flattens one contact into `contact` (one row) and `links` (one row per inbox link);
-    /// returns its id.
-    pub fn contact(&mut self, text: &str) -> Result<i64, Fallback> {
+    /// returns its id and its `created_at` in unix seconds.
+    pub fn contact(&mut self, text: &str) -> Result<(i64, Option<i64>), Fallback> {
         self.serial = self.state.next_serial();
         self.id = None;
+        self.created_at = None;
         self.state.contact_id_slots.clear();
         let mut json = serde_json::Deserializer::from_str(text);
         ValueSeed {
@@ -256,7 +263,7 @@ impl<'a> Walk<'a> {
         for &at in &self.state.contact_id_slots {
             self.links.patch_int(at, id);
         }
-        Ok(id)
+        Ok((id, self.created_at))
     }
 
     /// A value (or a null, `None`) for node `node`'s column in the contact's row.
@@ -271,6 +278,9 @@ impl<'a> Walk<'a> {
         };
         mark(&mut self.state.contact_marks, column, self.serial)?;
         if let Some(cell) = cell {
+            if column == self.state.created_at {
+                self.created_at = created_at_secs(cell);
+            }
             self.contacts.observe_ref(column, cell);
             self.contact.push(column, cell);
         }
