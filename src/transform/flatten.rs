@@ -160,7 +160,7 @@ impl Flattener {
         out.id = flat.id;
         out.created_at = value
             .get("created_at")
-            .and_then(|v| cell_of(v))
+            .and_then(cell_of)
             .and_then(|cell| created_at_secs(cell.borrowed()));
         out.contact.push_row(&flat.contact);
         for row in &flat.inboxes {
