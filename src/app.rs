@@ -13,6 +13,7 @@ use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_
 use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::runner;
 use crate::secret::ApiToken;
+use crate::sink::Compression;
 use crate::source::{ClientOptions, FetchOptions, RetryPolicy};
 use crate::store::{RunVars, is_url};
 
@@ -89,6 +90,12 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
             args.output.format.extension()
         )));
     }
+    if args.output.compression.is_some() && args.output.format != crate::sink::Format::Parquet {
+        return Err(Error::Usage(format!(
+            "--compression applies only to Parquet, not --format {}: drop --compression",
+            args.output.format.extension()
+        )));
+    }
     let settings = ExportSettings {
         client: ClientOptions {
             base_url: args.base_url,
@@ -113,6 +120,8 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         resume: args.output.resume,
         keep_inbox_secrets: args.output.keep_inbox_secrets,
         csv_safe: args.output.csv_safe,
+        compression: args.output.compression.unwrap_or_default(),
+        rows_per_file: args.output.rows_per_file,
         tables: TableSelection::default(),
         governor: None,
     };
@@ -179,6 +188,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         resume: false,
         keep_inbox_secrets: false,
         csv_safe: false,
+        compression: Compression::default(),
+        rows_per_file: None,
         tables: TableSelection::default(),
         governor: None,
     };

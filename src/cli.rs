@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
-use crate::sink::Format;
+use crate::sink::{Compression, Format};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -162,6 +162,14 @@ pub struct OutputArgs {
     /// are dropped and counted in manifest.json.
     #[arg(long)]
     pub keep_inbox_secrets: bool,
+    /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
+    /// none.
+    #[arg(long, value_name = "CODEC", value_parser = Compression::parse)]
+    pub compression: Option<Compression>,
+    /// Split each table into files of at most N rows: contacts-00000.parquet,
+    /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows_per_file: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use toml::{Table, Value};
 use url::Url;
 
 use crate::secret::ApiToken;
-use crate::sink::Format;
+use crate::sink::{Compression, Format};
 use crate::source::{FetchOptions, RetryPolicy};
 
 /// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
@@ -160,6 +160,8 @@ struct SinkSection {
     keep_inbox_secrets: bool,
     #[serde(default)]
     overwrite: bool,
+    compression: Option<String>,
+    rows_per_file: Option<u64>,
 }
 
 fn default_format() -> String {
@@ -202,6 +204,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "csv_safe",
             "keep_inbox_secrets",
             "overwrite",
+            "compression",
+            "rows_per_file",
         ],
     ),
 ];
@@ -284,6 +288,11 @@ pub struct SinkSettings {
     pub csv_safe: bool,
     pub keep_inbox_secrets: bool,
     pub overwrite: bool,
+    /// Parquet: the pages' codec (the default when the file gives none).
+    pub compression: Compression,
+    /// Most rows in one file; a bigger table is written as numbered files. `None`: one file
+    /// per table.
+    pub rows_per_file: Option<u64>,
 }
 
 /// A validated pipeline, ready to run.
@@ -587,6 +596,25 @@ fn resolve(
             "applies only to format = \"csv\": set the format or drop csv_safe".into(),
         );
     }
+    let compression = match &sink.compression {
+        None => Some(Compression::default()),
+        Some(_) if format.is_some_and(|f| f != Format::Parquet) => {
+            bad(
+                "sink.compression",
+                "applies only to format = \"parquet\": set the format or drop compression".into(),
+            );
+            None
+        }
+        Some(text) => Compression::parse(text)
+            .map_err(|message| bad("sink.compression", message))
+            .ok(),
+    };
+    if sink.rows_per_file == Some(0) {
+        bad(
+            "sink.rows_per_file",
+            "must be at least 1: leave it out for one file per table".into(),
+        );
+    }
     if sink.destination.trim().is_empty() {
         bad(
             "sink.destination",
@@ -643,6 +671,8 @@ fn resolve(
             csv_safe: sink.csv_safe,
             keep_inbox_secrets: sink.keep_inbox_secrets,
             overwrite: sink.overwrite,
+            compression: compression?,
+            rows_per_file: sink.rows_per_file,
         },
     })
 }

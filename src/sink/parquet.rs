@@ -7,7 +7,7 @@ use std::io::BufWriter;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::SinkError;
@@ -21,9 +21,13 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn create(out: BufWriter<File>, schema: SchemaRef) -> Result<Self, SinkError> {
+    pub fn create(
+        out: BufWriter<File>,
+        schema: SchemaRef,
+        compression: Compression,
+    ) -> Result<Self, SinkError> {
         let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_compression(compression)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("chatwoot-export {}", env!("CARGO_PKG_VERSION")))
             .build();
