@@ -230,6 +230,7 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         contacts: args.contacts,
         seed: args.seed,
         account_id: args.account_id,
+        accounts: args.accounts,
         token: args.token.clone(),
         latency: Duration::from_millis(args.latency_ms),
         grow_every: args.grow_every,
@@ -251,10 +252,17 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
             source,
         })?;
     println!("{}", server.base_url());
+    let accounts = match args.accounts {
+        1 => format!("account {}", args.account_id),
+        n => format!(
+            "each of accounts {} to {}",
+            args.account_id,
+            args.account_id + n - 1
+        ),
+    };
     eprintln!(
-        "chatwoot-export: fake Chatwoot serving {} contacts of account {} at {} (token {:?}); Ctrl-C stops it",
+        "chatwoot-export: fake Chatwoot serving {} contacts of {accounts} at {} (token {:?}); Ctrl-C stops it",
         args.contacts,
-        args.account_id,
         server.base_url(),
         args.token
     );

@@ -238,9 +238,14 @@ pub struct FakeServerArgs {
     /// Delay added to every answer.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
-    /// The account id the token may read.
+    /// The (first) account id the token may read.
     #[arg(long, default_value_t = 1)]
     pub account_id: u64,
+    /// Serve this many accounts of the token's user (--account-id, the next id, ...), each
+    /// with --contacts contacts of its own (account --account-id + K has the data of seed
+    /// --seed + K) and all behind the one --rate-limit.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub accounts: u64,
     /// The token the server accepts.
     #[arg(long, default_value = "fake-token")]
     pub token: String,

@@ -1003,6 +1003,96 @@ csv_safe = true
     }
 
     #[test]
+    fn compression_and_rows_per_file_resolve() {
+        let p = load(GOOD, &[]).expect("valid");
+        assert_eq!(p.sink.compression, Compression::default());
+        assert_eq!(p.sink.rows_per_file, None);
+        for (text, want) in [
+            ("zstd", Compression::default()),
+            ("zstd:9", Compression::Zstd { level: 9 }),
+            ("snappy", Compression::Snappy),
+            ("none", Compression::None),
+        ] {
+            let set = format!("sink.compression={text}");
+            let p = load(GOOD, &[&set, "sink.rows_per_file=50000"]).expect(text);
+            assert_eq!(p.sink.compression, want, "{text}");
+            assert_eq!(p.sink.rows_per_file, Some(50_000));
+        }
+    }
+
+    #[test]
+    fn bad_compression_and_rows_per_file_are_all_reported() {
+        let cases: [(&[&str], &str, &str); 6] = [
+            (
+                &["sink.compression=lz4"],
+                "sink.compression",
+                "zstd, zstd:LEVEL (1 to 22), snappy or none, not \"lz4\"",
+            ),
+            (&["sink.compression=zstd:99"], "sink.compression", "1 to 22"),
+            (&["sink.compression=zstd:x"], "sink.compression", "1 to 22"),
+            (
+                &["sink.format=csv", "sink.compression=snappy"],
+                "sink.compression",
+                "applies only to format = \"parquet\"",
+            ),
+            (
+                &["sink.rows_per_file=0"],
+                "sink.rows_per_file",
+                "at least 1",
+            ),
+            (
+                &["sink.rows_per_file=-5"],
+                "sink.rows_per_file",
+                "wrong type",
+            ),
+        ];
+        for (sets, key, message) in cases {
+            let problems = load(GOOD, sets).expect_err("invalid");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(message)),
+                "{sets:?}: {problems:#?}"
+            );
+        }
+        // Both at once, with another problem: every one is listed.
+        let problems = load(
+            GOOD,
+            &[
+                "sink.compression=brotli",
+                "sink.rows_per_file=0",
+                "fetch.concurrency=0",
+            ],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "fetch.concurrency",
+                "sink.compression",
+                "sink.rows_per_file"
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn the_keys_have_lines() {
+        let text = format!("{GOOD}compression = \"gzip\"\nrows_per_file = 0\n");
+        let problems = load(&text, &[]).expect_err("invalid");
+        let lines: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("sink.compression", Some(10)),
+                ("sink.rows_per_file", Some(11))
+            ]
+        );
+    }
+
+    #[test]
     fn column_filters() {
         let f = ColumnFilter {
             enabled: true,

@@ -415,11 +415,7 @@ async fn serve_page(
     if let Some(refusal) = refuse(shared, headers, account_id) {
         return refusal;
     }
-    let Some(served) = account_id
-        .parse()
-        .ok()
-        .and_then(|id| shared.served(id))
-    else {
+    let Some(served) = account_id.parse().ok().and_then(|id| shared.served(id)) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if fault == Fault::Malformed {

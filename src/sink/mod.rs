@@ -229,3 +229,28 @@ impl TableWriter {
         Ok(file)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_reads_what_it_writes() {
+        for text in ["zstd:1", "zstd:22", "snappy", "none"] {
+            let compression = Compression::parse(text).expect(text);
+            assert_eq!(compression.to_string(), text);
+            let json = serde_json::to_string(&compression).expect("json");
+            assert_eq!(
+                serde_json::from_str::<Compression>(&json).ok(),
+                Some(compression)
+            );
+        }
+        assert_eq!(
+            Compression::parse("ZSTD").map(|c| c.to_string()),
+            Ok(format!("zstd:{DEFAULT_ZSTD_LEVEL}"))
+        );
+        for bad in ["gzip", "zstd:0", "zstd:23", "zstd:", ""] {
+            assert!(Compression::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
