@@ -150,6 +150,22 @@ fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> 
     manifest.expect("a manifest in the partition")
 }
 
+/// `contacts --base-url BASE --account-id 1 --out URL --no-progress EXTRA...`
+fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "contacts",
+        "--base-url",
+        base,
+        "--account-id",
+        "1",
+        "--out",
+        url,
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
     for (name, bytes) in objects {
         assert!(
@@ -165,16 +181,7 @@ fn contacts_to_s3_match_the_ground_truth_and_a_rerun_replaces_them() {
     let fake = Fake::with_contacts(200);
     let store = moto.store();
     let base = fake.base_url();
-    let args = [
-        "contacts",
-        "--base-url",
-        &base,
-        "--account-id",
-        "1",
-        "--out",
-        "s3://lake/one",
-        "--no-progress",
-    ];
+    let args = contacts_to(&base, "s3://lake/one", &[]);
     let first = run_with_env(&args, &moto.env());
     assert_eq!(first.code, 0, "{}", first.stderr);
     let listed = objects(&store, "one");
@@ -325,18 +332,11 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
         if previous.is_some() {
             std::thread::sleep(Duration::from_millis(1100)); // run ids have second resolution
         }
-        let args = [
-            "contacts",
-            "--base-url",
+        let args = contacts_to(
             &base,
-            "--account-id",
-            "1",
-            "--out",
             "s3://lake/split",
-            "--no-progress",
-            "--rows-per-file",
-            rows_per_file,
-        ];
+            &["--rows-per-file", rows_per_file],
+        );
         let run = run_with_env(&args, &moto.env());
         assert_eq!(run.code, 0, "{}", run.stderr);
         let listed = objects(&store, "split");

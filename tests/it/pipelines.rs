@@ -8,7 +8,7 @@ use chatwoot_export::fake::{FakeServerConfig, FaultConfig};
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, TOKEN, assert_no_token, run_with_env};
+use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_with_env};
 use crate::readers::{assert_same, read, read_files};
 
 fn pipelines() -> Vec<PathBuf> {
@@ -20,6 +20,30 @@ fn pipelines() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Runs `pipelines/NAME` against the fake at `base_url` (account 1) into the folder `out`,
+/// with more `--set KEY=VALUE` overrides.
+pub fn run_example(name: &str, base_url: &str, out: &Path, sets: &[&str]) -> Run {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .join(name);
+    let base = format!("source.base_url={base_url}");
+    let dest = format!("sink.destination={}", out.display());
+    let mut args = vec![
+        "run",
+        file.to_str().expect("utf-8"),
+        "--set",
+        &base,
+        "--set",
+        &dest,
+        "--set",
+        "source.account_id=1",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    run_with_env(&args, &env(""))
 }
 
 fn env(base_url: &str) -> Vec<(&str, &str)> {
@@ -130,22 +154,7 @@ fn column_selection_and_csv_safe_from_the_spreadsheet_pipeline() {
     let fake = Fake::with_contacts(120);
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("sheets");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/spreadsheet-csv.toml");
-    let base = format!("source.base_url={}", fake.base_url());
-    let dest = format!("sink.destination={}", out.display());
-    let run = run_with_env(
-        &[
-            "run",
-            file.to_str().expect("utf-8"),
-            "--set",
-            &base,
-            "--set",
-            &dest,
-            "--set",
-            "source.account_id=1",
-        ],
-        &env(""),
-    );
+    let run = run_example("spreadsheet-csv.toml", &fake.base_url(), &out, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         !out.join("contact_inboxes.csv").exists(),

@@ -63,27 +63,32 @@ fn assert_split(dir: &Path, format: &str, table: &str, want: &Table, rows_per_fi
     assert_same(table, format, want, &got);
 }
 
+/// Exports into `dir` in files of `rows_per_file` rows, checks both tables and that the
+/// folder holds exactly the files the manifest lists; returns them, sorted.
+fn export_split(fake: &Fake, dir: &Path, format: &str, rows_per_file: usize) -> Vec<String> {
+    let (contacts, inboxes) = expected::tables(&fake.truth());
+    let limit = rows_per_file.to_string();
+    let run = export(&fake.base_url(), format, dir, &["--rows-per-file", &limit]);
+    assert_eq!(run.code, 0, "{format}: {}", run.stderr);
+    assert_no_token(&run, dir);
+    assert_split(dir, format, "contacts", &contacts, rows_per_file);
+    assert_split(dir, format, "contact_inboxes", &inboxes, rows_per_file);
+    let manifest = manifest(dir).expect("manifest");
+    let mut every = listed(&manifest, "contacts");
+    every.extend(listed(&manifest, "contact_inboxes"));
+    every.sort();
+    assert_eq!(data_files(dir), every, "nothing else in the folder");
+    every
+}
+
 #[test]
 fn rows_per_file_splits_tables_and_a_rerun_leaves_only_its_own_files() {
     let fake = Fake::with_contacts(700);
     let truth = fake.truth();
-    let (contacts, inboxes) = expected::tables(&truth);
     for format in ["parquet", "csv"] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let run = export(
-            &fake.base_url(),
-            format,
-            dir.path(),
-            &["--rows-per-file", "200"],
-        );
-        assert_eq!(run.code, 0, "{format}: {}", run.stderr);
-        assert_split(dir.path(), format, "contacts", &contacts, 200);
-        assert_split(dir.path(), format, "contact_inboxes", &inboxes, 200);
-        let mut every = listed(&manifest(dir.path()).expect("manifest"), "contact_inboxes");
-        every.extend(names("contacts", format, 4));
-        every.sort();
-        assert_eq!(data_files(dir.path()), every, "nothing else in the folder");
-        assert_no_token(&run, dir.path());
+        let every = export_split(&fake, dir.path(), format, 200);
+        assert!(every.contains(&format!("contacts-00003.{format}")));
 
         // A rerun that fails leaves the earlier files alone (and no manifest).
         let failed = export("http://127.0.0.1:1", format, dir.path(), &[]);
@@ -91,36 +96,19 @@ fn rows_per_file_splits_tables_and_a_rerun_leaves_only_its_own_files() {
         assert_eq!(data_files(dir.path()), every);
 
         // Fewer, bigger files: the earlier run's extra files go once the new run is complete.
-        let run = export(
-            &fake.base_url(),
-            format,
-            dir.path(),
-            &["--rows-per-file", "300"],
-        );
-        assert_eq!(run.code, 0, "{format}: {}", run.stderr);
-        assert_split(dir.path(), format, "contacts", &contacts, 300);
-        assert_split(dir.path(), format, "contact_inboxes", &inboxes, 300);
-        let mut every = listed(&manifest(dir.path()).expect("manifest"), "contact_inboxes");
-        every.extend(names("contacts", format, 3));
-        every.sort();
-        assert_eq!(data_files(dir.path()), every, "contacts-00003 is gone");
+        let every = export_split(&fake, dir.path(), format, 300);
+        assert!(!every.contains(&format!("contacts-00003.{format}")));
 
         // A table that fits keeps its one plain name, and the numbered files go.
-        let run = export(
-            &fake.base_url(),
-            format,
-            dir.path(),
-            &["--rows-per-file", "100000"],
-        );
-        assert_eq!(run.code, 0, "{format}: {}", run.stderr);
-        crate::export::assert_export_matches(dir.path(), format, &truth);
+        let every = export_split(&fake, dir.path(), format, 100_000);
         assert_eq!(
-            data_files(dir.path()),
+            every,
             [
                 format!("contact_inboxes.{format}"),
                 format!("contacts.{format}")
             ]
         );
+        crate::export::assert_export_matches(dir.path(), format, &truth);
     }
 }
 
@@ -258,25 +246,11 @@ fn the_oneoff_pipeline_takes_both_keys() {
     let fake = Fake::with_contacts(100);
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/oneoff-parquet.toml");
-    let base = format!("source.base_url={}", fake.base_url());
-    let dest = format!("sink.destination={}", out.display());
-    let run = run_with_env(
-        &[
-            "run",
-            file.to_str().expect("utf-8"),
-            "--set",
-            &base,
-            "--set",
-            &dest,
-            "--set",
-            "source.account_id=1",
-            "--set",
-            "sink.compression=snappy",
-            "--set",
-            "sink.rows_per_file=40",
-        ],
-        &[("CHATWOOT_API_TOKEN", crate::harness::TOKEN)],
+    let run = crate::pipelines::run_example(
+        "oneoff-parquet.toml",
+        &fake.base_url(),
+        &out,
+        &["sink.compression=snappy", "sink.rows_per_file=40"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let (contacts, _) = expected::tables(&fake.truth());
