@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fake;
+pub mod idset;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;

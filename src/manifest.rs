@@ -47,7 +47,7 @@ pub struct Manifest {
     pub inbox_fields_dropped: BTreeMap<String, u64>,
     /// Whether CSV text cells that start like a formula got a leading `'` (`--csv-safe`).
     pub csv_safe: bool,
-    /// Parquet: the pages' codec (`zstd:3`, `snappy`, `none`); null for CSV and NDJSON.
+    /// Parquet: the pages' codec (`zstd:1`, `snappy`, `none`); null for CSV and NDJSON.
     pub compression: Option<Compression>,
     pub tables: BTreeMap<String, TableEntry>,
     pub source: Source,

@@ -5,20 +5,19 @@
 //! duplicates when pages drift), a count of contacts per `created_at` day (for the repair) and
 //! the tables' column shapes. It can save itself into a checkpoint and come back from one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-use serde_json::Value;
 
 use super::ExportError;
 use super::checkpoint::{Checkpoint, SpillMark};
-use crate::source::ContactsPage;
+use crate::idset::IdSet;
+use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
-use crate::transform::flatten::Flattener;
+use crate::transform::CellRef;
+use crate::transform::flatten::{EncodedContact, FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::schema::parse_timestamp;
-use crate::transform::spill::{SpillReader, SpillWriter};
-use crate::transform::{Cell, Row};
+use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
 /// Page notes are kept for this many pages (about 2.6 MB; 1,500,000 contacts).
@@ -37,7 +36,9 @@ pub struct PageNote {
 /// Flattens, deduplicates and spills.
 pub struct Collector {
     pub flattener: Flattener,
-    seen: HashSet<i64>,
+    /// The contact being added, reused so that the walk allocates nothing per contact.
+    flat: EncodedContact,
+    seen: IdSet,
     /// Distinct contacts per `created_at` day (days since the epoch, UTC).
     days: BTreeMap<i64, u64>,
     page_notes: Vec<PageNote>,
@@ -60,7 +61,8 @@ impl Collector {
         flattener.inbox_secrets = inbox_secrets;
         Ok(Self {
             flattener,
-            seen: HashSet::new(),
+            flat: EncodedContact::default(),
+            seen: IdSet::default(),
             days: BTreeMap::new(),
             page_notes: Vec::new(),
             spills: [open(SPILL_NAMES[0])?, open(SPILL_NAMES[1])?],
@@ -91,7 +93,8 @@ impl Collector {
         let spills = [open(0)?, open(1)?];
         let mut collector = Self {
             flattener,
-            seen: HashSet::new(),
+            flat: EncodedContact::default(),
+            seen: IdSet::default(),
             days: BTreeMap::new(),
             page_notes: Vec::new(),
             spills,
@@ -105,37 +108,31 @@ impl Collector {
 
     fn reread_contacts(&mut self) -> Result<(), ExportError> {
         let path = self.paths[0].clone();
-        let id_column = self.flattener.contacts.id_of("id");
-        let created_column = self.flattener.contacts.id_of("created_at");
+        let columns = self.id_and_created_columns();
         self.spills[0]
             .flush()
             .map_err(|source| spill_error(&path, source))?;
         let mut reader = SpillReader::open(&path).map_err(|source| spill_error(&path, source))?;
-        let mut row = Row::new();
-        while reader
-            .next_row(&mut row)
+        while let Some(row) = reader
+            .next_row()
             .map_err(|source| spill_error(&path, source))?
         {
-            let cell = |column: Option<u32>| {
-                row.iter()
-                    .find(|(c, _)| Some(*c) == column)
-                    .map(|(_, cell)| cell)
-            };
-            if let Some(Cell::Int(id)) = cell(id_column) {
-                self.seen.insert(*id);
+            let (id, created_at) =
+                id_and_created_at(row, columns).map_err(|source| spill_error(&path, source))?;
+            if let Some(id) = id {
+                self.seen.insert(id);
             }
-            let created_at = match cell(created_column) {
-                Some(Cell::Int(secs)) => Some(*secs),
-                Some(Cell::Str(text)) => {
-                    parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000))
-                }
-                _ => None,
-            };
             if let Some(secs) = created_at {
                 *self.days.entry(secs.div_euclid(86_400)).or_default() += 1;
             }
         }
         Ok(())
+    }
+
+    /// The `contacts` column ids of `id` and `created_at` (declared columns: always there).
+    fn id_and_created_columns(&self) -> (Option<u32>, Option<u32>) {
+        let shape = &self.flattener.contacts;
+        (shape.id_of("id"), shape.id_of("created_at"))
     }
 
     /// Adds the contacts of page `number`, dropping ids already seen, and notes what the
@@ -148,8 +145,14 @@ impl Collector {
         page: &ContactsPage,
     ) -> Result<(), ExportError> {
         self.pages += 1;
-        for contact in &page.payload {
-            self.add(number, contact)?;
+        let (mut first_created, mut last_created) = (None, None);
+        for (index, contact) in page.payload.iter().enumerate() {
+            let (new, created_at) = self.add(number, contact)?;
+            self.duplicates += u64::from(!new);
+            if index == 0 {
+                first_created = created_at;
+            }
+            last_created = created_at;
         }
         let index = usize::try_from(number).unwrap_or(usize::MAX);
         if index < MAX_PAGE_NOTES {
@@ -159,8 +162,8 @@ impl Collector {
             self.page_notes[index] = PageNote {
                 arrival: Some(arrival),
                 count: page.meta.count,
-                first_created: page.payload.first().and_then(created_at_secs),
-                last_created: page.payload.last().and_then(created_at_secs),
+                first_created,
+                last_created,
             };
         }
         Ok(())
@@ -171,40 +174,54 @@ impl Collector {
         &self.page_notes
     }
 
-    /// Adds one contact; false if its id was already there.
-    pub fn add(&mut self, page: u64, contact: &Value) -> Result<bool, ExportError> {
-        let flat = self
-            .flattener
-            .flatten(contact)
-            .map_err(|source| ExportError::Contact { page, source })?;
-        if !self.seen.insert(flat.id) {
-            self.duplicates += 1;
-            return Ok(false);
+    /// Adds one contact (its JSON text, as the page holds it); returns whether it was new
+    /// (false: its id was already there, and it was dropped) and its `created_at` in unix
+    /// seconds. Only the walk counts what it drops as `duplicates`: the repair fetches known
+    /// contacts on purpose.
+    pub fn add(&mut self, page: u64, contact: &str) -> Result<(bool, Option<i64>), ExportError> {
+        self.flattener
+            .flatten_json(contact, &mut self.flat)
+            .map_err(|source| match source {
+                // Text the page scan let through but that is not JSON after all.
+                FlattenError::Json(detail) => {
+                    ExportError::Fetch(FetchError::InvalidPage { page, detail })
+                }
+                source => ExportError::Contact { page, source },
+            })?;
+        let columns = self.id_and_created_columns();
+        let created_at = match self.flat.contact.rows_iter().next() {
+            Some(row) => {
+                id_and_created_at(row, columns)
+                    .map_err(|source| spill_error(&self.paths[0], source))?
+                    .1
+            }
+            None => None,
+        };
+        if !self.seen.insert(self.flat.id) {
+            return Ok((false, created_at));
         }
-        if let Some(secs) = created_at_secs(contact) {
+        if let Some(secs) = created_at {
             *self.days.entry(secs.div_euclid(86_400)).or_default() += 1;
         }
-        self.spill(0, &flat.contact)?;
-        for link in &flat.inboxes {
-            self.spill(1, link)?;
-        }
-        Ok(true)
+        self.spill(0)?;
+        self.spill(1)?;
+        Ok((true, created_at))
     }
 
-    fn spill(&mut self, table: usize, row: &Row) -> Result<(), ExportError> {
-        let path = &self.paths[table];
+    /// Appends the current contact's rows of `table` (0: contacts, 1: contact_inboxes).
+    fn spill(&mut self, table: usize) -> Result<(), ExportError> {
+        let rows = [&self.flat.contact, &self.flat.inboxes][table];
+        if rows.is_empty() {
+            return Ok(());
+        }
         self.spills[table]
-            .write_row(row)
-            .map_err(|source| spill_error(path, source))
+            .write(rows)
+            .map_err(|source| spill_error(&self.paths[table], source))
     }
 
     /// Distinct contacts so far.
     pub fn unique(&self) -> u64 {
-        self.seen.len() as u64
-    }
-
-    pub fn contains(&self, id: i64) -> bool {
-        self.seen.contains(&id)
+        self.seen.len()
     }
 
     /// Distinct contacts per `created_at` day.
@@ -257,13 +274,30 @@ impl Collector {
     }
 }
 
-/// A contact's `created_at` in unix seconds (a number, or RFC 3339 text from some forks).
-pub fn created_at_secs(contact: &Value) -> Option<i64> {
-    match contact.get("created_at")? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(text) => parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000)),
-        _ => None,
+/// A `contacts` row's id and `created_at` (unix seconds; a number, or RFC 3339 text from
+/// some forks), given their column ids.
+fn id_and_created_at(
+    row: EncodedRow<'_>,
+    (id_column, created_column): (Option<u32>, Option<u32>),
+) -> std::io::Result<(Option<i64>, Option<i64>)> {
+    let (mut id, mut created_at) = (None, None);
+    for cell in row.cells() {
+        let (column, cell) = cell?;
+        if Some(column) == id_column {
+            if let CellRef::Int(value) = cell {
+                id = Some(value);
+            }
+        } else if Some(column) == created_column {
+            created_at = match cell {
+                CellRef::Int(secs) => Some(secs),
+                CellRef::Str(text) => {
+                    parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000))
+                }
+                _ => None,
+            };
+        }
     }
+    Ok((id, created_at))
 }
 
 fn spill_error(path: &std::path::Path, source: std::io::Error) -> ExportError {

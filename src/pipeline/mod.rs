@@ -287,7 +287,9 @@ async fn run(
         started_at.clone(),
         resumes,
     );
-    let lookahead = settings.fetch.concurrency;
+    // Pages fetched ahead of the one being consumed: a few times what is in flight, so that one
+    // slow page does not hold back the requests behind it (about 15 KB a page).
+    let lookahead = settings.fetch.concurrency.saturating_mul(4);
 
     let walked = tokio::select! {
         result = walk::walk(fetcher, &mut collector, &mut walk_state, progress, lookahead, &mut saver) => result,

@@ -20,7 +20,7 @@ use super::ExportError;
 use super::checkpoint::WalkState;
 use super::collector::{Collector, PageNote};
 use crate::progress::Progress;
-use crate::source::{FetchError, Fetcher};
+use crate::source::{Contacts, FetchError, Fetcher};
 use std::collections::BTreeSet;
 
 /// A range this small (in contacts on the server) is fetched whole instead of bisected.
@@ -308,15 +308,11 @@ impl Repair<'_> {
             .await
     }
 
-    fn keep(&mut self, contacts: &[serde_json::Value]) -> Result<(), FetchError> {
+    fn keep(&mut self, contacts: &Contacts) -> Result<(), FetchError> {
         for contact in contacts {
-            let id = contact.get("id").and_then(serde_json::Value::as_i64);
-            if id.is_some_and(|id| self.collector.contains(id)) {
-                continue;
-            }
             match self.collector.add(0, contact) {
-                Ok(true) => self.report.recovered += 1,
-                Ok(false) => {}
+                Ok((true, _)) => self.report.recovered += 1,
+                Ok((false, _)) => {}
                 Err(err) => {
                     return Err(FetchError::InvalidPage {
                         page: 0,

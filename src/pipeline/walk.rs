@@ -1,24 +1,84 @@
 //! The walk over the list's pages.
 //!
 //! Receives the fetcher, the collector and where the walk stands (fresh, or from a
-//! checkpoint); emits pages into the collector in page order. Page 1 gives `meta.count` and
-//! the page size; the planned pages are fetched concurrently (each on its own task, at most
-//! `lookahead` ahead of the oldest unfinished one) and consumed in order, so the output order
-//! and which duplicate is kept do not depend on timing. Then pages past the plan until an
-//! empty one, so contacts created during the run are not cut off.
+//! checkpoint); emits pages into the collector in page order, so the output order and which
+//! duplicate is kept do not depend on timing. Page 1 gives `meta.count` and the page size, and
+//! so the plan; the walk then goes on past the plan until an empty page, so contacts created
+//! during the run are not cut off.
+//!
+//! Pages are fetched ahead of the one being consumed, each on its own task (the fetcher's
+//! adaptive concurrency and rate budget bound what is really in flight), so a latency-bound
+//! export keeps its requests in flight all the way:
+//! - before page 1 has answered, pages 2 to `SPECULATIVE_START` go out with it (a small
+//!   account answers them with empty pages, a few requests wasted once);
+//! - the first page past the plan, usually the empty one that ends the walk, goes out with
+//!   the last planned pages instead of after them;
+//! - past the plan, one page at a time: each non-empty one allows the next.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::StreamExt;
-use futures::stream;
+use tokio::task::JoinHandle;
 
 use super::ExportError;
 use super::checkpoint::WalkState;
 use super::collector::Collector;
 use super::saver::Saver;
 use crate::progress::Progress;
-use crate::source::Fetcher;
+use crate::source::{ContactsPage, FetchError, Fetcher};
+
+/// Pages requested together with page 1, before the plan is known (as many as the adaptive
+/// concurrency starts with).
+const SPECULATIVE_START: u64 = 8;
+
+type Fetched = (u64, Result<ContactsPage, FetchError>);
+
+/// Page fetches in flight, in page order.
+struct Window {
+    fetcher: Arc<Fetcher>,
+    arrivals: Arc<AtomicU64>,
+    tasks: VecDeque<(u64, JoinHandle<Fetched>)>,
+    /// The next page number to request.
+    next: u64,
+    /// Most pages requested but not consumed.
+    lookahead: usize,
+}
+
+impl Window {
+    /// Requests pages up to `last` (inclusive), within the lookahead.
+    fn fill(&mut self, last: u64) {
+        while self.next <= last && self.tasks.len() < self.lookahead {
+            let number = self.next;
+            let (fetcher, arrivals) = (Arc::clone(&self.fetcher), Arc::clone(&self.arrivals));
+            let task = tokio::spawn(async move {
+                let page = fetcher.page(number).await;
+                (arrivals.fetch_add(1, Ordering::SeqCst), page)
+            });
+            self.tasks.push_back((number, task));
+            self.next += 1;
+        }
+    }
+
+    /// The oldest page requested: its number, its arrival order and the page.
+    async fn next_page(&mut self) -> Option<Result<(u64, u64, ContactsPage), ExportError>> {
+        let (number, task) = self.tasks.pop_front()?;
+        Some(match task.await {
+            Ok((arrival, Ok(page))) => Ok((number, arrival, page)),
+            Ok((_, Err(error))) => Err(error.into()),
+            Err(error) => Err(error.into()),
+        })
+    }
+}
+
+impl Drop for Window {
+    /// Pages no longer needed (past the empty page, or after an error) are not waited for.
+    fn drop(&mut self) {
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+    }
+}
 
 pub async fn walk(
     fetcher: &Arc<Fetcher>,
@@ -28,12 +88,20 @@ pub async fn walk(
     lookahead: usize,
     saver: &mut Saver,
 ) -> Result<(), ExportError> {
-    // The order answers arrive in, for the repair's notes.
-    let arrivals = Arc::new(AtomicU64::new(0));
-    let arrived = |arrivals: &AtomicU64| arrivals.fetch_add(1, Ordering::SeqCst);
+    if state.done {
+        return Ok(());
+    }
+    let mut window = Window {
+        fetcher: Arc::clone(fetcher),
+        // The order answers arrive in, for the repair's notes.
+        arrivals: Arc::new(AtomicU64::new(0)),
+        tasks: VecDeque::new(),
+        next: state.next_page.max(1),
+        lookahead: lookahead.max(1),
+    };
     if state.next_page <= 1 {
-        let first = fetcher.page(1).await?;
-        let arrival = arrived(&arrivals);
+        window.fill(SPECULATIVE_START);
+        let (_, arrival, first) = window.next_page().await.unwrap_or_else(no_page)?;
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
@@ -51,6 +119,9 @@ pub async fn walk(
             collector.unique(),
         );
         saver.save(collector, state, false)?;
+        if state.done {
+            return Ok(());
+        }
     } else {
         progress.plan(
             state.planned_pages,
@@ -59,46 +130,30 @@ pub async fn walk(
             collector.unique(),
         );
     }
-    if state.done {
-        return Ok(());
-    }
 
-    if state.next_page <= state.planned_pages {
-        let mut pages = stream::iter(state.next_page..=state.planned_pages)
-            .map(|number| {
-                let (fetcher, arrivals) = (Arc::clone(fetcher), Arc::clone(&arrivals));
-                tokio::spawn(async move {
-                    let page = fetcher.page(number).await;
-                    (number, arrived(&arrivals), page)
-                })
-            })
-            .buffered(lookahead.max(1));
-        while let Some(joined) = pages.next().await {
-            let (number, arrival, page) = joined?;
-            let page = page?;
-            state.saw_count(page.meta.count);
-            collector.add_page(number, arrival, &page)?;
-            state.next_page = number + 1;
-            progress.page_done(collector.unique());
-            saver.save(collector, state, false)?;
-        }
-    }
-
-    // Past the plan until an empty page: contacts created during the run land at the end.
+    // The planned pages and the first one past the plan; past it, one more per non-empty page.
+    let mut last_wanted = (state.planned_pages + 1).max(state.next_page);
     loop {
-        let number = state.next_page;
-        let page = fetcher.page(number).await?;
-        let arrival = arrived(&arrivals);
+        window.fill(last_wanted);
+        let (number, arrival, page) = window.next_page().await.unwrap_or_else(no_page)?;
         state.saw_count(page.meta.count);
-        if page.payload.is_empty() {
+        if page.payload.is_empty() && number > state.planned_pages {
             collector.pages += 1;
             state.done = true;
             break;
         }
         collector.add_page(number, arrival, &page)?;
         state.next_page = number + 1;
+        last_wanted = last_wanted.max(number + 1);
         progress.page_done(collector.unique());
         saver.save(collector, state, false)?;
     }
     saver.save(collector, state, true)
+}
+
+/// `fill` always requests the page `next_page` waits for; an error rather than a panic if not.
+fn no_page<T>() -> Result<T, ExportError> {
+    Err(ExportError::Resume(
+        "internal error: the walk ran out of pages to wait for; please report this".to_owned(),
+    ))
 }

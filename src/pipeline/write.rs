@@ -19,7 +19,6 @@ use crate::manifest::TableEntry;
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
-use crate::transform::Row;
 use crate::transform::batch::BatchBuilder;
 use crate::transform::flatten::Flattener;
 use crate::transform::schema::TableSchema;
@@ -101,7 +100,6 @@ fn write_table(
     );
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
-    let mut row = Row::new();
     let mut rows = 0u64;
     let mut flush = |batch: &mut BatchBuilder| -> Result<(), ExportError> {
         let batch = batch
@@ -110,8 +108,8 @@ fn write_table(
             .map_err(|e| sink_error(e.into()))?;
         writer.write(&projected, &batch)
     };
-    while reader.next_row(&mut row).map_err(spill_error)? {
-        batch.push(&row);
+    while let Some(row) = reader.next_row().map_err(spill_error)? {
+        batch.push_encoded(row).map_err(spill_error)?;
         rows += 1;
         if batch.is_full() {
             flush(&mut batch)?;

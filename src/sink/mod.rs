@@ -86,7 +86,10 @@ fn with_offset_timezones(batch: &RecordBatch) -> Result<RecordBatch, ArrowError>
 }
 
 /// The zstd level of Parquet files when none is asked for (`zstd`), the one place to change it.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Level 1: a tenth less CPU for the whole write than level 3 (callgrind, 3,000 fake
+/// contacts), for files a few percent larger. The dictionary encoding of repetitive columns
+/// does most of the shrinking before zstd sees the pages.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// The codec of Parquet pages (`sink.compression`, `--compression`). Written as in the
 /// pipeline file and the manifest: `zstd`, `zstd:LEVEL` (1 to 22), `snappy` or `none`. Only

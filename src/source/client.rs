@@ -166,7 +166,7 @@ impl ContactsClient {
             match response.bytes().await {
                 Err(err) => Err(self.transport_error(page, &err)),
                 Ok(body) if !status.is_success() => Err(self.status_error(page, status, &body)),
-                Ok(body) => serde_json::from_slice(&body).map_err(|err| FetchError::InvalidPage {
+                Ok(body) => ContactsPage::from_body(&body).map_err(|err| FetchError::InvalidPage {
                     page,
                     detail: err.to_string(),
                 }),

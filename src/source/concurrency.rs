@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+/// The limit to start from: as many as the walk asks for with page 1 and more, and in reach
+/// of `--concurrency 16` in one round trip of slow start.
+const INITIAL_LIMIT: usize = 8;
 /// Multiplicative decrease on pressure.
 const DECREASE: f64 = 0.9;
 /// A round trip this much slower than the long-run average is pressure...
@@ -55,7 +58,7 @@ impl AdaptiveConcurrency {
         Self {
             max,
             state: Mutex::new(State {
-                limit: max.min(4) as f64,
+                limit: max.min(INITIAL_LIMIT) as f64,
                 in_flight: 0,
                 slow_start: true,
                 rtt_slow: None,

@@ -17,5 +17,5 @@ pub use client::{Attempt, ClientOptions, ContactsClient};
 pub use error::{ConnectCause, FetchError};
 pub use fetcher::{FetchOptions, FetchStatus, Fetcher};
 pub use governor::{GovernorStatus, RateGovernor};
-pub use page::{ContactsPage, Meta};
+pub use page::{Contacts, ContactsPage, Meta};
 pub use retry::RetryPolicy;

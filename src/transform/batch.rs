@@ -1,21 +1,25 @@
 //! Sparse rows -> Arrow record batches in a table's final schema.
 //!
-//! Receives rows (from the spill) and the table's final `TableSchema`; emits record batches of
-//! at most `BATCH_ROWS` rows. Each cell is converted to its column's final type without loss:
+//! Receives rows (encoded, straight from the spill, or as `Row`s) and the table's final
+//! `TableSchema`; emits record batches of at most `BATCH_ROWS` rows. Each cell is converted to
+//! its column's final type without loss:
 //! ints into float columns as floats, unix seconds into timestamps, and any value into a string
 //! column as its JSON text (strings as themselves).
 
+use std::fmt::Write as _;
+use std::io;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnType, TableSchema, parse_timestamp, secs_to_micros};
-use super::{Cell, Row};
+use super::spill::{EncodedRow, RawCell, RowBuffer};
+use super::{CellRef, Row};
 
 /// Rows per record batch: large enough for fast columnar encoding, small enough to keep
 /// memory flat.
@@ -26,7 +30,9 @@ enum ColumnBuilder {
     Int(Int64Builder),
     Float(Float64Builder),
     Timestamp(TimestampMicrosecondBuilder),
-    Str(StringBuilder),
+    /// Text collected as bytes and checked to be UTF-8 once, in `finish`: the spill's text
+    /// came from `&str`s, and one check over the column is far cheaper than one per value.
+    Str(BinaryBuilder),
 }
 
 impl ColumnBuilder {
@@ -39,22 +45,33 @@ impl ColumnBuilder {
                 TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
             ),
             ColumnType::Null | ColumnType::String => {
-                Self::Str(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+                Self::Str(BinaryBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
             }
         }
     }
 
     /// Appends `cell` (or a null). The shape's widening guarantees the cell fits; a cell that
     /// does not (a bug) is written as null rather than crash the export.
-    fn append(&mut self, cell: Option<&Cell>, text: &mut String) {
+    fn append(&mut self, cell: Option<RawCell<'_>>, text: &mut String) {
         match (self, cell) {
-            (Self::Bool(b), Some(Cell::Bool(v))) => b.append_value(*v),
-            (Self::Int(b), Some(Cell::Int(v))) => b.append_value(*v),
-            (Self::Float(b), Some(Cell::Float(v))) => b.append_value(*v),
-            (Self::Float(b), Some(Cell::Int(v))) => b.append_value(*v as f64),
-            (Self::Timestamp(b), Some(Cell::Int(secs))) => b.append_option(secs_to_micros(*secs)),
-            (Self::Timestamp(b), Some(Cell::Str(s))) => b.append_option(parse_timestamp(s)),
-            (Self::Str(b), Some(cell)) => b.append_value(json_text(cell, text)),
+            (Self::Bool(b), Some(RawCell::Bool(v))) => b.append_value(v),
+            (Self::Int(b), Some(RawCell::Int(v))) => b.append_value(v),
+            (Self::Float(b), Some(RawCell::Float(v))) => b.append_value(v),
+            (Self::Float(b), Some(RawCell::Int(v))) => b.append_value(v as f64),
+            (Self::Timestamp(b), Some(RawCell::Int(secs))) => b.append_option(secs_to_micros(secs)),
+            (Self::Timestamp(b), Some(RawCell::Str(s))) => {
+                b.append_option(std::str::from_utf8(s).ok().and_then(parse_timestamp))
+            }
+            (Self::Str(b), Some(RawCell::Str(s) | RawCell::Json(s))) => b.append_value(s),
+            (Self::Str(b), Some(RawCell::Bool(v))) => {
+                b.append_value(json_text(CellRef::Bool(v), text))
+            }
+            (Self::Str(b), Some(RawCell::Int(v))) => {
+                b.append_value(json_text(CellRef::Int(v), text))
+            }
+            (Self::Str(b), Some(RawCell::Float(v))) => {
+                b.append_value(json_text(CellRef::Float(v), text))
+            }
             (Self::Bool(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
             (Self::Float(b), _) => b.append_null(),
@@ -63,35 +80,55 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    fn append_nulls(&mut self, n: usize) {
         match self {
+            Self::Bool(b) => b.append_nulls(n),
+            Self::Int(b) => b.append_nulls(n),
+            Self::Float(b) => b.append_nulls(n),
+            Self::Timestamp(b) => b.append_nulls(n),
+            Self::Str(b) => b.append_nulls(n),
+        }
+    }
+
+    fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
+        Ok(match self {
             Self::Bool(b) => Arc::new(b.finish()),
             Self::Int(b) => Arc::new(b.finish()),
             Self::Float(b) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
-            Self::Str(b) => Arc::new(b.finish()),
-        }
+            Self::Str(b) => Arc::new(StringArray::try_from_binary(b.finish())?),
+        })
     }
 }
 
 /// A cell as it goes in a string column: text as itself, anything else as its JSON text.
-fn json_text<'a>(cell: &'a Cell, buffer: &'a mut String) -> &'a str {
+fn json_text<'a>(cell: CellRef<'a>, buffer: &'a mut String) -> &'a str {
     buffer.clear();
     match cell {
-        Cell::Str(s) | Cell::Json(s) => return s,
-        Cell::Bool(b) => buffer.push_str(if *b { "true" } else { "false" }),
-        Cell::Int(i) => buffer.push_str(&i.to_string()),
-        Cell::Float(f) => buffer.push_str(&serde_json::Value::from(*f).to_string()),
+        CellRef::Str(s) | CellRef::Json(s) => return s,
+        CellRef::Bool(b) => buffer.push_str(if b { "true" } else { "false" }),
+        // Writing into the reused buffer: no allocation per value.
+        CellRef::Int(i) => {
+            let _ = write!(buffer, "{i}");
+        }
+        // serde_json's float text (`5.0`, `null` for a non-finite value), as `Value` prints it.
+        CellRef::Float(f) => buffer.push_str(&serde_json::Value::from(f).to_string()),
     }
     buffer
 }
 
 /// Collects rows of one table into record batches.
+///
+/// Rows are sparse (a contact has values in about half the columns), so a row costs only its
+/// cells: a column that gets a value first catches up on the nulls of the rows it missed, in
+/// one `append_nulls`, and `finish` pads every column to the batch's length.
 pub struct BatchBuilder {
     schema: TableSchema,
     columns: Vec<ColumnBuilder>,
-    /// For the row being appended: the index in the row of each output column's cell.
-    slots: Vec<Option<usize>>,
+    /// Per output column, how many rows of the batch it holds (values and nulls).
+    filled: Vec<usize>,
+    /// For `push`.
+    scratch: RowBuffer,
     text: String,
     rows: usize,
 }
@@ -103,28 +140,54 @@ impl BatchBuilder {
             .iter()
             .map(|c| ColumnBuilder::new(c.ty))
             .collect();
-        let slots = vec![None; schema.columns.len()];
+        let filled = vec![0; schema.columns.len()];
         Self {
             schema,
             columns,
-            slots,
+            filled,
+            scratch: RowBuffer::default(),
             text: String::new(),
             rows: 0,
         }
     }
 
+    /// Appends a row. When it holds two cells of one column the later one wins.
     pub fn push(&mut self, row: &Row) {
-        self.slots.fill(None);
-        for (index, (column, _)) in row.iter().enumerate() {
-            if let Some(&position) = self.schema.position_of.get(*column as usize) {
-                self.slots[position as usize] = Some(index);
-            }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.push_row(row);
+        for encoded in scratch.rows_iter() {
+            // A row this buffer just encoded always decodes.
+            let _ = self.push_encoded(encoded);
         }
-        for (position, builder) in self.columns.iter_mut().enumerate() {
-            let cell = self.slots[position].map(|index| &row[index].1);
-            builder.append(cell, &mut self.text);
+        self.scratch = scratch;
+    }
+
+    /// Appends a row as the spill encodes it, decoding each cell once and borrowing its text.
+    /// The spill holds at most one cell per column in a row (`RowBuffer::push_row` and the
+    /// fast flatten path see to it); should a damaged file hold two, the first is kept.
+    pub fn push_encoded(&mut self, row: EncodedRow<'_>) -> io::Result<()> {
+        let this_row = self.rows;
+        for cell in row.raw_cells() {
+            let (column, cell) = cell?;
+            let Some(&position) = self.schema.position_of.get(column as usize) else {
+                continue;
+            };
+            let (builder, filled) = (
+                &mut self.columns[position as usize],
+                &mut self.filled[position as usize],
+            );
+            if *filled > this_row {
+                continue;
+            }
+            if *filled < this_row {
+                builder.append_nulls(this_row - *filled);
+            }
+            builder.append(Some(cell), &mut self.text);
+            *filled = this_row + 1;
         }
         self.rows += 1;
+        Ok(())
     }
 
     /// Rows pushed since the last `finish`.
@@ -142,8 +205,18 @@ impl BatchBuilder {
 
     /// The rows pushed so far as a batch (possibly empty); the builder starts over.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        for (builder, filled) in self.columns.iter_mut().zip(&mut self.filled) {
+            if *filled < self.rows {
+                builder.append_nulls(self.rows - *filled);
+            }
+            *filled = 0;
+        }
         self.rows = 0;
-        let arrays = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let arrays = self
+            .columns
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect::<Result<_, _>>()?;
         RecordBatch::try_new(Arc::clone(&self.schema.arrow), arrays)
     }
 }
@@ -151,6 +224,7 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::Cell;
     use crate::transform::schema::TableShape;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
@@ -188,6 +262,13 @@ mod tests {
         let mut builder = BatchBuilder::new(shape.finish());
         rows.iter().for_each(|row| builder.push(row));
         let batch = builder.finish().expect("valid batch");
+        // The same rows through the spill encoding give the same batch.
+        let mut encoded = RowBuffer::default();
+        rows.iter().for_each(|row| encoded.push_row(row));
+        for row in encoded.rows_iter() {
+            builder.push_encoded(row).expect("decodes");
+        }
+        assert_eq!(builder.finish().expect("valid batch"), batch);
         assert_eq!(batch.num_rows(), 3);
         let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(at.value(0), 1_700_000_000_000_000);

@@ -7,11 +7,18 @@
 //! are kept verbatim; unknown top-level fields are kept (objects and arrays as JSON text);
 //! each `contact_inboxes` item becomes a row keyed by `contact_id`, its `inbox` object
 //! flattened as `inbox__<key>`.
+//!
+//! Two ways in: `flatten` takes a parsed `Value` and is the general path, where the rules are
+//! written out; `flatten_json` takes the contact's JSON text and the export uses it: it runs the
+//! fast path in `stream` (no `Value`, no allocation per value) and, for any contact that path
+//! does not cover, rolls the shapes back and runs `flatten`, so both give the same tables.
 
 use serde_json::{Map, Value};
 
 use super::inbox_secrets::InboxSecrets;
 use super::schema::{ColumnType, TableShape};
+use super::spill::RowBuffer;
+use super::stream::{StreamState, Walk};
 use super::{Cell, Row};
 
 /// The `contacts` columns of the contract, in output order.
@@ -50,6 +57,10 @@ pub enum FlattenError {
     NotAnObject,
     #[error("a contact has no integer `id`")]
     NoId,
+    /// Only from `flatten_json`: the contact's text is not JSON (the page scan checks only
+    /// strings and brackets; the pipeline reports this as an invalid page).
+    #[error("a contact is not valid JSON ({0})")]
+    Json(String),
 }
 
 /// One contact, flattened.
@@ -58,6 +69,16 @@ pub struct FlatContact {
     pub id: i64,
     pub contact: Row,
     pub inboxes: Vec<Row>,
+}
+
+/// One contact, flattened and encoded for the spill (`flatten_json`'s output, reused).
+#[derive(Debug, Default)]
+pub struct EncodedContact {
+    pub id: i64,
+    /// The `contacts` row.
+    pub contact: RowBuffer,
+    /// One `contact_inboxes` row per inbox link.
+    pub inboxes: RowBuffer,
 }
 
 /// Flattens contacts and learns both tables' shapes as it goes.
@@ -69,20 +90,74 @@ pub struct Flattener {
     pub inbox_secrets: InboxSecrets,
     /// Reused buffer for building column names.
     name: String,
+    /// The fast path's key maps and marks.
+    stream: StreamState,
+    /// Contacts `flatten_json` handed to the general path.
+    general_path_contacts: u64,
 }
 
 impl Default for Flattener {
     fn default() -> Self {
+        let mut inboxes = TableShape::new(INBOX_COLUMNS, INBOX_GROUPS);
         Self {
             contacts: TableShape::new(CONTACT_COLUMNS, CONTACT_GROUPS),
-            inboxes: TableShape::new(INBOX_COLUMNS, INBOX_GROUPS),
+            stream: StreamState::new(&mut inboxes),
+            inboxes,
             inbox_secrets: InboxSecrets::default(),
             name: String::new(),
+            general_path_contacts: 0,
         }
     }
 }
 
 impl Flattener {
+    /// Flattens one contact's JSON text into `out` (cleared first): the same rows, columns and
+    /// types as `flatten` on the parsed text, without building the `Value`.
+    pub fn flatten_json(
+        &mut self,
+        contact: &str,
+        out: &mut EncodedContact,
+    ) -> Result<(), FlattenError> {
+        out.contact.clear();
+        out.inboxes.clear();
+        self.contacts.mark();
+        self.inboxes.mark();
+        let fast = Walk::new(
+            &mut self.stream,
+            &mut self.contacts,
+            &mut self.inboxes,
+            &mut out.contact,
+            &mut out.inboxes,
+        )
+        .contact(contact);
+        if let Ok(id) = fast {
+            out.id = id;
+            return Ok(());
+        }
+        // Not a shape the fast path covers: undo what it registered and take the general path.
+        self.general_path_contacts += 1;
+        self.contacts.rollback();
+        self.inboxes.rollback();
+        self.stream.forget_columns(self.contacts.len());
+        out.contact.clear();
+        out.inboxes.clear();
+        let value: Value =
+            serde_json::from_str(contact).map_err(|err| FlattenError::Json(err.to_string()))?;
+        let flat = self.flatten(&value)?;
+        out.id = flat.id;
+        out.contact.push_row(&flat.contact);
+        for row in &flat.inboxes {
+            out.inboxes.push_row(row);
+        }
+        Ok(())
+    }
+
+    /// How many contacts `flatten_json` passed to the general path (for tests and benchmarks:
+    /// Chatwoot's own output should never need it).
+    pub fn general_path_contacts(&self) -> u64 {
+        self.general_path_contacts
+    }
+
     pub fn flatten(&mut self, contact: &Value) -> Result<FlatContact, FlattenError> {
         let fields = contact.as_object().ok_or(FlattenError::NotAnObject)?;
         let id = fields
@@ -314,6 +389,161 @@ mod tests {
             flattener.flatten(&json!({"id": 1.5})),
             Err(FlattenError::NoId)
         );
+    }
+
+    /// A row as (column name, cell) pairs sorted by name, for comparing rows whose column ids
+    /// differ (the two paths meet keys in different orders). Of two cells of one column only
+    /// the later counts, as in a batch.
+    fn by_name(shape: &TableShape, row: &Row) -> Vec<(String, Cell)> {
+        let mut pairs: Vec<(String, Cell)> = row
+            .iter()
+            .enumerate()
+            .filter(|(index, (id, _))| !row[index + 1..].iter().any(|(later, _)| later == id))
+            .map(|(_, (id, cell))| (shape.name(*id).to_owned(), cell.clone()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs
+    }
+
+    type Named = (i64, Vec<(String, Cell)>, Vec<Vec<(String, Cell)>>);
+
+    /// Runs `texts` through `flatten_json` and through `flatten` on the parsed `Value`, and
+    /// checks that both give the same rows, errors and final schemas.
+    fn assert_paths_agree(texts: &[String]) -> Flattener {
+        let (mut fast, mut general) = (Flattener::default(), Flattener::default());
+        let mut out = EncodedContact::default();
+        for text in texts {
+            let got: Result<Named, FlattenError> = fast.flatten_json(text, &mut out).map(|()| {
+                let rows = |buffer: &RowBuffer, shape: &TableShape| -> Vec<_> {
+                    buffer
+                        .rows_iter()
+                        .map(|row| by_name(shape, &row.to_row().expect("decodes")))
+                        .collect()
+                };
+                let contact = rows(&out.contact, &fast.contacts).remove(0);
+                (out.id, contact, rows(&out.inboxes, &fast.inboxes))
+            });
+            let want: Result<Named, FlattenError> = serde_json::from_str::<Value>(text)
+                .map_err(|err| FlattenError::Json(err.to_string()))
+                .and_then(|value| general.flatten(&value))
+                .map(|flat| {
+                    let inboxes = flat
+                        .inboxes
+                        .iter()
+                        .map(|row| by_name(&general.inboxes, row))
+                        .collect();
+                    (flat.id, by_name(&general.contacts, &flat.contact), inboxes)
+                });
+            match (got, want) {
+                (Err(FlattenError::Json(_)), Err(FlattenError::Json(_))) => {}
+                (got, want) => assert_eq!(got, want, "{text}"),
+            }
+        }
+        for (a, b) in [
+            (&fast.contacts, &general.contacts),
+            (&fast.inboxes, &general.inboxes),
+        ] {
+            assert_eq!(a.finish().columns, b.finish().columns, "final schemas");
+        }
+        fast
+    }
+
+    #[test]
+    fn the_fast_path_matches_the_general_path_on_fake_accounts() {
+        for seed in [1, 7, 42] {
+            let account = crate::fake::FakeAccount::new(seed, 1500);
+            let texts: Vec<String> = (0..account.len())
+                .map(|index| account.contact(index).to_string())
+                .collect();
+            let fast = assert_paths_agree(&texts);
+            assert_eq!(
+                fast.general_path_contacts(),
+                0,
+                "the fake account's contacts all take the fast path"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_contacts_give_the_same_rows_whichever_path_flattens_them() {
+        let texts: Vec<String> = [
+            // Chatwoot's own key order, and a numeric-string id.
+            r#"{"additional_attributes":{"city":"Haifa"},"availability_status":"offline","email":"a@x","id":"7","name":"A","phone_number":null,"blocked":false,"identifier":null,"thumbnail":"","custom_attributes":{"plan":"gold"},"last_activity_at":1731608270,"created_at":1731586271,"contact_inboxes":[{"source_id":"2f0c","inbox":{"id":3,"avatar_url":"","channel_id":1,"name":"Website","channel_type":"Channel::WebWidget","provider":null}}]}"#,
+            r#"{"id":" 8 ","name":"a","name":"b"}"#,
+            r#"{"id":1,"additional_attributes":{"a":1,"x":2},"additional_attributes":{"b":2}}"#,
+            r#"{"id":2,"additional_attributes":{"s":{"a":1},"s":{"b":2}}}"#,
+            r#"{"id":3,"additional_attributes":{"a__b":1,"a":{"b":2}}}"#,
+            r#"{"id":4,"additional_attributes__city":"x","additional_attributes":{"city":"y"}}"#,
+            r#"{"id":5,"custom_attributes__k":1,"custom_attributes":{"k":"y"}}"#,
+            r#"{"id":1.5}"#,
+            r#"{"name":"no id"}"#,
+            r#"{"id":null}"#,
+            r#"{"id":true}"#,
+            r#"{"id":18446744073709551615}"#,
+            r#"{"id":{"a":1}}"#,
+            r#"{"id":[1]}"#,
+            r#"{"id":9,"id":10}"#,
+            "[1]",
+            "7",
+            r#""text""#,
+            r#"{"id":11,"contact_inboxes":[{"source_id":"a","inbox":{"id":3,"name":"W","provider":null}},{"source_id":"b","inbox":{"id":4},"hmac_verified":true}]}"#,
+            r#"{"id":12,"contact_inboxes":[1,"x",null]}"#,
+            r#"{"id":13,"contact_inboxes":{"a":1}}"#,
+            r#"{"id":14,"contact_inboxes":"none"}"#,
+            r#"{"id":15,"contact_inboxes":[{"source_id":"a","inbox":{}},{"source_id":"b","inbox":{"id":1},"inbox":{}}]}"#,
+            r#"{"id":16,"contact_inboxes":[{"source_id":{"x":1},"inbox":{"id":1}}]}"#,
+            r#"{"id":17,"contact_inboxes":[{"source_id":"s","inbox":{"id":"3","channel_id":2.5,"name":["x"]}}]}"#,
+            r#"{"id":18,"contact_inboxes":[{"source_id":"s","inbox":null}]}"#,
+            r#"{"id":19,"contact_inboxes":[{"source_id":"s","source_id":"t","inbox":{"id":1,"id":2}}]}"#,
+            r#"{"id":20,"contact_inboxes":[{"inbox":{"id":1,"provider":"p","provider":null}}],"contact_inboxes":[]}"#,
+            r#"{"id":21,"contact_inboxes":[{"inbox":{"id":18446744073709551615,"name":1e3,"provider":true}}]}"#,
+            r#"{"id":22,"additional_attributes":null,"custom_attributes":"x","stage":{"b":1,"a":[1,2.5,"x"]},"tags":["a"],"n":18446744073709551615,"f":1e5,"neg":-3,"z":-0,"zf":-0.0}"#,
+            r#"{"id":23,"esc":"a\"b\\n\u00e9\ud83d\ude00\/","e\u0301":1,"additional_attributes":{"k\"ey":{"in\ner":"v\u0000"}}}"#,
+            r#"{"id":24,"custom_attributes":{"k":{"b":1,"a":2},"k2":[],"k3":{},"n":null,"k.dot":{"x":{"y":[{"z":null}]}}}}"#,
+            r#"{"id":25,"additional_attributes":{"deep":{"deeper":{"deepest":true},"list":[{"a":1}]},"empty":{}}}"#,
+            r#"{"id":26,"created_at":"2024-01-02T03:04:05Z","last_activity_at":"not a date","blocked":"yes"}"#,
+            r#"{"id":27,"$serde_json::private::RawValue":1}"#,
+            r#"{"id":28,"big":1e400}"#,
+            r#"{"id":29,"s":"\ud800"}"#,
+            r#"{"id":-30,"additional_attributes":{"social_profiles":{"github":"x"},"social_profiles__github":"y"}}"#,
+            r#"{"id":31,"contact_inboxes":[],"additional_attributes":{},"custom_attributes":{}}"#,
+            r#"{"id":32,"contact_inboxes":[{"source_id":"x","inbox":{"id":1}}],"contact_id":5}"#,
+            r#"  {"id":33}  "#,
+            r#"{"id":34,"n0":-0,"n1":1E2,"n2":0.5e-3,"n3":-9223372036854775808,"n4":-9223372036854775809,"n5":18446744073709551616,"n6":-1.5E+3}"#,
+            r#"{"id":35,"q":"\u0022quoted\u0022 \ud83d\ude00 \uD83D\uDE00 \u00E9","k\ud83d\ude00":"\\\/\b\f\n\r\t"}"#,
+            r#"{"id":36,"s":"\ud83dx","t":1}"#,
+            r#"{"id":37,"s":"\udc00"}"#,
+            r#"{ "id" : 38 , "contact_inboxes" : [ { "source_id" : "a" , "inbox" : { "id" : 1 , "name" : "x" } } ] , "additional_attributes" : { "a" : { "b" : [ 1 , { "c" : "d" } ] } } }"#,
+            "{\"id\":39,\"name\":\"tab\\tand\\u0000nul\"}",
+        ]
+        .iter()
+        .map(|text| text.to_string())
+        .collect();
+        let fast = assert_paths_agree(&texts);
+        assert!(fast.general_path_contacts() > 10);
+    }
+
+    #[test]
+    fn pretty_printed_and_deeply_nested_contacts() {
+        let account = crate::fake::FakeAccount::new(3, 200);
+        let mut texts: Vec<String> = (0..account.len())
+            .map(|index| serde_json::to_string_pretty(&account.contact(index)).expect("json"))
+            .collect();
+        let fast = assert_paths_agree(&texts);
+        assert_eq!(
+            fast.general_path_contacts(),
+            0,
+            "whitespace is no reason to fall back"
+        );
+        // Nesting past what either parser takes: the same error (or rows) either way.
+        for depth in [90, 101, 127, 130, 500] {
+            texts.push(format!(
+                r#"{{"id":1,"additional_attributes":{}{}}}"#,
+                r#"{"a":"#.repeat(depth),
+                "}".repeat(depth)
+            ));
+        }
+        assert_paths_agree(&texts);
     }
 
     #[test]

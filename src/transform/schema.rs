@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::Cell;
+use super::{Cell, CellRef};
 
 /// The type of an output column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,15 +31,21 @@ pub enum ColumnType {
 impl ColumnType {
     /// The narrowest type that holds both the current type's values and `cell`.
     pub fn widen(self, cell: &Cell) -> ColumnType {
+        self.widen_ref(cell.borrowed())
+    }
+
+    /// `widen` for a borrowed cell.
+    pub fn widen_ref(self, cell: CellRef<'_>) -> ColumnType {
+        use CellRef as C;
         use ColumnType as T;
         match (self, cell) {
             (T::String, _) => T::String,
-            (T::Timestamp, Cell::Int(secs)) if secs_to_micros(*secs).is_some() => T::Timestamp,
-            (T::Timestamp, Cell::Str(text)) if parse_timestamp(text).is_some() => T::Timestamp,
+            (T::Timestamp, C::Int(secs)) if secs_to_micros(secs).is_some() => T::Timestamp,
+            (T::Timestamp, C::Str(text)) if parse_timestamp(text).is_some() => T::Timestamp,
             (T::Timestamp, _) => T::String,
-            (T::Null | T::Bool, Cell::Bool(_)) => T::Bool,
-            (T::Null | T::Int, Cell::Int(_)) => T::Int,
-            (T::Null | T::Int | T::Float, Cell::Int(_) | Cell::Float(_)) => T::Float,
+            (T::Null | T::Bool, C::Bool(_)) => T::Bool,
+            (T::Null | T::Int, C::Int(_)) => T::Int,
+            (T::Null | T::Int | T::Float, C::Int(_) | C::Float(_)) => T::Float,
             _ => T::String,
         }
     }
@@ -88,6 +94,9 @@ pub struct TableShape {
     ids: HashMap<String, u32>,
     /// How many leading columns are declared API fields, kept in declared order.
     declared: usize,
+    /// The state `rollback` returns to: the column count and the types at `mark`.
+    marked_len: usize,
+    marked_types: Vec<ColumnType>,
     /// Name prefixes that group the other columns, in output order; a name matching none
     /// comes before all groups.
     group_prefixes: &'static [&'static str],
@@ -101,6 +110,8 @@ impl TableShape {
             types: Vec::new(),
             ids: HashMap::new(),
             declared: declared.len(),
+            marked_len: 0,
+            marked_types: Vec::new(),
             group_prefixes,
         };
         for (name, ty) in declared {
@@ -149,8 +160,34 @@ impl TableShape {
 
     /// Widens column `id` to hold `cell`.
     pub fn observe(&mut self, id: u32, cell: &Cell) {
+        self.observe_ref(id, cell.borrowed());
+    }
+
+    /// `observe` for a borrowed cell.
+    pub fn observe_ref(&mut self, id: u32, cell: CellRef<'_>) {
         let ty = &mut self.types[id as usize];
-        *ty = ty.widen(cell);
+        *ty = ty.widen_ref(cell);
+    }
+
+    /// Remembers the columns and types as they are now, for `rollback`.
+    pub fn mark(&mut self) {
+        self.marked_len = self.names.len();
+        self.marked_types.clone_from(&self.types);
+    }
+
+    /// Forgets every column registered and every widening done since `mark`: flatten's fast
+    /// path gives up on a contact this way before the general path redoes it, so that a
+    /// contact leaves the same shape whichever path flattened it.
+    pub fn rollback(&mut self) {
+        for name in self.names.drain(self.marked_len..) {
+            self.ids.remove(&name);
+        }
+        self.types.clone_from(&self.marked_types);
+    }
+
+    /// The name of column `id`.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -266,6 +303,22 @@ mod tests {
                 "id", "name", "alpha", "zeta", "a__b", "a__z", "c__a", "c__b"
             ]
         );
+    }
+
+    #[test]
+    fn rollback_forgets_columns_and_widenings_since_mark() {
+        let mut shape = TableShape::new(&[("id", ColumnType::Int)], &[]);
+        let a = shape.intern("a");
+        shape.observe(a, &Cell::Int(1));
+        shape.mark();
+        shape.observe(a, &Cell::Str("x".into()));
+        let b = shape.intern("b");
+        shape.observe(b, &Cell::Bool(true));
+        shape.rollback();
+        assert_eq!(shape.len(), 2);
+        let columns = shape.finish().columns;
+        assert_eq!(columns[1].ty, ColumnType::Int);
+        assert_eq!(shape.intern("b"), b, "the id is free again");
     }
 
     #[test]

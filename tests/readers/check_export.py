@@ -250,7 +250,7 @@ CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "none": "UNCOMPRESSED"}
 
 
 def check_codec(chk, man, paths):
-    """Every column chunk's codec, as pyarrow reads it, is the manifest's ("zstd:3" -> ZSTD)."""
+    """Every column chunk's codec, as pyarrow reads it, is the manifest's ("zstd:1" -> ZSTD)."""
     recorded = man.get("compression")
     want = CODECS.get((recorded or "").split(":")[0])
     if want is None:
