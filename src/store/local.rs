@@ -185,10 +185,12 @@ impl OutputDir {
         Ok(path)
     }
 
-    /// After a complete run: removes the work folder and data files of earlier exports that
+    /// After a complete run: removes the work folder, temporary files left by earlier runs
+    /// (a link under such a name is removed itself) and data files of earlier exports that
     /// this run did not write (a previous CSV export when this one wrote Parquet, say, or the
     /// numbered files beyond this run's last).
     pub fn finish(self, written: &[PathBuf]) -> Result<(), StoreError> {
+        self.remove_temps();
         let entries = fs::read_dir(&self.root).map_err(|source| StoreError::Folder {
             path: self.root.clone(),
             source,
