@@ -13,6 +13,7 @@ use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_
 use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::runner;
 use crate::secret::ApiToken;
+use crate::sink::Compression;
 use crate::source::{ClientOptions, FetchOptions, RetryPolicy};
 use crate::store::{RunVars, is_url};
 
@@ -89,6 +90,12 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
             args.output.format.extension()
         )));
     }
+    if args.output.compression.is_some() && args.output.format != crate::sink::Format::Parquet {
+        return Err(Error::Usage(format!(
+            "--compression applies only to Parquet, not --format {}: drop --compression",
+            args.output.format.extension()
+        )));
+    }
     let settings = ExportSettings {
         client: ClientOptions {
             base_url: args.base_url,
@@ -113,6 +120,8 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         resume: args.output.resume,
         keep_inbox_secrets: args.output.keep_inbox_secrets,
         csv_safe: args.output.csv_safe,
+        compression: args.output.compression.unwrap_or_default(),
+        rows_per_file: args.output.rows_per_file,
         tables: TableSelection::default(),
         governor: None,
     };
@@ -179,6 +188,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         resume: false,
         keep_inbox_secrets: false,
         csv_safe: false,
+        compression: Compression::default(),
+        rows_per_file: None,
         tables: TableSelection::default(),
         governor: None,
     };
@@ -219,6 +230,7 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
         contacts: args.contacts,
         seed: args.seed,
         account_id: args.account_id,
+        accounts: args.accounts,
         token: args.token.clone(),
         latency: Duration::from_millis(args.latency_ms),
         grow_every: args.grow_every,
@@ -240,10 +252,17 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
             source,
         })?;
     println!("{}", server.base_url());
+    let accounts = match args.accounts {
+        1 => format!("account {}", args.account_id),
+        n => format!(
+            "each of accounts {} to {}",
+            args.account_id,
+            args.account_id + n - 1
+        ),
+    };
     eprintln!(
-        "chatwoot-export: fake Chatwoot serving {} contacts of account {} at {} (token {:?}); Ctrl-C stops it",
+        "chatwoot-export: fake Chatwoot serving {} contacts of {accounts} at {} (token {:?}); Ctrl-C stops it",
         args.contacts,
-        args.account_id,
         server.base_url(),
         args.token
     );

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
-use crate::sink::Format;
+use crate::sink::{Compression, Format};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -162,6 +162,14 @@ pub struct OutputArgs {
     /// are dropped and counted in manifest.json.
     #[arg(long)]
     pub keep_inbox_secrets: bool,
+    /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
+    /// none.
+    #[arg(long, value_name = "CODEC", value_parser = Compression::parse)]
+    pub compression: Option<Compression>,
+    /// Split each table into files of at most N rows: contacts-00000.parquet,
+    /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows_per_file: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -230,9 +238,14 @@ pub struct FakeServerArgs {
     /// Delay added to every answer.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
-    /// The account id the token may read.
+    /// The (first) account id the token may read.
     #[arg(long, default_value_t = 1)]
     pub account_id: u64,
+    /// Serve this many accounts of the token's user (--account-id, the next id, ...), each
+    /// with --contacts contacts of its own (account --account-id + K has the data of seed
+    /// --seed + K) and all behind the one --rate-limit.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub accounts: u64,
     /// The token the server accepts.
     #[arg(long, default_value = "fake-token")]
     pub token: String,

@@ -17,7 +17,7 @@ use toml::{Table, Value};
 use url::Url;
 
 use crate::secret::ApiToken;
-use crate::sink::Format;
+use crate::sink::{Compression, Format};
 use crate::source::{FetchOptions, RetryPolicy};
 
 /// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
@@ -160,6 +160,8 @@ struct SinkSection {
     keep_inbox_secrets: bool,
     #[serde(default)]
     overwrite: bool,
+    compression: Option<String>,
+    rows_per_file: Option<u64>,
 }
 
 fn default_format() -> String {
@@ -202,6 +204,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "csv_safe",
             "keep_inbox_secrets",
             "overwrite",
+            "compression",
+            "rows_per_file",
         ],
     ),
 ];
@@ -284,6 +288,11 @@ pub struct SinkSettings {
     pub csv_safe: bool,
     pub keep_inbox_secrets: bool,
     pub overwrite: bool,
+    /// Parquet: the pages' codec (the default when the file gives none).
+    pub compression: Compression,
+    /// Most rows in one file; a bigger table is written as numbered files. `None`: one file
+    /// per table.
+    pub rows_per_file: Option<u64>,
 }
 
 /// A validated pipeline, ready to run.
@@ -587,6 +596,25 @@ fn resolve(
             "applies only to format = \"csv\": set the format or drop csv_safe".into(),
         );
     }
+    let compression = match &sink.compression {
+        None => Some(Compression::default()),
+        Some(_) if format.is_some_and(|f| f != Format::Parquet) => {
+            bad(
+                "sink.compression",
+                "applies only to format = \"parquet\": set the format or drop compression".into(),
+            );
+            None
+        }
+        Some(text) => Compression::parse(text)
+            .map_err(|message| bad("sink.compression", message))
+            .ok(),
+    };
+    if sink.rows_per_file == Some(0) {
+        bad(
+            "sink.rows_per_file",
+            "must be at least 1: leave it out for one file per table".into(),
+        );
+    }
     if sink.destination.trim().is_empty() {
         bad(
             "sink.destination",
@@ -643,6 +671,8 @@ fn resolve(
             csv_safe: sink.csv_safe,
             keep_inbox_secrets: sink.keep_inbox_secrets,
             overwrite: sink.overwrite,
+            compression: compression?,
+            rows_per_file: sink.rows_per_file,
         },
     })
 }
@@ -970,6 +1000,96 @@ csv_safe = true
         assert_eq!(template_problems("{tabel}").len(), 1);
         assert_eq!(template_problems("a/{table").len(), 1);
         assert_eq!(template_problems("../x").len(), 1);
+    }
+
+    #[test]
+    fn compression_and_rows_per_file_resolve() {
+        let p = load(GOOD, &[]).expect("valid");
+        assert_eq!(p.sink.compression, Compression::default());
+        assert_eq!(p.sink.rows_per_file, None);
+        for (text, want) in [
+            ("zstd", Compression::default()),
+            ("zstd:9", Compression::Zstd { level: 9 }),
+            ("snappy", Compression::Snappy),
+            ("none", Compression::None),
+        ] {
+            let set = format!("sink.compression={text}");
+            let p = load(GOOD, &[&set, "sink.rows_per_file=50000"]).expect(text);
+            assert_eq!(p.sink.compression, want, "{text}");
+            assert_eq!(p.sink.rows_per_file, Some(50_000));
+        }
+    }
+
+    #[test]
+    fn bad_compression_and_rows_per_file_are_all_reported() {
+        let cases: [(&[&str], &str, &str); 6] = [
+            (
+                &["sink.compression=lz4"],
+                "sink.compression",
+                "zstd, zstd:LEVEL (1 to 22), snappy or none, not \"lz4\"",
+            ),
+            (&["sink.compression=zstd:99"], "sink.compression", "1 to 22"),
+            (&["sink.compression=zstd:x"], "sink.compression", "1 to 22"),
+            (
+                &["sink.format=csv", "sink.compression=snappy"],
+                "sink.compression",
+                "applies only to format = \"parquet\"",
+            ),
+            (
+                &["sink.rows_per_file=0"],
+                "sink.rows_per_file",
+                "at least 1",
+            ),
+            (
+                &["sink.rows_per_file=-5"],
+                "sink.rows_per_file",
+                "wrong type",
+            ),
+        ];
+        for (sets, key, message) in cases {
+            let problems = load(GOOD, sets).expect_err("invalid");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(message)),
+                "{sets:?}: {problems:#?}"
+            );
+        }
+        // Both at once, with another problem: every one is listed.
+        let problems = load(
+            GOOD,
+            &[
+                "sink.compression=brotli",
+                "sink.rows_per_file=0",
+                "fetch.concurrency=0",
+            ],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "fetch.concurrency",
+                "sink.compression",
+                "sink.rows_per_file"
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn the_keys_have_lines() {
+        let text = format!("{GOOD}compression = \"gzip\"\nrows_per_file = 0\n");
+        let problems = load(&text, &[]).expect_err("invalid");
+        let lines: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("sink.compression", Some(10)),
+                ("sink.rows_per_file", Some(11))
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::sink::Format;
+use crate::sink::{Compression, Format};
 use crate::transform::schema::TableSchema;
 
 /// The manifest. Field names are part of the output contract.
@@ -47,6 +47,8 @@ pub struct Manifest {
     pub inbox_fields_dropped: BTreeMap<String, u64>,
     /// Whether CSV text cells that start like a formula got a leading `'` (`--csv-safe`).
     pub csv_safe: bool,
+    /// Parquet: the pages' codec (`zstd:1`, `snappy`, `none`); null for CSV and NDJSON.
+    pub compression: Option<Compression>,
     pub tables: BTreeMap<String, TableEntry>,
     pub source: Source,
     pub tool: Tool,

@@ -177,6 +177,8 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
                 resume: false,
                 keep_inbox_secrets: pipeline.sink.keep_inbox_secrets,
                 csv_safe: pipeline.sink.csv_safe,
+                compression: pipeline.sink.compression,
+                rows_per_file: pipeline.sink.rows_per_file,
                 tables: pipeline.tables.clone(),
                 governor: Some(Arc::clone(&governor)),
             };

@@ -8,7 +8,7 @@
 //! plain-text `Retry later` 429 without `Retry-After`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::rng::Rng;
@@ -44,6 +44,8 @@ pub struct Faults {
     seed: u64,
     /// (window number, requests counted in it).
     window: Mutex<(u64, u64)>,
+    /// The most requests counted in one window so far.
+    busiest: AtomicU64,
     malformed_served: AtomicBool,
 }
 
@@ -53,6 +55,7 @@ impl Faults {
             config,
             seed,
             window: Mutex::new((0, 0)),
+            busiest: AtomicU64::new(0),
             malformed_served: AtomicBool::new(false),
         }
     }
@@ -69,6 +72,7 @@ impl Faults {
                 *window = (now / window_secs, 0);
             }
             window.1 += 1;
+            self.busiest.fetch_max(window.1, Ordering::SeqCst);
             if window.1 > limit {
                 return Fault::Throttle;
             }
@@ -87,6 +91,11 @@ impl Faults {
             return Fault::DropConnection;
         }
         Fault::None
+    }
+
+    /// The most requests the rate limit counted in one window (0 without a rate limit).
+    pub fn busiest_window(&self) -> u64 {
+        self.busiest.load(Ordering::SeqCst)
     }
 }
 
@@ -132,6 +141,7 @@ mod tests {
             .count();
         // Exactly the three past the limit, unless the hour turned during the test.
         assert!((1..=3).contains(&throttled), "{throttled}");
+        assert!((6..=8).contains(&faults.busiest_window()));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
 //! past the end is an empty payload, `sort` keys with `-` for descending and unknown keys
 //! ignored, and the 401/404 bodies of each authentication failure. `legacy_inbox_secrets`
-//! serves the inbox credentials that Chatwoot before PR #10888 embedded in contacts.
+//! serves the inbox credentials that Chatwoot before PR #10888 embedded in contacts. One
+//! server may serve several accounts of one user (`accounts`), each with contacts of its
+//! own, behind one rate limit, as a real Chatwoot counts requests per client IP.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,9 +42,14 @@ pub const PAGE_SIZE: u64 = 15;
 pub struct FakeServerConfig {
     pub contacts: u64,
     pub seed: u64,
-    /// The one account the token's user belongs to. `account_id + 1` exists but the user is
-    /// not a member (401); any other id does not exist (404).
+    /// The first account the token's user belongs to. The user belongs to `accounts` accounts
+    /// in a row from this one; the next id exists but the user is not a member (401); any other
+    /// id does not exist (404).
     pub account_id: u64,
+    /// How many accounts (`account_id`, `account_id + 1`, ...) the user belongs to, each
+    /// with `contacts` contacts of its own: account `account_id + k` has the data of seed
+    /// `seed + k`.
+    pub accounts: u64,
     /// The user token the server accepts.
     pub token: String,
     /// A token the server treats as an AgentBot's (401 "not authorized for bots").
@@ -70,6 +77,7 @@ impl Default for FakeServerConfig {
             contacts: 1000,
             seed: 42,
             account_id: 1,
+            accounts: 1,
             token: "fake-token".into(),
             bot_token: "fake-bot-token".into(),
             latency: Duration::ZERO,
@@ -93,19 +101,34 @@ pub struct ServerStats {
 
 struct Shared {
     config: FakeServerConfig,
-    account: FakeAccount,
-    listing: Mutex<Listing>,
+    /// The user's accounts: index `k` is account `config.account_id + k`.
+    accounts: Vec<Served>,
+    /// One rate limit for the whole server (Chatwoot's is per client IP).
     faults: Faults,
-    /// Listing orders for sort keys other than created_at, built on first use.
-    orders: Mutex<HashMap<String, Arc<Vec<u64>>>>,
     stats: ServerStats,
 }
 
-impl Shared {
+/// One account's contacts and its listing.
+struct Served {
+    account: FakeAccount,
+    listing: Mutex<Listing>,
+    /// Listing orders for sort keys other than created_at, built on first use.
+    orders: Mutex<HashMap<String, Arc<Vec<u64>>>>,
+}
+
+impl Served {
     fn listing(&self) -> std::sync::MutexGuard<'_, Listing> {
         self.listing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Shared {
+    /// The user's account with this id, if it is one of theirs.
+    fn served(&self, account_id: u64) -> Option<&Served> {
+        let index = account_id.checked_sub(self.config.account_id)?;
+        self.accounts.get(usize::try_from(index).ok()?)
     }
 }
 
@@ -122,13 +145,18 @@ impl FakeServer {
     pub async fn start(config: FakeServerConfig, port: u16) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
+        let accounts = (0..config.accounts.max(1))
+            .map(|k| Served {
+                account: FakeAccount::new(config.seed.wrapping_add(k), config.contacts)
+                    .with_legacy_inbox_secrets(config.legacy_inbox_secrets),
+                listing: Mutex::new(Listing::new(config.contacts)),
+                orders: Mutex::new(HashMap::new()),
+            })
+            .collect();
         let shared = Arc::new(Shared {
-            account: FakeAccount::new(config.seed, config.contacts)
-                .with_legacy_inbox_secrets(config.legacy_inbox_secrets),
-            listing: Mutex::new(Listing::new(config.contacts)),
+            accounts,
             faults: Faults::new(config.faults.clone(), config.seed),
             config,
-            orders: Mutex::new(HashMap::new()),
             stats: ServerStats::default(),
         });
         let app = Router::new()
@@ -178,22 +206,41 @@ impl FakeServer {
         self.shared.stats.throttled.load(Ordering::SeqCst)
     }
 
+    /// The most requests the rate limit counted in one window (0 without a rate limit).
+    pub fn busiest_window(&self) -> u64 {
+        self.shared.faults.busiest_window()
+    }
+
+    /// The first account's data.
     pub fn account(&self) -> &FakeAccount {
-        &self.shared.account
+        &self.first().account
     }
 
-    /// How many contacts the account lists now.
+    /// How many contacts the first account lists now.
     pub fn live_contacts(&self) -> u64 {
-        self.shared.listing().len()
+        self.first().listing().len()
     }
 
-    /// The contacts the account lists now, in `created_at` order: the ground truth.
+    /// The contacts the first account lists now, in `created_at` order: the ground truth.
     pub fn live_truth(&self) -> Vec<Value> {
-        let indices: Vec<u64> = self.shared.listing().live().collect();
-        indices
-            .into_iter()
-            .map(|i| self.shared.account.contact(i))
-            .collect()
+        self.live_truth_of(self.shared.config.account_id)
+            .unwrap_or_default()
+    }
+
+    /// The ground truth of account `account_id`, if the user belongs to it.
+    pub fn live_truth_of(&self, account_id: u64) -> Option<Vec<Value>> {
+        let served = self.shared.served(account_id)?;
+        let indices: Vec<u64> = served.listing().live().collect();
+        Some(
+            indices
+                .into_iter()
+                .map(|i| served.account.contact(i))
+                .collect(),
+        )
+    }
+
+    fn first(&self) -> &Served {
+        &self.shared.accounts[0]
     }
 
     /// Stops accepting connections and waits for the server task to end.
@@ -246,8 +293,8 @@ fn refuse(shared: &Shared, headers: &HeaderMap, account_id: &str) -> Option<Resp
         ));
     }
     match account_id.parse::<u64>() {
-        Ok(id) if id == config.account_id => None,
-        Ok(id) if id == config.account_id + 1 => Some(json_response(
+        Ok(id) if shared.served(id).is_some() => None,
+        Ok(id) if id == config.account_id + config.accounts.max(1) => Some(json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"error": "You are not authorized to access this account"}),
         )),
@@ -381,6 +428,9 @@ fn page_response(
     if let Some(refusal) = refuse(shared, headers, account_id) {
         return refusal;
     }
+    let Some(served) = account_id.parse().ok().and_then(|id| shared.served(id)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     if fault == Fault::Malformed {
         let truncated = r#"{"meta": {"count": 1, "current_page": "1"}, "payl"#;
         return (
@@ -391,7 +441,7 @@ fn page_response(
             .into_response();
     }
     let body = {
-        let mut listing = shared.listing();
+        let mut listing = served.listing();
         drift(shared, &mut listing, request);
         let sort = query.get("sort").map(String::as_str).unwrap_or("");
         let descending = sort.split(',').any(|key| key.trim() == "-created_at");
@@ -408,7 +458,7 @@ fn page_response(
                 let order = if descending {
                     None
                 } else {
-                    listing_order(shared, &listing, sort)
+                    listing_order(served, &listing, sort)
                 };
                 let indices = page_of(total, page, |p| match &order {
                     Some(order) => order.get(p as usize).copied(),
@@ -420,7 +470,7 @@ fn page_response(
         };
         let payload: Vec<Value> = payload
             .into_iter()
-            .map(|i| shared.account.contact(i))
+            .map(|i| served.account.contact(i))
             .collect();
         json!({"meta": {"count": total, "current_page": current_page}, "payload": payload})
             .to_string()
@@ -496,16 +546,19 @@ async fn list_definitions(
     if let Some(refusal) = refuse(&shared, &headers, &account_id) {
         return refusal;
     }
-    json_response(
-        StatusCode::OK,
-        &shared.account.custom_attribute_definitions(),
-    )
+    match account_id.parse().ok().and_then(|id| shared.served(id)) {
+        Some(served) => json_response(
+            StatusCode::OK,
+            &served.account.custom_attribute_definitions(),
+        ),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// The listing order for a `sort` parameter, or `None` for index order (`created_at`
 /// ascending, which is also what an unknown key gives here). Orders by other keys are built
 /// once, from the contacts listed at that moment.
-fn listing_order(shared: &Shared, listing: &Listing, sort: &str) -> Option<Arc<Vec<u64>>> {
+fn listing_order(served: &Served, listing: &Listing, sort: &str) -> Option<Arc<Vec<u64>>> {
     // Sift walks the controller's declared keys in order and uses the first one given.
     const KEYS: [&str; 8] = [
         "email",
@@ -529,12 +582,12 @@ fn listing_order(shared: &Shared, listing: &Listing, sort: &str) -> Option<Arc<V
         return None;
     }
     let cache_key = format!("{}{key}", if descending { "-" } else { "" });
-    let mut orders = shared
+    let mut orders = served
         .orders
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let order = orders.entry(cache_key).or_insert_with(|| {
-        let account = &shared.account;
+        let account = &served.account;
         let mut keyed: Vec<(Option<String>, u64)> = listing
             .live()
             .map(|index| (sort_value(&account.contact(index), key), index))

@@ -30,7 +30,7 @@ use saver::Saver;
 use crate::config::TableSelection;
 use crate::manifest::{Manifest, Source, Tool, public_base_url};
 use crate::progress::Progress;
-use crate::sink::{Format, SinkError, SinkOptions};
+use crate::sink::{Compression, Format, SinkError, SinkOptions};
 use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, RateGovernor,
 };
@@ -53,6 +53,11 @@ pub struct ExportSettings {
     pub keep_inbox_secrets: bool,
     /// CSV: neutralise text cells that a spreadsheet would run as a formula.
     pub csv_safe: bool,
+    /// Parquet: the pages' codec.
+    pub compression: Compression,
+    /// Most rows in one file; more make numbered files (`contacts-00000.parquet`, ...).
+    /// `None`: one file per table.
+    pub rows_per_file: Option<u64>,
     /// Which tables and columns to write (a pipeline file's `[tables]`; all by default).
     pub tables: TableSelection,
     /// A request budget shared with other exports to the same host (several accounts in one
@@ -332,10 +337,12 @@ async fn run(
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
+        compression: settings.compression,
     };
     let (tables, written) = write::write_tables(
         settings.format,
         options,
+        settings.rows_per_file,
         &settings.tables,
         dir,
         &flattener,
@@ -363,6 +370,7 @@ async fn run(
         keep_inbox_secrets: settings.keep_inbox_secrets,
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         csv_safe: settings.csv_safe,
+        compression: (settings.format == Format::Parquet).then_some(settings.compression),
         tables,
         source: Source {
             base_url: params.base_url.clone(),

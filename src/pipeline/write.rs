@@ -1,11 +1,17 @@
 //! The spills -> the output tables, once the schemas are final.
 //!
-//! Receives the final table shapes and the spill files; emits `DIR/<table>.<ext>` through a
-//! temporary name, and the tables' manifest entries.
+//! Receives the final table shapes and the spill files; emits `DIR/<table>.<ext>`, or with
+//! `rows_per_file` and a table bigger than that, `DIR/<table>-00000.<ext>`,
+//! `DIR/<table>-00001.<ext>`, ... (each a whole file in the table's one schema, every one but
+//! the last holding exactly `rows_per_file` rows), each through a temporary name; and the
+//! tables' manifest entries, which list every file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 
 use super::ExportError;
 use crate::config::{ColumnFilter, TableSelection};
@@ -23,9 +29,14 @@ pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
 
 /// Writes the selected tables with their selected columns; returns their manifest entries
 /// and the final paths.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument is distinct"
+)]
 pub fn write_tables(
     format: Format,
     options: SinkOptions,
+    rows_per_file: Option<u64>,
     selection: &TableSelection,
     dir: &OutputDir,
     flattener: &Flattener,
@@ -41,15 +52,21 @@ pub fn write_tables(
             continue;
         }
         progress.phase(&format!("writing {table}"));
-        let file_name = format!("{table}.{}", format.extension());
         let keep = kept_columns(&schema, filter);
-        let rows = write_table(
-            format, options, dir, table, &file_name, &schema, &keep, spill,
-        )?;
-        let mut entry = TableEntry::new(vec![file_name.clone()], rows, &schema);
+        let files = TableFiles {
+            format,
+            options,
+            rows_per_file,
+            dir,
+            table,
+            parts: Vec::new(),
+            current: None,
+        };
+        let (file_names, rows) = write_table(files, &schema, &keep, spill)?;
+        written.extend(file_names.iter().map(|name| dir.root().join(name)));
+        let mut entry = TableEntry::new(file_names, rows, &schema);
         entry.columns = keep.iter().map(|&i| entry.columns[i].clone()).collect();
         tables.insert(table.to_owned(), entry);
-        written.push(dir.root().join(&file_name));
     }
     Ok((tables, written))
 }
@@ -62,57 +79,143 @@ fn kept_columns(schema: &TableSchema, filter: &ColumnFilter) -> Vec<usize> {
         .collect()
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, each argument is distinct"
-)]
+/// Writes one table; returns its files' final names, in order, and its rows.
 fn write_table(
-    format: Format,
-    options: SinkOptions,
-    dir: &OutputDir,
-    table: &'static str,
-    file_name: &str,
+    mut writer: TableFiles<'_>,
     schema: &TableSchema,
     keep: &[usize],
     spill: &Path,
-) -> Result<u64, ExportError> {
+) -> Result<(Vec<String>, u64), ExportError> {
+    let table = writer.table;
     let sink_error = |source: SinkError| ExportError::Sink { table, source };
     let spill_error = |source| ExportError::Spill {
         path: spill.to_owned(),
         source,
     };
-    let (file, temp) = dir.create_temp(file_name)?;
-    let projected = Arc::new(
+    let projected: SchemaRef = Arc::new(
         schema
             .arrow
             .project(keep)
             .map_err(|e| sink_error(e.into()))?,
     );
-    let mut writer = TableWriter::create(format, file, projected, options).map_err(sink_error)?;
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
     let mut rows = 0u64;
-    let mut flush = |batch: &mut BatchBuilder| -> Result<(), SinkError> {
-        writer.write(&batch.finish()?.project(keep)?)
+    let mut flush = |batch: &mut BatchBuilder| -> Result<(), ExportError> {
+        let batch = batch
+            .finish()
+            .and_then(|batch| batch.project(keep))
+            .map_err(|e| sink_error(e.into()))?;
+        writer.write(&projected, &batch)
     };
     while let Some(row) = reader.next_row().map_err(spill_error)? {
         batch.push_encoded(row).map_err(spill_error)?;
         rows += 1;
         if batch.is_full() {
-            flush(&mut batch).map_err(sink_error)?;
+            flush(&mut batch)?;
         }
     }
     // The last partial batch, or an empty one so an empty table still gets a CSV header.
     if !batch.is_empty() || rows == 0 {
-        flush(&mut batch).map_err(sink_error)?;
+        flush(&mut batch)?;
     }
-    writer.finish().map_err(|source| match source {
-        SinkError::Io(source) => ExportError::Store(StoreError::Write {
-            path: temp.clone(),
+    Ok((writer.commit()?, rows))
+}
+
+/// One table's files: a new one whenever the current one holds `rows_per_file` rows and more
+/// come, each written under a temporary name and renamed only when the whole table is done.
+struct TableFiles<'a> {
+    format: Format,
+    options: SinkOptions,
+    rows_per_file: Option<u64>,
+    dir: &'a OutputDir,
+    table: &'static str,
+    /// Finished files, by temporary path.
+    parts: Vec<PathBuf>,
+    /// The file being written, its temporary path and its rows so far.
+    current: Option<(TableWriter, PathBuf, u64)>,
+}
+
+impl TableFiles<'_> {
+    /// Appends `batch` (in `schema`), starting new files as they fill up. An empty batch
+    /// still opens the first file, so an empty table is one file (with a CSV header).
+    fn write(&mut self, schema: &SchemaRef, batch: &RecordBatch) -> Result<(), ExportError> {
+        let limit = self.rows_per_file.unwrap_or(u64::MAX);
+        let mut offset = 0;
+        loop {
+            if self.current.as_ref().is_some_and(|c| c.2 >= limit) {
+                self.close()?;
+            }
+            let (writer, _, rows) = match &mut self.current {
+                Some(current) => current,
+                None => self.current.insert(self.open(schema)?),
+            };
+            let left = batch.num_rows() - offset;
+            let take = left.min(usize::try_from(limit - *rows).unwrap_or(usize::MAX));
+            let table = self.table;
+            writer
+                .write(&batch.slice(offset, take))
+                .map_err(|source| ExportError::Sink { table, source })?;
+            *rows += take as u64;
+            offset += take;
+            if offset == batch.num_rows() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn open(&self, schema: &SchemaRef) -> Result<(TableWriter, PathBuf, u64), ExportError> {
+        let (file, temp) = self.dir.create_temp(&self.name(self.parts.len(), true))?;
+        let writer = TableWriter::create(self.format, file, Arc::clone(schema), self.options)
+            .map_err(|source| self.sink_error(source))?;
+        Ok((writer, temp, 0))
+    }
+
+    /// Completes the current file (footer, flush, sync).
+    fn close(&mut self) -> Result<(), ExportError> {
+        let Some((writer, temp, _)) = self.current.take() else {
+            return Ok(());
+        };
+        writer.finish().map_err(|source| match source {
+            SinkError::Io(source) => ExportError::Store(StoreError::Write {
+                path: temp.clone(),
+                source,
+            }),
+            other => self.sink_error(other),
+        })?;
+        self.parts.push(temp);
+        Ok(())
+    }
+
+    /// Completes the last file and gives every file its final name: `<table>.<ext>` when the
+    /// table fits in one, else numbered.
+    fn commit(mut self) -> Result<Vec<String>, ExportError> {
+        self.close()?;
+        let numbered = self.parts.len() > 1;
+        let mut names = Vec::with_capacity(self.parts.len());
+        for (index, temp) in self.parts.iter().enumerate() {
+            let name = self.name(index, numbered);
+            self.dir.commit(temp, &name)?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// `<table>-00003.<ext>` (numbered) or `<table>.<ext>`. Five digits keep the names in
+    /// order for a plain sort and a glob up to 100,000 files.
+    fn name(&self, index: usize, numbered: bool) -> String {
+        let ext = self.format.extension();
+        if numbered {
+            format!("{}-{index:05}.{ext}", self.table)
+        } else {
+            format!("{}.{ext}", self.table)
+        }
+    }
+
+    fn sink_error(&self, source: SinkError) -> ExportError {
+        ExportError::Sink {
+            table: self.table,
             source,
-        }),
-        other => sink_error(other),
-    })?;
-    dir.commit(&temp, file_name)?;
-    Ok(rows)
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Parquet: zstd level 1, 64 Ki-row row groups, typed columns that pyarrow, DuckDB, pandas,
-//! Polars and Spark read with no options.
+//! Parquet: zstd level 1 (or the codec `SinkOptions::compression` asks for), 64 Ki-row row
+//! groups, typed columns that pyarrow, DuckDB, pandas, Polars and Spark read with no options.
 //!
 //! Dictionary encoding is on for every column except those whose first rows are mostly
 //! distinct (ids, emails, phone numbers, timestamps): there a dictionary only costs a hash
@@ -15,7 +15,7 @@ use arrow::datatypes::{
 };
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use rustc_hash::FxHashSet;
@@ -25,11 +25,6 @@ use super::SinkError;
 /// Rows per row group: big enough for good compression and fast scans, small enough that the
 /// writer's buffered row group stays a few megabytes.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
-
-/// zstd level 1: a tenth less CPU for the whole write than level 3 (callgrind, 3,000 fake
-/// contacts), for files a few percent larger. The dictionary encoding of repetitive columns
-/// does most of the shrinking before zstd sees the pages.
-const ZSTD_LEVEL: i32 = 1;
 
 /// Rows of the first batch looked at to tell mostly distinct columns, and the fewest non-null
 /// values among them for a verdict (a small table keeps every dictionary).
@@ -41,20 +36,29 @@ pub struct ParquetSink {
     /// Until the first batch: the file and the schema.
     pending: Option<(BufWriter<File>, SchemaRef)>,
     writer: Option<ArrowWriter<BufWriter<File>>>,
+    compression: Compression,
 }
 
 impl ParquetSink {
-    pub fn create(out: BufWriter<File>, schema: SchemaRef) -> Result<Self, SinkError> {
+    pub fn create(
+        out: BufWriter<File>,
+        schema: SchemaRef,
+        compression: Compression,
+    ) -> Result<Self, SinkError> {
         Ok(Self {
             pending: Some((out, schema)),
             writer: None,
+            compression,
         })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let writer = match (&mut self.writer, self.pending.take()) {
             (Some(writer), _) => writer,
-            (None, Some((out, schema))) => self.writer.insert(open(out, schema, Some(batch))?),
+            (None, Some((out, schema))) => {
+                let writer = open(out, schema, self.compression, Some(batch))?;
+                self.writer.insert(writer)
+            }
             (None, None) => unreachable_writer()?,
         };
         Ok(writer.write(batch)?)
@@ -63,7 +67,7 @@ impl ParquetSink {
     pub fn finish(mut self) -> Result<BufWriter<File>, SinkError> {
         let writer = match (self.writer.take(), self.pending.take()) {
             (Some(writer), _) => writer,
-            (None, Some((out, schema))) => open(out, schema, None)?,
+            (None, Some((out, schema))) => open(out, schema, self.compression, None)?,
             (None, None) => unreachable_writer()?,
         };
         Ok(writer.into_inner()?)
@@ -80,10 +84,11 @@ fn unreachable_writer<T>() -> Result<T, SinkError> {
 fn open(
     out: BufWriter<File>,
     schema: SchemaRef,
+    compression: Compression,
     first: Option<&RecordBatch>,
 ) -> Result<ArrowWriter<BufWriter<File>>, SinkError> {
     let mut properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("chatwoot-export {}", env!("CARGO_PKG_VERSION")));
     for (index, field) in schema.fields().iter().enumerate() {

@@ -41,6 +41,8 @@ pub struct FetchOptions {
 /// What the fetcher is doing, for the progress bar, the summary and the manifest.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FetchStatus {
+    /// The budget's state; `sent` and `throttled` count this fetcher's requests only, also
+    /// when the governor is shared with other accounts.
     pub governor: GovernorStatus,
     pub concurrency: usize,
     /// Attempts repeated after a transient error (429s not counted).
@@ -55,6 +57,9 @@ pub struct Fetcher {
     governor: Arc<RateGovernor>,
     concurrency: AdaptiveConcurrency,
     retries: AtomicU64,
+    /// This fetcher's requests and 429s (the governor counts every fetcher sharing it).
+    sent: AtomicU64,
+    throttled: AtomicU64,
     answered: std::sync::atomic::AtomicBool,
 }
 
@@ -80,6 +85,8 @@ impl Fetcher {
             governor,
             concurrency: AdaptiveConcurrency::new(options.concurrency),
             retries: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             answered: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -104,7 +111,11 @@ impl Fetcher {
 
     pub fn status(&self) -> FetchStatus {
         FetchStatus {
-            governor: self.governor.status(),
+            governor: GovernorStatus {
+                sent: self.sent.load(Ordering::Relaxed),
+                throttled: self.throttled.load(Ordering::Relaxed),
+                ..self.governor.status()
+            },
             concurrency: self.concurrency.limit(),
             retries: self.retries.load(Ordering::Relaxed),
         }
@@ -120,6 +131,7 @@ impl Fetcher {
         loop {
             let permit = self.concurrency.acquire().await;
             let ticket = self.governor.acquire().await;
+            self.sent.fetch_add(1, Ordering::Relaxed);
             let sent = std::time::Instant::now();
             let answer = attempt().await;
             let rtt = sent.elapsed();
@@ -141,6 +153,7 @@ impl Fetcher {
             if let FetchError::RateLimited { .. } = error {
                 drop(permit);
                 self.governor.throttled(ticket, answer.retry_after);
+                self.throttled.fetch_add(1, Ordering::Relaxed);
                 throttles += 1;
                 if throttles >= MAX_THROTTLES_PER_PAGE {
                     return Err(self.gave_up(page, retries + throttles, error));

@@ -3,9 +3,11 @@
 //! the partitions' previous files removed.
 //!
 //! Receives a destination, a partition path template and a staging folder holding a complete
-//! export (`<table>.<ext>` and `manifest.json`); emits objects under
-//! `DEST/<template rendered for the table>/<table>-<run_id>.<ext>` and one `manifest.json` per
-//! partition, listing its files. Invariants: a partition's manifest is written only after every
+//! export (`<table>.<ext>`, or `<table>-00000.<ext>`, ... when split by `rows_per_file`, and
+//! `manifest.json`); emits objects under
+//! `DEST/<template rendered for the table>/<table>-<run_id>.<ext>` (or
+//! `<table>-<run_id>-00000.<ext>`, ...) and one `manifest.json` per partition, listing its
+//! files. Invariants: a partition's manifest is written only after every
 //! data file of the run is uploaded, and the run's data files have names no earlier run used,
 //! so a reader that follows the manifest never sees a half-written run; the files of earlier
 //! runs in the same partition are deleted only after the new manifests are in place (a
@@ -218,7 +220,6 @@ impl Destination {
         let text = std::fs::read_to_string(&staged).map_err(|e| staging_error(e.to_string()))?;
         let manifest: Value =
             serde_json::from_str(&text).map_err(|e| staging_error(e.to_string()))?;
-        let format = manifest["format"].as_str().unwrap_or("parquet").to_owned();
         let tables = manifest["tables"]
             .as_object()
             .ok_or_else(|| staging_error("no tables".into()))?
@@ -227,14 +228,26 @@ impl Destination {
         // 1. Data files, under names no earlier run used.
         let mut published = Published::default();
         let mut partitions: BTreeMap<String, (Path, Vec<String>)> = BTreeMap::new();
-        for table in tables.keys() {
+        let mut uploaded: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (table, entry) in &tables {
             let relative = vars.render(template, table);
             let partition = self.join(&relative);
-            let name = format!("{table}-{}.{format}", vars.run_id);
-            let object = partition.clone().join(name.as_str());
-            let local = staging.join(format!("{table}.{format}"));
-            self.upload(&local, &object).await?;
-            published.files.push(self.show(&object));
+            let staged = entry["files"]
+                .as_array()
+                .ok_or_else(|| staging_error(format!("no files for table {table}")))?;
+            for file in staged {
+                // contacts.parquet -> contacts-<run_id>.parquet,
+                // contacts-00001.parquet -> contacts-<run_id>-00001.parquet
+                let (file, rest) = file
+                    .as_str()
+                    .and_then(|file| Some((file, file.strip_prefix(table.as_str())?)))
+                    .ok_or_else(|| staging_error(format!("unexpected file {file} in {table}")))?;
+                let name = format!("{table}-{}{rest}", vars.run_id);
+                let object = partition.clone().join(name.as_str());
+                self.upload(&staging.join(file), &object).await?;
+                published.files.push(self.show(&object));
+                uploaded.entry(table).or_default().push(name);
+            }
             partitions
                 .entry(partition.to_string())
                 .or_insert_with(|| (partition.clone(), Vec::new()))
@@ -248,7 +261,8 @@ impl Destination {
             if let Some(object) = own["tables"].as_object_mut() {
                 object.retain(|name, _| partition_tables.contains(name));
                 for (name, entry) in object.iter_mut() {
-                    entry["files"] = Value::from(vec![format!("{name}-{}.{format}", vars.run_id)]);
+                    let files = uploaded.get(name.as_str()).cloned().unwrap_or_default();
+                    entry["files"] = Value::from(files);
                 }
             }
             own["run_id"] = Value::from(vars.run_id.as_str());
@@ -347,8 +361,9 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
     rest.next().is_none().then_some(name)
 }
 
-/// Whether a file name is one this tool writes (`<table>-<run_id>.<ext>`): only those are
-/// ever deleted, whatever else shares the partition.
+/// Whether a file name is one this tool writes (`<table>-<run_id>.<ext>`,
+/// `<table>-<run_id>-<n>.<ext>`): only those are ever deleted, whatever else shares the
+/// partition.
 fn is_ours(name: &str) -> bool {
     TABLE_NAMES.iter().any(|table| {
         name.strip_prefix(table)
@@ -382,6 +397,7 @@ mod tests {
     fn only_our_files_are_ever_deleted() {
         assert!(is_ours("contacts-20250304T050607Z-000abc.parquet"));
         assert!(is_ours("contact_inboxes-x.csv"));
+        assert!(is_ours("contacts-20250304T050607Z-000abc-00001.parquet"));
         assert!(!is_ours("contacts.parquet"));
         assert!(!is_ours("manifest.json"));
         assert!(!is_ours("notes-1.parquet"));

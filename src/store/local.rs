@@ -1,7 +1,8 @@
 //! The output folder: temporary names while writing, atomic renames when complete, the
 //! manifest last.
 //!
-//! Receives finished files from the pipeline; emits `DIR/<table>.<ext>` and `DIR/manifest.json`.
+//! Receives finished files from the pipeline; emits `DIR/<table>.<ext>` (or numbered
+//! `DIR/<table>-00000.<ext>`, ... with `rows_per_file`) and `DIR/manifest.json`.
 //! Invariants: a file appears under its final name only once complete and synced; the manifest
 //! of a previous export is removed before anything of the new run is renamed into place, and
 //! the new manifest is written only after every data file, so a folder whose manifest says
@@ -184,15 +185,21 @@ impl OutputDir {
         Ok(path)
     }
 
-    /// After a complete run: removes the work folder and data files of earlier exports that
-    /// this run did not write (a previous CSV export when this one wrote Parquet, say).
+    /// After a complete run: removes the work folder, temporary files left by earlier runs
+    /// (a link under such a name is removed itself) and data files of earlier exports that
+    /// this run did not write (a previous CSV export when this one wrote Parquet, say, or the
+    /// numbered files beyond this run's last).
     pub fn finish(self, written: &[PathBuf]) -> Result<(), StoreError> {
-        for stem in TABLE_STEMS {
-            for ext in EXTENSIONS {
-                let path = self.root.join(format!("{stem}.{ext}"));
-                if !written.contains(&path) {
-                    self.remove_if_present(&path)?;
-                }
+        self.remove_temps();
+        let entries = fs::read_dir(&self.root).map_err(|source| StoreError::Folder {
+            path: self.root.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let path = entry.path();
+            if is_data_file(&name.to_string_lossy()) && !written.contains(&path) {
+                self.remove_if_present(&path)?;
             }
         }
         fs::remove_dir_all(&self.work).map_err(|source| StoreError::Folder {
@@ -243,13 +250,27 @@ fn is_ours(name: &str) -> bool {
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(".tmp"))
         .unwrap_or(name);
-    if bare == MANIFEST_FILE || name == WORK_DIR {
-        return true;
-    }
+    bare == MANIFEST_FILE || name == WORK_DIR || is_data_file(bare)
+}
+
+/// Whether a file name is one of an export's tables: `<table>.<ext>` or `<table>-<digits>.<ext>`.
+fn is_data_file(name: &str) -> bool {
     TABLE_STEMS.iter().any(|stem| {
-        EXTENSIONS
-            .iter()
-            .any(|ext| bare.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) == Some(ext))
+        let Some(rest) = name.strip_prefix(stem) else {
+            return false;
+        };
+        let rest = match rest.strip_prefix('-') {
+            Some(numbered) => {
+                let after = numbered.trim_start_matches(|c: char| c.is_ascii_digit());
+                if after.len() == numbered.len() {
+                    return false;
+                }
+                after
+            }
+            None => rest,
+        };
+        rest.strip_prefix('.')
+            .is_some_and(|ext| EXTENSIONS.contains(&ext))
     })
 }
 
@@ -286,6 +307,9 @@ mod tests {
             "manifest.json",
             "contacts.parquet",
             "contact_inboxes.csv",
+            "contacts-00000.parquet",
+            "contact_inboxes-00012.csv",
+            ".contacts-00001.parquet.tmp",
             ".contacts.ndjson.tmp",
             ".manifest.json.tmp",
             WORK_DIR,
@@ -297,6 +321,10 @@ mod tests {
             "contacts.xlsx",
             ".bashrc",
             "contacts.parquet.bak",
+            "contacts-.parquet",
+            "contacts-1a.parquet",
+            "contacts-old.parquet",
+            "contacts00001.parquet",
         ] {
             assert!(!is_ours(name), "{name}");
         }

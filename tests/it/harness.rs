@@ -55,6 +55,18 @@ impl Fake {
         self.server().live_truth()
     }
 
+    /// The ground truth of another account the fake serves (`FakeServerConfig::accounts`).
+    pub fn truth_of(&self, account_id: u64) -> Vec<Value> {
+        self.server()
+            .live_truth_of(account_id)
+            .expect("an account the fake serves")
+    }
+
+    /// The most requests the fake's rate limit counted in one window.
+    pub fn busiest_window(&self) -> u64 {
+        self.server().busiest_window()
+    }
+
     pub fn requests(&self) -> u64 {
         self.server().requests()
     }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::expected;
 use crate::harness::{Fake, TOKEN, run_with_env};
-use crate::readers::{assert_same, read};
+use crate::readers::{assert_same, read, read_files};
 
 const BUCKET: &str = "lake";
 
@@ -150,6 +150,22 @@ fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> 
     manifest.expect("a manifest in the partition")
 }
 
+/// `contacts --base-url BASE --account-id 1 --out URL --no-progress EXTRA...`
+fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "contacts",
+        "--base-url",
+        base,
+        "--account-id",
+        "1",
+        "--out",
+        url,
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
     for (name, bytes) in objects {
         assert!(
@@ -165,16 +181,7 @@ fn contacts_to_s3_match_the_ground_truth_and_a_rerun_replaces_them() {
     let fake = Fake::with_contacts(200);
     let store = moto.store();
     let base = fake.base_url();
-    let args = [
-        "contacts",
-        "--base-url",
-        &base,
-        "--account-id",
-        "1",
-        "--out",
-        "s3://lake/one",
-        "--no-progress",
-    ];
+    let args = contacts_to(&base, "s3://lake/one", &[]);
     let first = run_with_env(&args, &moto.env());
     assert_eq!(first.code, 0, "{}", first.stderr);
     let listed = objects(&store, "one");
@@ -310,4 +317,80 @@ fn the_nightly_pipeline_writes_hive_partitions_to_s3() {
         }
     }
     assert_no_token_in(&listed);
+}
+
+#[test]
+fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
+    let moto = Moto::start();
+    let fake = Fake::with_contacts(200);
+    let store = moto.store();
+    let base = fake.base_url();
+    let truth = fake.truth();
+    let (contacts, _) = expected::tables(&truth);
+    let mut previous: Option<String> = None;
+    for (rows_per_file, parts) in [("70", 3), ("150", 2)] {
+        if previous.is_some() {
+            std::thread::sleep(Duration::from_millis(1100)); // run ids have second resolution
+        }
+        let args = contacts_to(
+            &base,
+            "s3://lake/split",
+            &["--rows-per-file", rows_per_file],
+        );
+        let run = run_with_env(&args, &moto.env());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let listed = objects(&store, "split");
+        let manifest: Value = serde_json::from_slice(
+            &listed
+                .iter()
+                .find(|(name, _)| name == "split/manifest.json")
+                .expect("a manifest")
+                .1,
+        )
+        .expect("JSON");
+        let run_id = manifest["run_id"].as_str().expect("run_id");
+        let files: Vec<String> = manifest["tables"]["contacts"]["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| f.as_str().expect("name").to_owned())
+            .collect();
+        let want: Vec<String> = (0..parts)
+            .map(|i| format!("contacts-{run_id}-{i:05}.parquet"))
+            .collect();
+        assert_eq!(files, want);
+        // Every object in the prefix is this run's: the listed files and the manifest.
+        let inboxes = manifest["tables"]["contact_inboxes"]["files"]
+            .as_array()
+            .expect("files")
+            .len();
+        assert_eq!(
+            listed.len(),
+            parts + inboxes + 1,
+            "{:?}",
+            listed.iter().map(|o| &o.0).collect::<Vec<_>>()
+        );
+        assert!(
+            listed
+                .iter()
+                .all(|(name, _)| name.contains(run_id) || name.ends_with("manifest.json"))
+        );
+        if let Some(previous) = &previous {
+            assert!(
+                listed
+                    .iter()
+                    .all(|(name, _)| !name.contains(previous.as_str()))
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, bytes) in &listed {
+            let file = name.strip_prefix("split/").expect("in the prefix");
+            std::fs::write(dir.path().join(file), bytes).expect("write");
+        }
+        let (got, counts) = read_files(dir.path(), &files, "parquet", &contacts);
+        assert_eq!(counts.iter().sum::<usize>(), 200);
+        assert_eq!(manifest["tables"]["contacts"]["rows"], 200);
+        assert_same("contacts", "parquet", &contacts, &got);
+        previous = Some(run_id.to_owned());
+    }
 }

@@ -17,3 +17,4 @@ mod readers;
 mod redirects;
 mod robustness;
 mod secrets;
+mod sink;

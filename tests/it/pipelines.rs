@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use chatwoot_export::fake::FakeServerConfig;
+use chatwoot_export::fake::{FakeServerConfig, FaultConfig};
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, TOKEN, assert_no_token, run_with_env};
-use crate::readers::{assert_same, read};
+use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_with_env};
+use crate::readers::{assert_same, read, read_files};
 
 fn pipelines() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -20,6 +20,30 @@ fn pipelines() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Runs `pipelines/NAME` against the fake at `base_url` (account 1) into the folder `out`,
+/// with more `--set KEY=VALUE` overrides.
+pub fn run_example(name: &str, base_url: &str, out: &Path, sets: &[&str]) -> Run {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .join(name);
+    let base = format!("source.base_url={base_url}");
+    let dest = format!("sink.destination={}", out.display());
+    let mut args = vec![
+        "run",
+        file.to_str().expect("utf-8"),
+        "--set",
+        &base,
+        "--set",
+        &dest,
+        "--set",
+        "source.account_id=1",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    run_with_env(&args, &env(""))
 }
 
 fn env(base_url: &str) -> Vec<(&str, &str)> {
@@ -130,22 +154,7 @@ fn column_selection_and_csv_safe_from_the_spreadsheet_pipeline() {
     let fake = Fake::with_contacts(120);
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("sheets");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/spreadsheet-csv.toml");
-    let base = format!("source.base_url={}", fake.base_url());
-    let dest = format!("sink.destination={}", out.display());
-    let run = run_with_env(
-        &[
-            "run",
-            file.to_str().expect("utf-8"),
-            "--set",
-            &base,
-            "--set",
-            &dest,
-            "--set",
-            "source.account_id=1",
-        ],
-        &env(""),
-    );
+    let run = run_example("spreadsheet-csv.toml", &fake.base_url(), &out, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         !out.join("contact_inboxes.csv").exists(),
@@ -275,4 +284,91 @@ fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
         "nothing for the failed account"
     );
     assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
+    // One Chatwoot host serving three accounts behind one rate limit, as rack-attack counts
+    // requests per client IP: 8 requests per 1-second window, aligned to the epoch, 429 without
+    // Retry-After past that. Each account needs 8 requests (7 pages and the empty one after).
+    // With a budget per account, the three would send up to 3 x 8 = 24 requests in a window
+    // and the server would answer 16 of them 429; with the one shared budget the run sends
+    // at most 8 a window, and the server never throttles.
+    const LIMIT: u64 = 8;
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 105,
+        accounts: 3,
+        faults: FaultConfig {
+            rate_limit: Some(LIMIT),
+            rate_window_secs: 1,
+            ..FaultConfig::default()
+        },
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("budget.toml");
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"${{CHATWOOT_BASE_URL}}\"\naccounts = [1, 2, 3]\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\
+             [fetch]\nconcurrency = 4\nrate_limit = {LIMIT}\nrate_window_secs = 1\n\
+             [sink]\nformat = \"parquet\"\ndestination = \"{}\"\npath = \"account_id={{account_id}}\"\n",
+            lake.display()
+        ),
+    )
+    .expect("write");
+    let base = fake.base_url();
+    let clock = std::time::Instant::now();
+    let run = run_with_env(
+        &["run", file.to_str().expect("utf-8"), "--json"],
+        &env(&base),
+    );
+    let elapsed = clock.elapsed();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(fake.throttled(), 0, "no 429 across the accounts together");
+    assert_eq!(
+        fake.busiest_window(),
+        LIMIT,
+        "the accounts together wanted more than the limit, and got exactly that"
+    );
+    let report: Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    let accounts = report["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts.len(), 3);
+    // Each account reports its own requests, not the shared budget's total.
+    let requests: u64 = accounts
+        .iter()
+        .map(|a| a["requests"].as_u64().expect("requests"))
+        .sum();
+    assert_eq!(requests, fake.requests(), "{report}");
+    // 24 requests at 8 a window need three windows: two turns, more than a second.
+    assert!(elapsed > std::time::Duration::from_secs(1), "{elapsed:?}");
+    for account in accounts {
+        let id = account["account_id"].as_u64().expect("id");
+        assert_eq!(account["status"], "complete", "{account}");
+        assert_eq!(account["throttled"], 0);
+        assert_eq!(account["requests"], 8, "{account}");
+        let partition = lake.join(format!("account_id={id}"));
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(partition.join("manifest.json")).expect("manifest"),
+        )
+        .expect("json");
+        let truth = fake.truth_of(id);
+        let (contacts, inboxes) = expected::tables(&truth);
+        for (table, want) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+            let files: Vec<String> = manifest["tables"][table]["files"]
+                .as_array()
+                .expect("files")
+                .iter()
+                .map(|f| f.as_str().expect("name").to_owned())
+                .collect();
+            let (got, _) = read_files(&partition, &files, "parquet", want);
+            assert_same(table, "parquet", want, &got);
+        }
+    }
+    assert_ne!(
+        fake.truth_of(1),
+        fake.truth_of(2),
+        "each account has data of its own"
+    );
 }

@@ -14,9 +14,17 @@ fn pyarrow_and_duckdb_agree_with_the_ground_truth() {
     std::fs::write(&truth_path, truth).expect("write truth");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers/check_export.py");
-    for format in ["parquet", "csv", "ndjson"] {
-        let dir = work.path().join(format);
-        let run = export(&fake.base_url(), format, &dir, &[]);
+    let split = ["--rows-per-file", "250", "--compression", "snappy"];
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("parquet", "parquet", &[]),
+        ("csv", "csv", &[]),
+        ("ndjson", "ndjson", &[]),
+        // Three files a table (250, 250, 100 contacts), each read and the codec checked.
+        ("parquet-split-snappy", "parquet", &split),
+    ];
+    for (name, format, extra) in cases {
+        let dir = work.path().join(name);
+        let run = export(&fake.base_url(), format, &dir, extra);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let output = Command::new(&python)
             .args([script, "--dir", dir.to_str().expect("path"), "--format", format, "--truth"])

@@ -20,13 +20,43 @@ pub struct ReadBack {
 
 /// Reads `DIR/<table>.<format>`; `expected` gives the kinds needed to interpret text formats.
 pub fn read(dir: &Path, table: &str, format: &str, expected: &Table) -> ReadBack {
-    let path = dir.join(format!("{table}.{format}"));
+    read_file(&dir.join(format!("{table}.{format}")), format, expected)
+}
+
+/// Reads one file of a table.
+pub fn read_file(path: &Path, format: &str, expected: &Table) -> ReadBack {
     match format {
-        "parquet" => read_parquet(&path, expected),
-        "csv" => read_csv(&path, expected),
-        "ndjson" => read_ndjson(&path, expected),
+        "parquet" => read_parquet(path, expected),
+        "csv" => read_csv(path, expected),
+        "ndjson" => read_ndjson(path, expected),
         other => panic!("unknown format {other}"),
     }
+}
+
+/// Reads a table written as several files (`names`, in order, under `dir`) into one, checking
+/// that every file has the same columns; also returns each file's row count.
+pub fn read_files(
+    dir: &Path,
+    names: &[String],
+    format: &str,
+    expected: &Table,
+) -> (ReadBack, Vec<usize>) {
+    let mut all = ReadBack {
+        columns: Vec::new(),
+        rows: Vec::new(),
+    };
+    let mut counts = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        let part = read_file(&dir.join(name), format, expected);
+        if index == 0 {
+            all.columns = part.columns;
+        } else {
+            assert_eq!(part.columns, all.columns, "{name}: the table's one schema");
+        }
+        counts.push(part.rows.len());
+        all.rows.extend(part.rows);
+    }
+    (all, counts)
 }
 
 fn read_parquet(path: &Path, expected: &Table) -> ReadBack {

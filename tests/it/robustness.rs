@@ -367,7 +367,10 @@ fn check_batch_and_sinks(
             format,
             file,
             std::sync::Arc::clone(&schema.arrow),
-            SinkOptions { csv_safe },
+            SinkOptions {
+                csv_safe,
+                ..SinkOptions::default()
+            },
         )
         .and_then(|mut writer| {
             writer.write(&batch)?;

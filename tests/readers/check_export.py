@@ -12,7 +12,8 @@ standard readers and compares every value of every row and column.
   csv:     Python's csv module and DuckDB read_csv(all_varchar) (text values)
   ndjson:  json.loads per line (values, every column present) and DuckDB read_json
 
-It also checks manifest.json (complete, counts, column names and types).
+It also checks manifest.json (complete, counts, column names and types, every file listed),
+and for Parquet that every column chunk of every file uses the codec the manifest records.
 
 Usage: check_export.py --dir DIR --format parquet|csv|ndjson --truth TRUTH.ndjson
 Exit 0 when everything agrees, 1 on any mismatch, 2 when a reader is missing.
@@ -245,6 +246,24 @@ def read_parquet(chk, paths, name, cols, types, expected):
                 [dict(zip(names, r)) for r in rel.fetchall()], same_typed)
 
 
+CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "none": "UNCOMPRESSED"}
+
+
+def check_codec(chk, man, paths):
+    """Every column chunk's codec, as pyarrow reads it, is the manifest's ("zstd:1" -> ZSTD)."""
+    recorded = man.get("compression")
+    want = CODECS.get((recorded or "").split(":")[0])
+    if want is None:
+        chk.fail(f"manifest: compression {recorded!r} is not a Parquet codec")
+        return
+    for p in paths:
+        meta = pq.ParquetFile(p).metadata
+        found = {meta.row_group(g).column(c).compression
+                 for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+        if found != {want}:
+            chk.fail(f"{os.path.basename(p)}: codecs {sorted(found)}, manifest says {recorded!r}")
+
+
 def read_csv(chk, paths, name, cols, types, expected):
     rows, header = [], None
     for p in paths:
@@ -300,6 +319,8 @@ def main():
         paths = [os.path.join(args.dir, f) for f in files]
         try:
             reader(chk, paths, name, cols, types, expected)
+            if args.format == "parquet":
+                check_codec(chk, manifest, paths)
         except Exception as e:  # a reader refusing the file is a finding, not a crash
             chk.fail(f"{name}: reading {files} failed: {type(e).__name__}: {e}")
     stray = sorted(set(os.listdir(args.dir)) - listed)
