@@ -19,17 +19,20 @@ use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
-/// Page notes are kept for this many pages (about 2.6 MB; 1,500,000 contacts).
+/// Page notes are kept for this many pages (3.2 MB at most; 1,500,000 contacts).
 const MAX_PAGE_NOTES: usize = 100_000;
 
-/// What the walk saw of one page, for the drift repair.
+/// What the walk saw of one page, for the drift repair. Kept for every page, so kept small
+/// (32 bytes; 64 with u64s and seconds, 2 MB more at 1,000,000 contacts).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageNote {
     /// The order its answer arrived in, among all pages (None: not fetched in this run).
-    pub arrival: Option<u64>,
-    pub count: Option<u64>,
-    pub first_created: Option<i64>,
-    pub last_created: Option<i64>,
+    pub arrival: Option<u32>,
+    /// Its `meta.count` (None if it had none, or beyond u32).
+    pub count: Option<u32>,
+    /// The `created_at` days (since the epoch, UTC) of its first and last contact.
+    pub first_day: Option<i32>,
+    pub last_day: Option<i32>,
 }
 
 /// Flattens, deduplicates and spills.
@@ -158,11 +161,14 @@ impl Collector {
             if self.page_notes.len() <= index {
                 self.page_notes.resize(index + 1, PageNote::default());
             }
+            let day = |secs: Option<i64>| {
+                secs.and_then(|secs| i32::try_from(secs.div_euclid(86_400)).ok())
+            };
             self.page_notes[index] = PageNote {
-                arrival: Some(arrival),
-                count: page.meta.count,
-                first_created,
-                last_created,
+                arrival: u32::try_from(arrival).ok(),
+                count: page.meta.count.and_then(|count| u32::try_from(count).ok()),
+                first_day: day(first_created),
+                last_day: day(last_created),
             };
         }
         Ok(())

@@ -330,7 +330,7 @@ impl Repair<'_> {
 /// one, so the contact just after the last page fetched moves onto that page and is skipped:
 /// it lies between that page's last contact and the next page's first.
 fn suspect_days(notes: &[PageNote]) -> Vec<(i64, i64)> {
-    let mut arrivals: Vec<(u64, usize)> = notes
+    let mut arrivals: Vec<(u32, usize)> = notes
         .iter()
         .enumerate()
         .filter_map(|(page, note)| note.arrival.map(|arrival| (arrival, page)))
@@ -345,14 +345,13 @@ fn suspect_days(notes: &[PageNote]) -> Vec<(i64, i64)> {
             suspect.extend([pair[0].1, pair[1].1]);
         }
     }
-    let day = |secs: i64| secs.div_euclid(86_400);
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     for page in suspect {
         for (left, right) in [(page.saturating_sub(1), page), (page, page + 1)] {
-            let last = notes.get(left).and_then(|n| n.last_created);
-            let first = notes.get(right).and_then(|n| n.first_created);
+            let last = notes.get(left).and_then(|n| n.last_day);
+            let first = notes.get(right).and_then(|n| n.first_day);
             if let (Some(last), Some(first)) = (last, first) {
-                ranges.push((day(last.min(first)), day(last.max(first))));
+                ranges.push((i64::from(last.min(first)), i64::from(last.max(first))));
             }
         }
     }
@@ -386,12 +385,11 @@ mod tests {
     #[test]
     fn boundaries_around_a_falling_count_are_suspect() {
         use super::{PageNote, suspect_days};
-        let day = 86_400;
-        let note = |arrival, count, first: i64, last: i64| PageNote {
+        let note = |arrival, count, first, last| PageNote {
             arrival: Some(arrival),
             count: Some(count),
-            first_created: Some(first * day),
-            last_created: Some(last * day),
+            first_day: Some(first),
+            last_day: Some(last),
         };
         let mut notes = vec![PageNote::default()];
         notes.push(note(0, 100, 1, 1));

@@ -6,8 +6,9 @@
 //! export (`<table>.<ext>`, or `<table>-00000.<ext>`, ... when split by `rows_per_file`, and
 //! `manifest.json`); emits objects under
 //! `DEST/<template rendered for the table>/<table>-<run_id>.<ext>` (or
-//! `<table>-<run_id>-00000.<ext>`, ...) and one `manifest.json` per partition, listing its
-//! files. Invariants: a partition's manifest is written only after every
+//! `<table>-<run_id>-00000.<ext>`, ...) and one `_manifest.json` per partition, listing its
+//! files (the leading `_` is the Hadoop convention for files that are not data: Spark, Hive,
+//! Athena and Trino skip them when they read the partition's folder). Invariants: a partition's manifest is written only after every
 //! data file of the run is uploaded, and the run's data files have names no earlier run used,
 //! so a reader that follows the manifest never sees a half-written run; the files of earlier
 //! runs in the same partition are deleted only after the new manifests are in place (a
@@ -34,6 +35,10 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use super::MANIFEST_FILE;
+
+/// A published partition's manifest. Named like `_SUCCESS`, so that engines reading the
+/// partition's folder (Spark, Hive, Athena, Trino) do not take it for a data file.
+pub const PARTITION_MANIFEST: &str = "_manifest.json";
 use crate::config::TABLE_NAMES;
 
 /// A failure to reach or write the destination.
@@ -267,7 +272,7 @@ impl Destination {
             }
             own["run_id"] = Value::from(vars.run_id.as_str());
             let bytes = serde_json::to_vec_pretty(&own).unwrap_or_default();
-            let object = partition.clone().join(MANIFEST_FILE);
+            let object = partition.clone().join(PARTITION_MANIFEST);
             self.store
                 .put(&object, PutPayload::from(bytes))
                 .await
@@ -400,6 +405,7 @@ mod tests {
         assert!(is_ours("contacts-20250304T050607Z-000abc-00001.parquet"));
         assert!(!is_ours("contacts.parquet"));
         assert!(!is_ours("manifest.json"));
+        assert!(!is_ours(PARTITION_MANIFEST));
         assert!(!is_ours("notes-1.parquet"));
         assert!(!is_ours("contacts-1.txt"));
     }
@@ -448,13 +454,14 @@ mod tests {
             left,
             vec![
                 "README.txt".to_owned(),
+                PARTITION_MANIFEST.into(),
                 names[1].clone(),
-                "manifest.json".into()
             ]
         );
-        let manifest: Value =
-            serde_json::from_str(&std::fs::read_to_string(part.join(MANIFEST_FILE)).expect("read"))
-                .expect("json");
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(part.join(PARTITION_MANIFEST)).expect("read"),
+        )
+        .expect("json");
         assert_eq!(
             manifest["tables"]["contacts"]["files"][0],
             names[1].as_str()

@@ -139,7 +139,7 @@ fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> 
         let Some(file) = name.strip_prefix(&format!("{partition}/")) else {
             continue;
         };
-        if file == "manifest.json" {
+        if file == "_manifest.json" {
             manifest = Some(serde_json::from_slice(bytes).expect("manifest is JSON"));
         } else {
             let (table, rest) = file.split_once('-').expect("<table>-<run_id>.<ext>");
@@ -343,7 +343,7 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
         let manifest: Value = serde_json::from_slice(
             &listed
                 .iter()
-                .find(|(name, _)| name == "split/manifest.json")
+                .find(|(name, _)| name == "split/_manifest.json")
                 .expect("a manifest")
                 .1,
         )
@@ -373,7 +373,7 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
         assert!(
             listed
                 .iter()
-                .all(|(name, _)| name.contains(run_id) || name.ends_with("manifest.json"))
+                .all(|(name, _)| name.contains(run_id) || name.ends_with("_manifest.json"))
         );
         if let Some(previous) = &previous {
             assert!(

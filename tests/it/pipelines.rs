@@ -263,7 +263,7 @@ fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
             .starts_with("dt=")
     );
     let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(day.join("manifest.json")).expect("manifest"),
+        &std::fs::read_to_string(day.join("_manifest.json")).expect("manifest"),
     )
     .expect("json");
     let file_name = manifest["tables"]["contacts"]["files"][0]
@@ -350,7 +350,7 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
         assert_eq!(account["requests"], 8, "{account}");
         let partition = lake.join(format!("account_id={id}"));
         let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(partition.join("manifest.json")).expect("manifest"),
+            &std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest"),
         )
         .expect("json");
         let truth = fake.truth_of(id);
