@@ -187,4 +187,48 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn wide_rows_close_row_groups_by_memory_and_every_row_reads_back() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::record::RowAccessor;
+        use std::sync::Arc;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("notes", DataType::Utf8, true),
+        ]));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wide.parquet");
+        let out = BufWriter::new(File::create(&path).expect("create"));
+        let mut sink =
+            ParquetSink::create(out, Arc::clone(&schema), Compression::UNCOMPRESSED).expect("sink");
+        // 8 batches of 1,000 rows of 2 KB of distinct text: 16 MB, far under 64 Ki rows.
+        for batch in 0..8i64 {
+            let ids = Int64Array::from_iter_values(batch * 1000..(batch + 1) * 1000);
+            let notes = StringArray::from_iter_values(
+                (batch * 1000..(batch + 1) * 1000).map(|i| format!("{i:>2000}")),
+            );
+            let batch =
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids), Arc::new(notes)])
+                    .expect("batch");
+            sink.write(&batch).expect("write");
+        }
+        sink.finish().expect("finish");
+        let reader = SerializedFileReader::new(File::open(&path).expect("open")).expect("parquet");
+        let metadata = reader.metadata();
+        let groups: Vec<i64> = metadata.row_groups().iter().map(|g| g.num_rows()).collect();
+        assert!(
+            groups.len() >= 3,
+            "16 MB of rows in 4 MiB row groups: {groups:?}"
+        );
+        assert_eq!(groups.iter().sum::<i64>(), 8000);
+        let ids: Vec<i64> = reader
+            .get_row_iter(None)
+            .expect("rows")
+            .map(|row| row.expect("row").get_long(0).expect("id"))
+            .collect();
+        assert_eq!(ids, (0..8000).collect::<Vec<_>>());
+    }
 }
