@@ -274,9 +274,12 @@ async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
 /// The token from `--token-file` if given, else from `CHATWOOT_API_TOKEN`.
 fn read_token(token_file: Option<&Path>) -> Result<ApiToken, Error> {
     let raw = match token_file {
-        Some(path) => std::fs::read_to_string(path).map_err(|err| {
-            Error::Usage(format!("cannot read --token-file {}: {err}", path.display()))
-        })?,
+        Some(path) => {
+            warn_if_others_can_read(path);
+            std::fs::read_to_string(path).map_err(|err| {
+                Error::Usage(format!("cannot read --token-file {}: {err}", path.display()))
+            })?
+        }
         None => std::env::var(TOKEN_ENV).map_err(|_| {
             Error::Usage(format!(
                 "no API token: set {TOKEN_ENV} or pass --token-file PATH (Chatwoot: Profile settings > Access Token)"
@@ -284,6 +287,27 @@ fn read_token(token_file: Option<&Path>) -> Result<ApiToken, Error> {
         })?,
     };
     ApiToken::new(&raw).map_err(|err| Error::Usage(err.to_string()))
+}
+
+/// Warns, as ssh does for keys, when the token file is open to other users: anyone who can
+/// read it can read every contact of the account. A warning, not a refusal: the file may be a
+/// secret mounted by a scheduler with its own permissions scheme.
+fn warn_if_others_can_read(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                eprintln!(
+                    "chatwoot-export: warning: --token-file {} can be read by other users (mode {mode:o}): \
+                     run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// Only http(s); plain http only to loopback unless explicitly allowed.

@@ -1,7 +1,7 @@
 //! The token never shows: not in output, files, errors, whatever the server sends back; and it
 //! can come from a file.
 
-use crate::harness::{Fake, TOKEN, assert_no_token, run_with_env};
+use crate::harness::{Fake, TOKEN, assert_no_token, run, run_with_env};
 use crate::loopback::{Loopback, Reply};
 
 /// `contacts` against `base_url` with the token in the environment and every logging and
@@ -52,6 +52,40 @@ fn a_token_file_works_and_the_token_shows_nowhere() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_no_token(&run, &out);
+}
+
+#[test]
+fn a_token_file_others_can_read_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = Fake::with_contacts(15);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("write token");
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+        let out = dir.path().join(format!("out-{mode:o}"));
+        let run = run(&[
+            "contacts",
+            "--base-url",
+            &fake.base_url(),
+            "--account-id",
+            "1",
+            "--token-file",
+            token_file.to_str().expect("path"),
+            "--out",
+            out.to_str().expect("path"),
+            "--no-progress",
+        ]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(
+            run.stderr.contains("can be read by other users") && run.stderr.contains("chmod 600"),
+            warned,
+            "mode {mode:o}: {}",
+            run.stderr
+        );
+        assert_no_token(&run, &out);
+    }
 }
 
 #[test]
