@@ -50,9 +50,9 @@ pub const SECRET_NAME_PARTS: &[&str] = &[
 ];
 
 /// Fields of a `contact_inboxes` item that are always kept.
-const LINK_FIELDS: &[&str] = &["source_id", "inbox"];
+pub const LINK_FIELDS: &[&str] = &["source_id", "inbox"];
 /// Fields of the inbox that are always kept (`_inbox_slim.json.jbuilder`).
-const INBOX_FIELDS: &[&str] = &[
+pub const INBOX_FIELDS: [&str; 6] = [
     "id",
     "avatar_url",
     "channel_id",
@@ -160,7 +160,7 @@ impl InboxSecrets {
                 *self.dropped.entry(path.clone()).or_insert(0) += 1;
                 Some(None)
             } else if let (true, Value::Object(inbox)) = (path == "inbox", value) {
-                self.scrub_object(inbox, path, INBOX_FIELDS)
+                self.scrub_object(inbox, path, &INBOX_FIELDS)
                     .map(|new| Some(Value::Object(new)))
             } else {
                 self.scrub_value(value, path).map(Some)

@@ -29,6 +29,9 @@ use serde_json::Value;
 
 use super::CellRef;
 use super::flatten::created_at_secs;
+// The documented fields of a `contact_inboxes` item and of its `inbox`: the ones the secret
+// filter always keeps, so a link with only these needs no filtering.
+use super::inbox_secrets::{INBOX_FIELDS as INBOX_KEYS, LINK_FIELDS as LINK_KEYS};
 use super::schema::TableShape;
 use super::spill::RowBuffer;
 
@@ -84,17 +87,6 @@ struct Node {
     /// A key `Value` treats specially (serde_json's private raw-value marker): always fall back.
     odd: bool,
 }
-
-/// The documented fields of a `contact_inboxes` item and of its `inbox`.
-const LINK_KEYS: &[&str] = &["source_id", "inbox"];
-const INBOX_KEYS: [&str; 6] = [
-    "id",
-    "avatar_url",
-    "channel_id",
-    "name",
-    "channel_type",
-    "provider",
-];
 
 /// What the fast path keeps between contacts: the key maps, and per column the serial of the
 /// last row that had it.

@@ -1,7 +1,9 @@
 //! The token never shows: not in output, files, errors, whatever the server sends back; and it
 //! can come from a file.
 
-use crate::harness::{Fake, TOKEN, assert_no_token, run, run_with_env};
+use std::path::Path;
+
+use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_with_env};
 use crate::loopback::{Loopback, Reply};
 
 /// `contacts` against `base_url` with the token in the environment and every logging and
@@ -35,7 +37,18 @@ fn a_token_file_works_and_the_token_shows_nowhere() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
     let out = dir.path().join("out");
-    let run = run_with_env(
+    let run = export_with_token_file(
+        &fake,
+        &token_file,
+        &out,
+        &[("RUST_LOG", "trace"), ("RUST_BACKTRACE", "full")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_no_token(&run, &out);
+}
+
+fn export_with_token_file(fake: &Fake, token_file: &Path, out: &Path, env: &[(&str, &str)]) -> Run {
+    run_with_env(
         &[
             "contacts",
             "--base-url",
@@ -48,10 +61,8 @@ fn a_token_file_works_and_the_token_shows_nowhere() {
             out.to_str().expect("path"),
             "--no-progress",
         ],
-        &[("RUST_LOG", "trace"), ("RUST_BACKTRACE", "full")],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_no_token(&run, &out);
+        env,
+    )
 }
 
 #[test]
@@ -65,18 +76,7 @@ fn a_token_file_others_can_read_gets_a_warning() {
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(mode))
             .expect("chmod");
         let out = dir.path().join(format!("out-{mode:o}"));
-        let run = run(&[
-            "contacts",
-            "--base-url",
-            &fake.base_url(),
-            "--account-id",
-            "1",
-            "--token-file",
-            token_file.to_str().expect("path"),
-            "--out",
-            out.to_str().expect("path"),
-            "--no-progress",
-        ]);
+        let run = export_with_token_file(&fake, &token_file, &out, &[]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert_eq!(
             run.stderr.contains("can be read by other users") && run.stderr.contains("chmod 600"),
