@@ -106,6 +106,8 @@ pub enum ExportError {
     Client(#[from] reqwest::Error),
     #[error("internal error: a page task failed ({0}); please report this")]
     Task(#[from] tokio::task::JoinError),
+    #[error("internal error: {0}; please report this")]
+    Internal(&'static str),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]

@@ -153,7 +153,5 @@ pub async fn walk(
 
 /// `fill` always requests the page `next_page` waits for; an error rather than a panic if not.
 fn no_page<T>() -> Result<T, ExportError> {
-    Err(ExportError::Resume(
-        "internal error: the walk ran out of pages to wait for; please report this".to_owned(),
-    ))
+    Err(ExportError::Internal("the walk ran out of pages to wait for"))
 }
