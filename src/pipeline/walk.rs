@@ -153,5 +153,7 @@ pub async fn walk(
 
 /// `fill` always requests the page `next_page` waits for; an error rather than a panic if not.
 fn no_page<T>() -> Result<T, ExportError> {
-    Err(ExportError::Internal("the walk ran out of pages to wait for"))
+    Err(ExportError::Internal(
+        "the walk ran out of pages to wait for",
+    ))
 }
