@@ -207,3 +207,46 @@ fn other_sort_keys_export_every_contact_once() {
     assert_eq!(manifest["unique_contacts"], 120);
     assert_eq!(manifest["source"]["sort"], "email");
 }
+
+#[test]
+fn pages_asked_for_before_the_count_was_known_do_not_matter_once_unneeded() {
+    // A one-page account on a server that answers 404 past page 2. The walk asks for pages
+    // 2 to 8 together with page 1, before it knows the count; only page 2 (the empty one that
+    // ends the walk) is needed, so the 404s of the others must not fail the export.
+    let server = crate::loopback::Loopback::start(|target, _| {
+        use crate::loopback::Reply;
+        let page = target
+            .split("page=")
+            .nth(1)
+            .and_then(|rest| rest.split('&').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(1);
+        match page {
+            1 => Reply::json(
+                200,
+                r#"{"meta":{"count":2,"current_page":"1"},"payload":[
+                    {"id":1,"name":"Dana","created_at":1700000000},
+                    {"id":2,"name":"Noa","created_at":1700000600}]}"#,
+            ),
+            2 => Reply::json(200, r#"{"meta":{"count":2},"payload":[]}"#),
+            _ => Reply::json(404, r#"{"error":"Resource could not be found"}"#),
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&server.base_url(), "ndjson", dir.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["unique_contacts"], 2);
+    assert_eq!(manifest["complete"], true);
+    let ids: Vec<i64> = std::fs::read_to_string(dir.path().join("contacts.ndjson"))
+        .expect("contacts")
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    assert_no_token(&run, dir.path());
+}
