@@ -293,26 +293,27 @@ async fn run(
     // slow page does not hold back the requests behind it (about 15 KB a page).
     let lookahead = settings.fetch.concurrency.saturating_mul(4);
 
-    let walked = tokio::select! {
-        result = walk::walk(fetcher, &mut collector, &mut walk_state, progress, lookahead, &mut saver) => result,
-        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: settings.out.clone() }),
-    };
-    if let Err(error) = walked {
-        return Err(stop(
-            error,
-            &mut collector,
-            &walk_state,
-            &mut saver,
+    let stages = async {
+        until_shutdown(
+            walk::walk(
+                fetcher,
+                &mut collector,
+                &mut walk_state,
+                progress,
+                lookahead,
+                &mut saver,
+            ),
             &settings.out,
-        ));
-    }
-
-    let max_requests = (walk_state.planned_pages / 20).max(100);
-    let repaired = tokio::select! {
-        result = repair::repair(fetcher, &mut collector, &walk_state, max_requests, progress) => result,
-        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: settings.out.clone() }),
+        )
+        .await?;
+        let max_requests = (walk_state.planned_pages / 20).max(100);
+        until_shutdown(
+            repair::repair(fetcher, &mut collector, &walk_state, max_requests, progress),
+            &settings.out,
+        )
+        .await
     };
-    let (drift, final_count) = match repaired {
+    let (drift, final_count) = match stages.await {
         Ok(done) => done,
         Err(error) => {
             return Err(stop(
@@ -422,6 +423,17 @@ fn stop(
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what cron, systemd and CI send to stop a job).
+/// Runs an export stage until it ends or a shutdown signal (Ctrl-C, SIGTERM) comes.
+async fn until_shutdown<T>(
+    stage: impl Future<Output = Result<T, ExportError>>,
+    out: &std::path::Path,
+) -> Result<T, ExportError> {
+    tokio::select! {
+        result = stage => result,
+        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: out.to_owned() }),
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

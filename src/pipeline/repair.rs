@@ -56,6 +56,18 @@ struct Range {
     server: u64,
 }
 
+impl Range {
+    /// The first and last day inside the range (its bounds are exclusive; open ends are the
+    /// extreme days).
+    fn days(self) -> (i64, i64) {
+        let low = self.after.map_or(i64::MIN, |after| after.saturating_add(1));
+        let high = self
+            .before
+            .map_or(i64::MAX, |before| before.saturating_sub(1));
+        (low, high)
+    }
+}
+
 struct Repair<'a> {
     fetcher: &'a Fetcher,
     collector: &'a mut Collector,
@@ -230,12 +242,7 @@ impl Repair<'_> {
 
     /// Contacts the export holds in `range`.
     fn ours(&self, range: Range) -> u64 {
-        let low = range
-            .after
-            .map_or(i64::MIN, |after| after.saturating_add(1));
-        let high = range
-            .before
-            .map_or(i64::MAX, |before| before.saturating_sub(1));
+        let (low, high) = range.days();
         if low > high {
             return 0;
         }
@@ -248,12 +255,7 @@ impl Repair<'_> {
 
     /// The day that splits our contacts in `range` in half, if the range spans several days.
     fn pivot(&self, range: Range) -> Option<i64> {
-        let low = range
-            .after
-            .map_or(i64::MIN, |after| after.saturating_add(1));
-        let high = range
-            .before
-            .map_or(i64::MAX, |before| before.saturating_sub(1));
+        let (low, high) = range.days();
         if low >= high {
             return None;
         }

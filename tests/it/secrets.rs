@@ -157,20 +157,7 @@ fn a_token_that_cannot_be_sent_is_refused_without_being_shown() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\u{1}\n")).expect("write token");
     let out = dir.path().join("out");
-    let run = run_with_env(
-        &[
-            "contacts",
-            "--base-url",
-            &fake.base_url(),
-            "--account-id",
-            "1",
-            "--token-file",
-            token_file.to_str().expect("path"),
-            "--out",
-            out.to_str().expect("path"),
-        ],
-        &[("RUST_LOG", "trace")],
-    );
+    let run = export_with_token_file(&fake, &token_file, &out, &[("RUST_LOG", "trace")]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
         run.stderr.contains("cannot go in an HTTP header"),
