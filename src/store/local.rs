@@ -54,6 +54,8 @@ pub fn disk_hint(err: &io::Error) -> &'static str {
 pub struct OutputDir {
     root: PathBuf,
     work: PathBuf,
+    /// This run made the folder: a failure with nothing to keep removes it again.
+    created: bool,
 }
 
 impl OutputDir {
@@ -65,6 +67,7 @@ impl OutputDir {
             path: root.to_owned(),
             source,
         };
+        let created = fs::symlink_metadata(root).is_err();
         owner_only_dir()
             .recursive(true)
             .create(root)
@@ -97,6 +100,7 @@ impl OutputDir {
         let dir = Self {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
+            created,
         };
         dir.remove_if_present(&root.join(MANIFEST_FILE))?;
         let discarded = dir.work.join(CHECKPOINT_FILE).exists();
@@ -115,6 +119,7 @@ impl OutputDir {
         let dir = Self {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
+            created: false,
         };
         // Only a real folder of ours, never one behind a link.
         let is_dir = fs::symlink_metadata(&dir.work).is_ok_and(|meta| meta.is_dir());
@@ -209,10 +214,16 @@ impl OutputDir {
     }
 
     /// After a failed run with nothing worth resuming: removes temporary files and the work
-    /// folder. Nothing under a final name was touched, and no manifest says complete.
+    /// folder, and the folder itself if this run made it (so a failed first run leaves no
+    /// empty folder behind). Nothing under a final name was touched, and no manifest says
+    /// complete.
     pub fn abandon(self) {
         let _ = fs::remove_dir_all(&self.work);
         self.remove_temps();
+        if self.created {
+            // Only if empty: `remove_dir` never removes contents.
+            let _ = fs::remove_dir(&self.root);
+        }
     }
 
     /// After an interrupted or failed run that `--resume` can continue: removes temporary

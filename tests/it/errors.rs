@@ -74,6 +74,7 @@ fn authentication_failures_say_which() {
         3,
         &["HTTP 401", "bot"],
     );
+    assert!(dir.path().is_dir(), "a folder the run did not make stays");
     let not_member = crate::harness::export(&url, "parquet", dir.path(), &[]);
     assert_eq!(
         not_member.code, 0,
@@ -102,8 +103,9 @@ fn authentication_failures_say_which() {
 #[test]
 fn an_unknown_account_is_a_404_with_exit_code_4() {
     let fake = Fake::with_contacts(10);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().to_str().expect("path");
+    let parent = tempfile::tempdir().expect("temp dir");
+    let dir = parent.path().join("contacts");
+    let out = dir.to_str().expect("path");
     let run = crate::harness::run(&[
         "contacts",
         "--base-url",
@@ -114,7 +116,11 @@ fn an_unknown_account_is_a_404_with_exit_code_4() {
         out,
         "--no-progress",
     ]);
-    assert_failed(&run, dir.path(), 4, &["account 999 not found", "HTTP 404"]);
+    assert_failed(&run, &dir, 4, &["account 999 not found", "HTTP 404"]);
+    assert!(
+        !dir.exists(),
+        "a failed run with nothing to keep removes the folder it made"
+    );
 }
 
 #[test]
@@ -262,7 +268,8 @@ fn a_full_disk_fails_cleanly() {
     let script = format!(
         "mount -t tmpfs -o size=600k tmpfs '{mount_path}' || exit 99; \
          '{bin}' contacts --base-url {url} --account-id 1 --out '{mount_path}/out' --no-progress; \
-         echo \"exit=$?\" >&2; ls -A '{mount_path}/out' >&2",
+         echo \"exit=$?\" >&2; \
+         if [ -e '{mount_path}/out' ]; then ls -A '{mount_path}/out' >&2; else echo 'no folder' >&2; fi",
         bin = env!("CARGO_BIN_EXE_chatwoot-export"),
         url = fake.base_url(),
     );
@@ -293,9 +300,7 @@ fn a_full_disk_fails_cleanly() {
         .skip(1)
         .copied()
         .collect();
-    assert!(
-        listing.is_empty(),
-        "nothing is left in the output folder: {listing:?}"
-    );
+    // The run made the folder and had nothing to keep, so it is gone.
+    assert_eq!(listing, ["no folder"], "nothing is left behind");
     assert!(!stderr.contains(crate::harness::TOKEN));
 }
