@@ -36,15 +36,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log events go to stderr (stdout is for `--json` reports), at info level.
+/// Log events go to stderr (stdout is for `--json` reports): this crate's at info level,
+/// other crates' only from warn up (object_store, for one, logs each retry of an upload at
+/// info, which would bury the one-line error under ten).
 fn init_logs(format: LogFormat) {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = Targets::new()
+        // The library and this binary (both `chatwoot_export`).
+        .with_target("chatwoot_export", Level::INFO)
+        .with_default(Level::WARN);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(Level::INFO)
         .with_target(false);
     // A second subscriber cannot exist in this process; ignore the impossible error.
     let _ = match format {
-        LogFormat::Text => builder.without_time().try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.without_time().finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }

@@ -1,6 +1,6 @@
-//! Object store destinations for real: moto's S3 server on loopback, the real binary writing
-//! to it with the usual AWS_* variables, the objects read back and compared with the fake
-//! Chatwoot's ground truth.
+//! Object store destinations for real: moto's S3 server and Azurite's Azure Blob server on
+//! loopback, the real binary writing to them with the usual AWS_* / AZURE_* variables, the
+//! objects read back and compared with the fake Chatwoot's ground truth.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path as LocalPath;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
@@ -20,6 +21,41 @@ use crate::readers::{assert_same, read, read_files};
 
 const BUCKET: &str = "lake";
 
+/// A port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits up to 30 s for a server just started to accept connections on `port`.
+fn wait_until_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer on port {port} in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `$PYTHON -c script args...` (the test venv: boto3, the Azure SDK) and asserts success.
+fn run_python(script: &str, args: &[&str]) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{python} -c {script:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// moto's S3 server on 127.0.0.1, killed by its PID when dropped.
 struct Moto {
     child: Child,
@@ -29,10 +65,7 @@ struct Moto {
 impl Moto {
     fn start() -> Self {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = Command::new(&python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -44,28 +77,11 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not answer on port {port} in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let create = Command::new(&python)
-            .args([
-                "-c",
-                "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
-                 aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
-                &moto.endpoint,
-                BUCKET,
-            ])
-            .output()
-            .expect("python runs");
-        assert!(
-            create.status.success(),
-            "create bucket: {}",
-            String::from_utf8_lossy(&create.stderr)
+        wait_until_listening(port, "moto");
+        run_python(
+            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
+            &[&moto.endpoint, BUCKET],
         );
         moto
     }
@@ -97,6 +113,84 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account and key (public, the emulator's only account).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's Blob server on 127.0.0.1 (the binary in `$AZURITE`, which tests/run.sh installs
+/// with npm), killed by its PID when dropped, with its storage in a temporary folder.
+struct Azurite {
+    child: Child,
+    url: String,
+    _storage: tempfile::TempDir,
+}
+
+impl Azurite {
+    fn start() -> Self {
+        let azurite = std::env::var("AZURITE").unwrap_or_else(|_| "azurite-blob".into());
+        let storage = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new(&azurite)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(storage.path())
+            // object_store may speak a newer API version than this Azurite knows.
+            .args(["--silent", "--skipApiVersionCheck"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {azurite}: {err}; run tests/run.sh (it installs Azurite with npm and sets AZURITE)"));
+        let azurite = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _storage: storage,
+        };
+        wait_until_listening(port, "Azurite");
+        // object_store cannot create containers; the Azure SDK for Python can.
+        let connection = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};",
+            azurite.url
+        );
+        run_python(
+            "import sys; from azure.storage.blob import BlobServiceClient; \
+             BlobServiceClient.from_connection_string(sys.argv[1]).create_container(sys.argv[2])",
+            &[&connection, BUCKET],
+        );
+        azurite
+    }
+
+    /// What a user of the emulator sets (object_store's own variables for it).
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("CHATWOOT_API_TOKEN", TOKEN),
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+            ("AZURITE_BLOB_STORAGE_URL", &self.url),
+        ]
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            MicrosoftAzureBuilder::new()
+                .with_account(AZURITE_ACCOUNT)
+                .with_access_key(AZURITE_KEY)
+                .with_endpoint(format!("{}/{AZURITE_ACCOUNT}", self.url))
+                .with_allow_http(true)
+                .with_container_name(BUCKET)
+                .build()
+                .expect("azure client"),
+        )
+    }
+}
+
+impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -178,13 +272,24 @@ fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
 #[test]
 fn contacts_to_s3_match_the_ground_truth_and_a_rerun_replaces_them() {
     let moto = Moto::start();
+    export_twice_to(&moto.store(), "s3://lake/one", &moto.env());
+}
+
+#[test]
+fn contacts_to_azure_blob_match_the_ground_truth_and_a_rerun_replaces_them() {
+    let azurite = Azurite::start();
+    export_twice_to(&azurite.store(), "az://lake/one", &azurite.env());
+}
+
+/// Exports to `url` (the prefix `one` of `store`) and checks the objects against the ground
+/// truth; then exports again and checks that only the new run's objects remain.
+fn export_twice_to(store: &Arc<dyn ObjectStore>, url: &str, env: &[(&str, &str)]) {
     let fake = Fake::with_contacts(200);
-    let store = moto.store();
     let base = fake.base_url();
-    let args = contacts_to(&base, "s3://lake/one", &[]);
-    let first = run_with_env(&args, &moto.env());
+    let args = contacts_to(&base, url, &[]);
+    let first = run_with_env(&args, env);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    let listed = objects(&store, "one");
+    let listed = objects(store, "one");
     assert_eq!(
         listed.len(),
         3,
@@ -214,9 +319,9 @@ fn contacts_to_s3_match_the_ground_truth_and_a_rerun_replaces_them() {
 
     // The same job again: the new run's files, and only those, remain.
     std::thread::sleep(Duration::from_millis(1100)); // run ids have second resolution
-    let second = run_with_env(&args, &moto.env());
+    let second = run_with_env(&args, env);
     assert_eq!(second.code, 0, "{}", second.stderr);
-    let relisted = objects(&store, "one");
+    let relisted = objects(store, "one");
     assert_eq!(
         relisted.len(),
         3,
@@ -393,4 +498,31 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
         assert_same("contacts", "parquet", &contacts, &got);
         previous = Some(run_id.to_owned());
     }
+}
+
+#[test]
+fn an_unreachable_object_store_fails_on_one_line() {
+    // A port nobody listens on: the upload fails after object_store's own retries, which must
+    // not be logged line by line around the error.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let fake = Fake::with_contacts(20);
+    let base = fake.base_url();
+    let run = run_with_env(
+        &contacts_to(&base, "az://lake/one", &[]),
+        &[
+            ("CHATWOOT_API_TOKEN", TOKEN),
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+            ("AZURITE_BLOB_STORAGE_URL", &url),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("chatwoot-export: error: cannot upload az://lake/one/"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("untouched, run again"), "{}", lines[0]);
+    assert!(!run.stderr.contains(TOKEN));
 }
