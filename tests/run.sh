@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README quick start): formatting, lints, then every test, including the
-# independent pyarrow/DuckDB readers and the S3 (moto) and Azure Blob (Azurite) servers, which
+# independent pyarrow/DuckDB/Polars readers and the S3 (moto) and Azure Blob (Azurite) servers, which
 # run from a virtualenv and a node_modules under target/ so nothing is installed system-wide.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,12 +1,12 @@
-//! What analysts will do: pyarrow and DuckDB read the outputs, and must agree with the ground
-//! truth (tests/readers/check_export.py flattens the truth on its own).
+//! What analysts will do: pyarrow, DuckDB and Polars (Parquet) read the outputs, and must agree
+//! with the ground truth (tests/readers/check_export.py flattens the truth on its own).
 
 use std::process::Command;
 
 use crate::harness::{Fake, export};
 
 #[test]
-fn pyarrow_and_duckdb_agree_with_the_ground_truth() {
+fn pyarrow_duckdb_and_polars_agree_with_the_ground_truth() {
     let fake = Fake::with_contacts(600);
     let work = tempfile::tempdir().expect("temp dir");
     let truth_path = work.path().join("truth.ndjson");

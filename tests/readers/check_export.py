@@ -8,7 +8,8 @@ Python and without any code from the Rust project, what every cell should hold
 types the way the output contract describes), then reads the export with
 standard readers and compares every value of every row and column.
 
-  parquet: pyarrow.parquet (schema types and values) and DuckDB read_parquet
+  parquet: pyarrow.parquet (schema types and values), DuckDB read_parquet and Polars
+           read_parquet (its own Parquet reader; schema types and values)
   csv:     Python's csv module and DuckDB read_csv(all_varchar) (text values)
   ndjson:  json.loads per line (values, every column present) and DuckDB read_json
 
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 
 try:
     import duckdb
+    import polars
     import pyarrow
     import pyarrow.parquet as pq
 except ImportError as e:
@@ -43,6 +45,8 @@ INBOX_COLS = ["contact_id", "source_id", "inbox__id", "inbox__avatar_url",
 NESTED = ("additional_attributes", "custom_attributes", "contact_inboxes")
 ARROW_TYPES = {"int64": "int64", "float64": "double", "boolean": "bool",
                "timestamp": "timestamp[us, tz=UTC]", "string": "string"}
+POLARS_TYPES = {"int64": polars.Int64, "float64": polars.Float64, "boolean": polars.Boolean,
+                "timestamp": polars.Datetime("us", "UTC"), "string": polars.String}
 MAX_REPORT = 20
 MISSING = object()
 
@@ -244,6 +248,13 @@ def read_parquet(chk, paths, name, cols, types, expected):
     names = [d[0] for d in rel.description]
     chk.compare("duckdb", name, cols, types, expected,
                 [dict(zip(names, r)) for r in rel.fetchall()], same_typed)
+    frame = polars.read_parquet(paths)
+    got_schema = list(frame.schema.items())
+    want_schema = [(c, POLARS_TYPES[types[c]]) for c in cols]
+    if got_schema != want_schema:
+        diff = [f"{g} != {w}" for g, w in zip(got_schema, want_schema) if g != w][:3]
+        chk.fail(f"polars {name}: schema differs ({len(got_schema)} vs {len(want_schema)}): {diff}")
+    chk.compare("polars", name, cols, types, expected, frame.to_dicts(), same_typed)
 
 
 CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "none": "UNCOMPRESSED"}
@@ -338,7 +349,7 @@ def main():
               + (f" (first {MAX_REPORT} shown)" if len(chk.errors) > MAX_REPORT else ""))
         return 1
     n_cols = sum(len(t[0]) for t in tables.values())
-    readers = {"parquet": "pyarrow and duckdb", "csv": "the csv module and duckdb",
+    readers = {"parquet": "pyarrow, duckdb and polars", "csv": "the csv module and duckdb",
                "ndjson": "json.loads and duckdb"}[args.format]
     print(f"check_export: {args.format} OK: {len(tables['contacts'][2])} contacts, "
           f"{len(tables['contact_inboxes'][2])} inbox links, {n_cols} columns checked by {readers}")
