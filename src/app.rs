@@ -124,6 +124,7 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         rows_per_file: args.output.rows_per_file,
         tables: TableSelection::default(),
         governor: None,
+        speculate: true,
     };
     if let Some(url) = settings.out.to_str().filter(|out| is_url(out)) {
         // An object store: staged locally, then uploaded with the manifest last.
@@ -192,6 +193,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         rows_per_file: None,
         tables: TableSelection::default(),
         governor: None,
+        speculate: true,
     };
     let result = export(&settings).await;
     server.shutdown().await;

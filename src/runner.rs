@@ -181,6 +181,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
                 rows_per_file: pipeline.sink.rows_per_file,
                 tables: pipeline.tables.clone(),
                 governor: Some(Arc::clone(&governor)),
+                speculate: !several,
             };
             let vars = RunVars::now(account_id, started, nonce);
             let target = target.clone();

@@ -63,6 +63,10 @@ pub struct ExportSettings {
     /// A request budget shared with other exports to the same host (several accounts in one
     /// run); `None`: this export has its own.
     pub governor: Option<Arc<RateGovernor>>,
+    /// Ask for the first pages together with page 1, before the page count is known: a round
+    /// trip saved, and a few requests wasted on a small account. Off when several accounts
+    /// share one budget, where many small accounts would waste much of it.
+    pub speculate: bool,
 }
 
 /// What a finished export reports.
@@ -301,6 +305,7 @@ async fn run(
                 &mut walk_state,
                 progress,
                 lookahead,
+                settings.speculate,
                 &mut saver,
             ),
             &settings.out,

@@ -10,7 +10,8 @@
 //! adaptive concurrency and rate budget bound what is really in flight), so a latency-bound
 //! export keeps its requests in flight all the way:
 //! - before page 1 has answered, pages 2 to `SPECULATIVE_START` go out with it (a small
-//!   account answers them with empty pages, a few requests wasted once);
+//!   account answers them with empty pages, a few requests wasted once), unless several
+//!   accounts share one request budget: there many small accounts would multiply the waste;
 //! - the first page past the plan, usually the empty one that ends the walk, goes out with
 //!   the last planned pages instead of after them;
 //! - past the plan, one page at a time: each non-empty one allows the next.
@@ -86,6 +87,7 @@ pub async fn walk(
     state: &mut WalkState,
     progress: &Progress,
     lookahead: usize,
+    speculate: bool,
     saver: &mut Saver,
 ) -> Result<(), ExportError> {
     if state.done {
@@ -100,7 +102,7 @@ pub async fn walk(
         lookahead: lookahead.max(1),
     };
     if state.next_page <= 1 {
-        window.fill(SPECULATIVE_START);
+        window.fill(if speculate { SPECULATIVE_START } else { 1 });
         let (_, arrival, first) = window.next_page().await.unwrap_or_else(no_page)?;
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;

@@ -372,3 +372,40 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
         "each account has data of its own"
     );
 }
+
+#[test]
+fn several_small_accounts_send_no_speculative_requests() {
+    // A single export asks for pages 2 to 8 with page 1, before it knows how many there are;
+    // with several accounts on one budget that would waste up to 7 requests an account, so
+    // each asks for page 1 alone, then for the pages it needs and the empty one after.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 20,
+        accounts: 3,
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("small.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"${{CHATWOOT_BASE_URL}}\"\naccounts = [1, 2, 3]\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\
+             [sink]\nformat = \"csv\"\ndestination = \"{}\"\npath = \"account_id={{account_id}}\"\n",
+            dir.path().join("lake").display()
+        ),
+    )
+    .expect("write");
+    let base = fake.base_url();
+    let run = run_with_env(
+        &["run", file.to_str().expect("utf-8"), "--json"],
+        &env(&base),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    for account in report["accounts"].as_array().expect("accounts") {
+        assert_eq!(account["status"], "complete", "{account}");
+        assert_eq!(account["rows"]["contacts"], 20, "{account}");
+        // Page 1, then page 2 (the last of 15 + 5 contacts) and page 3 (empty) together.
+        assert_eq!(account["requests"], 3, "{account}");
+    }
+    assert_eq!(fake.requests(), 9);
+}
