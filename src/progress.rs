@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::source::FetchStatus;
 
@@ -39,7 +39,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} pages  {msg}",
+                "{spinner:.green} {bar:30.cyan/blue} {human_pos}/{human_len} pages  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
@@ -101,57 +101,130 @@ impl Progress {
             return;
         }
         let line = self.line();
-        if let Some(phase) = &line.phase {
-            self.bar.set_message(phase.clone());
-            return;
-        }
-        let secs = self.bar.elapsed().as_secs_f64().max(0.001);
-        let mut parts = Vec::new();
-        parts.push(match line.expected_contacts {
-            Some(total) => format!("{}/{total} contacts", line.contacts),
-            None => format!("{} contacts", line.contacts),
-        });
-        let pages_this_run = self.bar.position().saturating_sub(line.resumed_pages + 1);
-        let pages_per_sec = pages_this_run as f64 / secs;
-        parts.push(format!("{:.0} pages/s", pages_per_sec));
-        let status = &line.status;
-        parts.push(format!("concurrency {}", status.concurrency));
-        if status.retries > 0 {
-            parts.push(format!("retries {}", status.retries));
-        }
-        if status.governor.throttled > 0 {
-            parts.push(format!("429s {}", status.governor.throttled));
-        }
-        if let Some(wait) = status
-            .governor
-            .waiting
-            .filter(|w| *w > Duration::from_millis(300))
-        {
-            parts.push(format!(
-                "rate limit: next window in {} s",
-                wait.as_secs_f64().ceil()
-            ));
-        }
-        let remaining = self
-            .bar
-            .length()
-            .unwrap_or(0)
-            .saturating_sub(self.bar.position()) as f64;
-        let mut eta = if pages_per_sec > 0.0 {
-            remaining / pages_per_sec
-        } else {
-            0.0
+        let message = match &line.phase {
+            Some(phase) => phase.clone(),
+            None => status_message(
+                &line,
+                self.bar.position(),
+                self.bar.length().unwrap_or(0),
+                self.bar.elapsed(),
+            ),
         };
-        if let Some(budget) = status.governor.budget {
-            // The budget caps the rate: at best `budget` requests a window.
-            eta = eta.max(remaining / budget as f64 * status.governor.window.as_secs_f64());
+        self.bar.set_message(message);
+    }
+}
+
+/// The text after the bar during the walk, from where it stands: `pages_done` of
+/// `pages_planned` after `elapsed`.
+fn status_message(line: &Line, pages_done: u64, pages_planned: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let mut parts = Vec::new();
+    parts.push(match line.expected_contacts {
+        Some(total) => format!(
+            "{}/{} contacts",
+            HumanCount(line.contacts),
+            HumanCount(total)
+        ),
+        None => format!("{} contacts", HumanCount(line.contacts)),
+    });
+    let pages_this_run = pages_done.saturating_sub(line.resumed_pages + 1);
+    let pages_per_sec = pages_this_run as f64 / secs;
+    parts.push(format!("{pages_per_sec:.0} pages/s"));
+    let status = &line.status;
+    parts.push(format!("concurrency {}", status.concurrency));
+    if status.retries > 0 {
+        parts.push(format!("retries {}", status.retries));
+    }
+    if status.governor.throttled > 0 {
+        parts.push(format!("429s {}", status.governor.throttled));
+    }
+    if let Some(wait) = status
+        .governor
+        .waiting
+        .filter(|w| *w > Duration::from_millis(300))
+    {
+        parts.push(format!(
+            "rate limit: next window in {} s",
+            wait.as_secs_f64().ceil()
+        ));
+    }
+    let remaining = pages_planned.saturating_sub(pages_done) as f64;
+    let mut eta = if pages_per_sec > 0.0 {
+        remaining / pages_per_sec
+    } else {
+        0.0
+    };
+    if let Some(budget) = status.governor.budget {
+        // The budget caps the rate: at best `budget` requests a window.
+        eta = eta.max(remaining / budget as f64 * status.governor.window.as_secs_f64());
+    }
+    if eta > 0.0 {
+        parts.push(format!(
+            "ETA {}",
+            HumanDuration(Duration::from_secs_f64(eta))
+        ));
+    }
+    parts.join("  ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::GovernorStatus;
+
+    fn line(contacts: u64, expected: Option<u64>, status: FetchStatus) -> Line {
+        Line {
+            expected_contacts: expected,
+            contacts,
+            status,
+            ..Line::default()
         }
-        if eta > 0.0 {
-            parts.push(format!(
-                "ETA {}",
-                HumanDuration(Duration::from_secs_f64(eta))
-            ));
-        }
-        self.bar.set_message(parts.join("  "));
+    }
+
+    #[test]
+    fn counts_have_thousands_separators_and_the_eta_follows_the_rate() {
+        let status = FetchStatus {
+            concurrency: 8,
+            ..FetchStatus::default()
+        };
+        // Page 1 plus 1,000 pages in 10 s: 100 pages/s, 65,667 pages to go.
+        let text = status_message(
+            &line(15_015, Some(1_000_000), status),
+            1_001,
+            66_668,
+            Duration::from_secs(10),
+        );
+        assert!(
+            text.starts_with("15,015/1,000,000 contacts  100 pages/s  concurrency 8  ETA "),
+            "{text}"
+        );
+        assert!(text.ends_with("ETA 11 minutes"), "{text}");
+    }
+
+    #[test]
+    fn the_budget_caps_the_eta_and_waits_and_429s_are_shown() {
+        let status = FetchStatus {
+            concurrency: 4,
+            retries: 2,
+            governor: GovernorStatus {
+                budget: Some(3_000),
+                window: Duration::from_secs(60),
+                waiting: Some(Duration::from_millis(41_200)),
+                sent: 3_000,
+                throttled: 3,
+            },
+        };
+        // 300 pages/s so far, but 60,000 pages left at 3,000 a minute take 20 minutes.
+        let text = status_message(
+            &line(45_015, None, status),
+            3_001,
+            63_001,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            text,
+            "45,015 contacts  300 pages/s  concurrency 4  retries 2  429s 3  \
+             rate limit: next window in 42 s  ETA 20 minutes"
+        );
     }
 }
