@@ -6,7 +6,9 @@
 //! Invariants: a file appears under its final name only once complete and synced; the manifest
 //! of a previous export is removed before anything of the new run is renamed into place, and
 //! the new manifest is written only after every data file, so a folder whose manifest says
-//! complete always holds a complete export. Files are created owner-only (they hold personal
+//! complete always holds a complete export. Until that first rename the previous export stays
+//! whole, manifest included, so a run that fails while fetching (the usual failure: a network,
+//! a token, a server) leaves last night's export as readable and verifiable as before. Files are created owner-only (they hold personal
 //! data), folders this run creates too, and a folder holding anything but a previous export is
 //! refused without `--overwrite`. Nothing is ever written through a symbolic link: files are
 //! created with create-new (which refuses links) and renamed over their final name (which
@@ -16,6 +18,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -56,11 +59,14 @@ pub struct OutputDir {
     work: PathBuf,
     /// This run made the folder: a failure with nothing to keep removes it again.
     created: bool,
+    /// The previous export's manifest is gone: set before the first data file is renamed
+    /// into place.
+    manifest_withdrawn: AtomicBool,
 }
 
 impl OutputDir {
     /// Creates the folder if needed, checks that it is empty or a previous export (unless
-    /// `overwrite`), removes the previous manifest and makes a fresh work folder. Also says
+    /// `overwrite`) and makes a fresh work folder; a previous export stays untouched. Also says
     /// whether an interrupted export's work was discarded.
     pub fn prepare(root: &Path, overwrite: bool) -> Result<(Self, bool), StoreError> {
         let folder_error = |source| StoreError::Folder {
@@ -101,8 +107,8 @@ impl OutputDir {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
             created,
+            manifest_withdrawn: AtomicBool::new(false),
         };
-        dir.remove_if_present(&root.join(MANIFEST_FILE))?;
         let discarded = dir.work.join(CHECKPOINT_FILE).exists();
         // A link (with --overwrite) is removed itself, never followed.
         match fs::symlink_metadata(&dir.work) {
@@ -120,13 +126,13 @@ impl OutputDir {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
             created: false,
+            manifest_withdrawn: AtomicBool::new(false),
         };
         // Only a real folder of ours, never one behind a link.
         let is_dir = fs::symlink_metadata(&dir.work).is_ok_and(|meta| meta.is_dir());
         if !is_dir || !dir.work.join(CHECKPOINT_FILE).is_file() {
             return Ok(None);
         }
-        dir.remove_if_present(&root.join(MANIFEST_FILE))?;
         Ok(Some(dir))
     }
 
@@ -163,8 +169,12 @@ impl OutputDir {
         Ok((file, path))
     }
 
-    /// Gives a complete temporary file its final name.
+    /// Gives a complete temporary file its final name. The first data file removes the
+    /// previous export's manifest before it replaces anything that manifest vouches for.
     pub fn commit(&self, temp: &Path, name: &str) -> Result<PathBuf, StoreError> {
+        if name != MANIFEST_FILE && !self.manifest_withdrawn.swap(true, Ordering::SeqCst) {
+            self.remove_if_present(&self.root.join(MANIFEST_FILE))?;
+        }
         let path = self.root.join(name);
         fs::rename(temp, &path).map_err(|source| StoreError::Write {
             path: path.clone(),
@@ -351,16 +361,44 @@ mod tests {
     }
 
     #[test]
-    fn a_new_run_removes_the_old_manifest_first() {
+    fn the_old_manifest_goes_just_before_the_first_new_file_and_not_before() {
         let dir = tempfile::tempdir().expect("temp dir");
-        fs::write(dir.path().join(MANIFEST_FILE), b"{\"complete\":true}").expect("write");
+        let old_manifest = dir.path().join(MANIFEST_FILE);
+        fs::write(&old_manifest, b"{\"complete\":true}").expect("write");
         fs::write(dir.path().join("contacts.csv"), b"id\n1\n").expect("write");
+
+        // A run that fails before writing anything leaves the previous export whole.
         let (out, _) = OutputDir::prepare(dir.path(), false).expect("a previous export is fine");
-        assert!(!dir.path().join(MANIFEST_FILE).exists());
-        out.abandon();
+        let (_, temp) = out.create_temp("contacts.csv").expect("temp");
         assert!(
-            dir.path().join("contacts.csv").exists(),
-            "data files stay until a run completes"
+            old_manifest.exists(),
+            "still vouches for the untouched files"
+        );
+        out.abandon();
+        assert!(!temp.exists());
+        assert_eq!(
+            fs::read(&old_manifest).expect("read"),
+            b"{\"complete\":true}"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("contacts.csv")).expect("read"),
+            b"id\n1\n"
+        );
+
+        // A run that fails after its first rename leaves no manifest over the mix.
+        let (out, _) = OutputDir::prepare(dir.path(), false).expect("again");
+        let (mut file, temp) = out.create_temp("contacts.csv").expect("temp");
+        file.write_all(b"id\n2\n").expect("write");
+        out.commit(&temp, "contacts.csv").expect("commit");
+        assert!(
+            !old_manifest.exists(),
+            "gone before the old file was replaced"
+        );
+        out.abandon();
+        assert!(!old_manifest.exists());
+        assert_eq!(
+            fs::read(dir.path().join("contacts.csv")).expect("read"),
+            b"id\n2\n"
         );
     }
 

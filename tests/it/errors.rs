@@ -156,11 +156,14 @@ fn a_tls_failure_is_reported_as_tls() {
 }
 
 #[test]
-fn a_failed_rerun_invalidates_the_previous_export() {
+fn a_failed_rerun_leaves_the_previous_export_whole() {
+    // The usual failure comes before any new file is ready (here a revoked token): last
+    // night's export, manifest included, must stay exactly as it was.
     let fake = Fake::with_contacts(100);
     let dir = tempfile::tempdir().expect("temp dir");
     assert_eq!(export(&fake.base_url(), "parquet", dir.path(), &[]).code, 0);
-    assert!(manifest(dir.path()).is_some());
+    let before = folder_contents(dir.path());
+    assert!(before.contains_key("manifest.json"));
     let out = dir.path().to_str().expect("path");
     let run = run_with_env(
         &[
@@ -176,10 +179,29 @@ fn a_failed_rerun_invalidates_the_previous_export() {
         &[("CHATWOOT_API_TOKEN", "revoked-token")],
     );
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(
-        manifest(dir.path()).is_none(),
-        "the old manifest must not vouch for a failed run"
+    assert_eq!(
+        folder_contents(dir.path()),
+        before,
+        "the previous export changed"
     );
+    assert_no_token(&run, dir.path());
+}
+
+/// Every file of `dir` (not its subfolders) by name, with its bytes.
+fn folder_contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("read"))
+        })
+        .collect()
 }
 
 #[test]
