@@ -126,27 +126,39 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         governor: None,
         speculate: true,
     };
-    if let Some(url) = settings.out.to_str().filter(|out| is_url(out)) {
-        // An object store: staged locally, then uploaded with the manifest last.
-        let target = runner::Target {
-            destination: url.to_owned(),
-            path: None,
-        };
+    if let Some(url) = object_store_url(&settings) {
         if settings.resume {
             return Err(Error::Usage(
                 "--resume works with a local --out folder only: run again without --resume".into(),
             ));
         }
-        let nonce = crate::rng::Rng::from_entropy().next_u64();
-        let vars = RunVars::now(settings.client.account_id, chrono::Utc::now(), nonce);
-        return runner::export_to(settings, &target, &vars)
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| error);
+        return export_to_object_store(settings, url).await;
     }
     let summary = export(&settings).await?;
     print_summary(&summary);
     check_drift(&summary)
+}
+
+/// `--out` when it names an object store (`s3://`, `gs://`, `az://`, `file://`) rather than
+/// a local folder.
+fn object_store_url(settings: &ExportSettings) -> Option<String> {
+    let out = settings.out.to_str()?;
+    is_url(out).then(|| out.to_owned())
+}
+
+/// Exports into a local staging folder, then uploads it to `url` with the manifest last
+/// (and prints the summary).
+async fn export_to_object_store(settings: ExportSettings, url: String) -> Result<(), Error> {
+    let target = runner::Target {
+        destination: url,
+        path: None,
+    };
+    let nonce = crate::rng::Rng::from_entropy().next_u64();
+    let vars = RunVars::now(settings.client.account_id, chrono::Utc::now(), nonce);
+    runner::export_to(settings, &target, &vars)
+        .await
+        .map(|_| ())
+        .map_err(|(error, _)| error)
 }
 
 async fn demo(args: DemoArgs) -> Result<(), Error> {
@@ -195,6 +207,13 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         governor: None,
         speculate: true,
     };
+    if let Some(url) = object_store_url(&settings) {
+        let result = export_to_object_store(settings, url.clone()).await;
+        server.shutdown().await;
+        result?;
+        println!("files: {url}");
+        return Ok(());
+    }
     let result = export(&settings).await;
     server.shutdown().await;
     let summary = result?;

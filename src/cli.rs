@@ -210,7 +210,7 @@ pub struct DemoArgs {
     /// Output file format.
     #[arg(long, value_enum, default_value_t = Format::Parquet)]
     pub format: Format,
-    /// Output folder.
+    /// Output folder, or an object store URL as for `contacts --out`.
     #[arg(long, value_name = "DIR", default_value = "chatwoot-export-demo")]
     pub out: PathBuf,
     /// Seed of the fake data.
