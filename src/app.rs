@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use indicatif::HumanCount;
 use url::{Host, Url};
 
 use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs, RunArgs, ValidateArgs};
@@ -372,16 +373,18 @@ pub(crate) fn print_summary(summary: &ExportSummary) {
 
 /// The human summary on stderr, naming `destination` as where the files went.
 pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
-    let listed = summary
-        .final_count
-        .map_or_else(|| "an unknown number".to_owned(), |n| n.to_string());
+    let listed = summary.final_count.map_or_else(
+        || "an unknown number".to_owned(),
+        |n| HumanCount(n).to_string(),
+    );
     let fetch = &summary.fetch;
+    // Counts with thousands separators: this is for people; programs read the manifest.
     eprintln!(
         "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
          ({} duplicates dropped, {} retries, {} rate-limited; the account lists {listed}) -> {destination}",
-        summary.contacts,
-        summary.inbox_links,
-        summary.pages,
+        HumanCount(summary.contacts),
+        HumanCount(summary.inbox_links),
+        HumanCount(summary.pages),
         summary.elapsed.as_secs_f64(),
         summary.duplicates_dropped,
         fetch.retries,
@@ -417,7 +420,7 @@ pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
         eprintln!(
             "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \
              contacts were added or deleted during the export; see count_difference in manifest.json",
-            summary.contacts
+            HumanCount(summary.contacts)
         );
     }
 }

@@ -117,6 +117,60 @@ fn validate_reports_every_problem_at_once_with_keys_and_lines() {
 }
 
 #[test]
+fn the_quick_start_demo_exports_the_builtin_fake_and_its_duckdb_hint_works() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("demo");
+    let run = run_with_env(
+        &[
+            "demo",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--no-progress",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("exported 1,500 contacts")
+            && run.stderr.contains("the account lists 1,500)"),
+        "{}",
+        run.stderr
+    );
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 1500,
+        seed: 42,
+        ..FakeServerConfig::default()
+    });
+    let truth = fake.truth();
+    let (contacts, inboxes) = expected::tables(&truth);
+    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+        assert_same(name, "parquet", table, &read(&out, name, "parquet", table));
+    }
+    // The one-liner it prints runs as printed (DuckDB's Python package in place of its CLI).
+    let sql = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("look:  duckdb -c \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no DuckDB hint in {:?}", run.stdout));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let query = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import duckdb, sys; print(len(duckdb.sql(sys.argv[1]).fetchall()))",
+            sql,
+        ])
+        .output()
+        .expect("python runs");
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&query.stdout).trim(), "5", "{sql}");
+}
+
+#[test]
 fn the_demo_pipeline_exports_the_builtin_fake() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("demo");
