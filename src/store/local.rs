@@ -8,9 +8,9 @@
 //! the new manifest is written only after every data file, so a folder whose manifest says
 //! complete always holds a complete export. Until that first rename the previous export stays
 //! whole, manifest included, so a run that fails while fetching (the usual failure: a network,
-//! a token, a server) leaves last night's export as readable and verifiable as before. Files are created owner-only (they hold personal
-//! data), folders this run creates too, and a folder holding anything but a previous export is
-//! refused without `--overwrite`. Nothing is ever written through a symbolic link: files are
+//! a token, a server) leaves last night's export as readable and verifiable as before. Files
+//! are created owner-only (they hold personal data), folders this run creates too, and a
+//! folder holding anything but a previous export is refused without `--overwrite`. Nothing is ever written through a symbolic link: files are
 //! created with create-new (which refuses links) and renamed over their final name (which
 //! replaces a link itself), and a link under one of the export's names is refused like any
 //! other foreign entry.
@@ -57,8 +57,9 @@ pub fn disk_hint(err: &io::Error) -> &'static str {
 pub struct OutputDir {
     root: PathBuf,
     work: PathBuf,
-    /// This run made the folder: a failure with nothing to keep removes it again.
-    created: bool,
+    /// The folders this run made, `root` first and then up its parents (`--out a/b/c` when
+    /// only `a` existed: `a/b/c` and `a/b`): a failure with nothing to keep removes them.
+    created: Vec<PathBuf>,
     /// The previous export's manifest is gone: set before the first data file is renamed
     /// into place.
     manifest_withdrawn: AtomicBool,
@@ -73,7 +74,12 @@ impl OutputDir {
             path: root.to_owned(),
             source,
         };
-        let created = fs::symlink_metadata(root).is_err();
+        let created: Vec<PathBuf> = root
+            .ancestors()
+            .filter(|folder| !folder.as_os_str().is_empty())
+            .take_while(|folder| fs::symlink_metadata(folder).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         owner_only_dir()
             .recursive(true)
             .create(root)
@@ -125,7 +131,7 @@ impl OutputDir {
         let dir = Self {
             root: root.to_owned(),
             work: root.join(WORK_DIR),
-            created: false,
+            created: Vec::new(),
             manifest_withdrawn: AtomicBool::new(false),
         };
         // Only a real folder of ours, never one behind a link.
@@ -224,15 +230,17 @@ impl OutputDir {
     }
 
     /// After a failed run with nothing worth resuming: removes temporary files and the work
-    /// folder, and the folder itself if this run made it (so a failed first run leaves no
-    /// empty folder behind). Nothing under a final name was touched, and no manifest says
-    /// complete.
+    /// folder, and the folders this run made, if empty (so a failed first run leaves no empty
+    /// folder behind). Nothing under a final name was touched, and no manifest says complete.
     pub fn abandon(self) {
         let _ = fs::remove_dir_all(&self.work);
         self.remove_temps();
-        if self.created {
-            // Only if empty: `remove_dir` never removes contents.
-            let _ = fs::remove_dir(&self.root);
+        // Only while empty: `remove_dir` never removes contents, and a parent another run has
+        // put something in since stays, with everything above it.
+        for folder in &self.created {
+            if fs::remove_dir(folder).is_err() {
+                break;
+            }
         }
     }
 
@@ -439,6 +447,28 @@ mod tests {
             let meta = fs::symlink_metadata(dir.path().join(name)).expect("meta");
             assert!(meta.is_file(), "{name} is now a file of its own");
         }
+    }
+
+    #[test]
+    fn a_failed_first_run_removes_the_folders_it_made_and_only_those() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        fs::create_dir(parent.path().join("exports")).expect("mkdir");
+        let root = parent.path().join("exports/2026-11-24/account-3");
+        let (out, _) = OutputDir::prepare(&root, false).expect("prepare");
+        out.create_work_file("rows").expect("work file");
+        out.abandon();
+        assert!(!parent.path().join("exports/2026-11-24").exists());
+        assert!(
+            parent.path().join("exports").is_dir(),
+            "it was there before"
+        );
+
+        // A made parent that has gained other content stays.
+        let (out, _) = OutputDir::prepare(&root, false).expect("prepare");
+        fs::write(parent.path().join("exports/2026-11-24/other.txt"), b"x").expect("write");
+        out.abandon();
+        assert!(!root.exists());
+        assert!(parent.path().join("exports/2026-11-24/other.txt").is_file());
     }
 
     #[cfg(unix)]
