@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use chatwoot_export::fake::FakeAccount;
 use chatwoot_export::idset::IdSet;
@@ -35,17 +35,7 @@ const FORMATS: [Format; 3] = [Format::Parquet, Format::Csv, Format::Ndjson];
 
 /// The page bodies, as the fake server sends them.
 fn pages() -> Vec<Vec<u8>> {
-    let account = FakeAccount::new(42, CONTACTS);
-    (0..CONTACTS.div_ceil(PAGE_SIZE))
-        .map(|page| {
-            let payload: Vec<Value> = (page * PAGE_SIZE..CONTACTS.min((page + 1) * PAGE_SIZE))
-                .map(|index| account.contact(index))
-                .collect();
-            let body = json!({"meta": {"count": CONTACTS, "current_page": (page + 1).to_string()},
-                              "payload": payload});
-            body.to_string().into_bytes()
-        })
-        .collect()
+    FakeAccount::new(42, CONTACTS).page_bodies(PAGE_SIZE)
 }
 
 fn work_dir() -> tempfile::TempDir {

@@ -193,6 +193,23 @@ impl FakeAccount {
         self.contacts == 0
     }
 
+    /// Every page of the listing in `created_at` order, `page_size` contacts each, as the
+    /// fake server renders them: the export's input without the network, for benchmarks.
+    pub fn page_bodies(&self, page_size: u64) -> Vec<Vec<u8>> {
+        (0..self.contacts.div_ceil(page_size))
+            .map(|page| {
+                let payload: Vec<Value> = (page * page_size
+                    ..self.contacts.min((page + 1) * page_size))
+                    .map(|index| self.contact(index))
+                    .collect();
+                let meta = json!({"count": self.contacts, "current_page": (page + 1).to_string()});
+                json!({"meta": meta, "payload": payload})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect()
+    }
+
     /// The contact id of the contact at `index`: ascending, with gaps (ids are global in
     /// Chatwoot, so an account's ids are sparse).
     pub fn id_of(index: u64) -> i64 {
