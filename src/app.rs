@@ -177,7 +177,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         })?;
     eprintln!(
         "chatwoot-export: demo: a fake Chatwoot with {} contacts is serving at {}",
-        args.contacts,
+        HumanCount(args.contacts),
         server.base_url()
     );
     let settings = ExportSettings {
