@@ -191,3 +191,25 @@ pub fn ndjson_ids(dir: &Path) -> Vec<i64> {
         })
         .collect()
 }
+
+/// The Python with the test readers and servers (`$PYTHON`, which tests/run.sh sets to its
+/// venv; `python3` otherwise).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs `python -c script args...`, asserts success and returns its stdout.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let python = python();
+    let output = Command::new(&python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {python}: {err}; run tests/run.sh"));
+    assert!(
+        output.status.success(),
+        "{python} -c {script:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

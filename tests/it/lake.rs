@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, TOKEN, run_with_env};
+use crate::harness::{Fake, TOKEN, python, run_python, run_with_env};
 use crate::readers::{assert_same, read, read_files};
 
 const BUCKET: &str = "lake";
@@ -42,24 +42,9 @@ fn wait_until_listening(port: u16, what: &str) {
     }
 }
 
-/// Runs `$PYTHON -c script args...` (the test venv: boto3, the Azure SDK) and asserts success.
-fn run_python(script: &str, args: &[&str]) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{python} -c {script:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// moto's S3 server on 127.0.0.1, killed by its PID when dropped.
 struct Moto {
-    child: Child,
+    _child: Server,
     endpoint: String,
 }
 
@@ -100,7 +85,7 @@ impl Moto {
     }
 
     fn launch(args: impl Fn(u16) -> Vec<String>) -> Self {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = python();
         let port = free_port();
         let child = Command::new(&python)
             .args(args(port))
@@ -108,9 +93,9 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {python} -m moto.server: {err}; run tests/run.sh (it installs moto[server])"));
+            .unwrap_or_else(|err| panic!("cannot run moto with {python}: {err}; run tests/run.sh (it installs moto[server])"));
         let moto = Self {
-            child,
+            _child: Server(child),
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         wait_until_listening(port, "moto");
@@ -148,13 +133,6 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Azurite's well-known development account and key (public, the emulator's only account).
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 const AZURITE_KEY: &str =
@@ -163,7 +141,7 @@ const AZURITE_KEY: &str =
 /// Azurite's Blob server on 127.0.0.1 (the binary in `$AZURITE`, which tests/run.sh installs
 /// with npm), killed by its PID when dropped, with its storage in a temporary folder.
 struct Azurite {
-    child: Child,
+    _child: Server,
     url: String,
     _storage: tempfile::TempDir,
 }
@@ -185,7 +163,7 @@ impl Azurite {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run {azurite}: {err}; run tests/run.sh (it installs Azurite with npm and sets AZURITE)"));
         let azurite = Self {
-            child,
+            _child: Server(child),
             url: format!("http://127.0.0.1:{port}"),
             _storage: storage,
         };
@@ -226,10 +204,13 @@ impl Azurite {
     }
 }
 
-impl Drop for Azurite {
+/// A server process this test started, killed by its PID when dropped.
+struct Server(Child);
+
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -8,7 +8,7 @@ use chatwoot_export::fake::{FakeServerConfig, FaultConfig};
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_with_env};
+use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_python, run_with_env};
 use crate::readers::{assert_same, read, read_files};
 
 fn pipelines() -> Vec<PathBuf> {
@@ -116,6 +116,20 @@ fn validate_reports_every_problem_at_once_with_keys_and_lines() {
     assert!(run.stderr.contains("5 problems"), "{}", run.stderr);
 }
 
+/// Asserts that the Parquet tables in `out` hold the built-in fake account of `seed` (1,500
+/// contacts): the same account, started here, is the ground truth.
+fn assert_is_builtin_fake(out: &Path, seed: u64) {
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 1500,
+        seed,
+        ..FakeServerConfig::default()
+    });
+    let (contacts, inboxes) = expected::tables(&fake.truth());
+    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
+        assert_same(name, "parquet", table, &read(out, name, "parquet", table));
+    }
+}
+
 #[test]
 fn the_quick_start_demo_exports_the_builtin_fake_and_its_duckdb_hint_works() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -136,16 +150,7 @@ fn the_quick_start_demo_exports_the_builtin_fake_and_its_duckdb_hint_works() {
         "{}",
         run.stderr
     );
-    let fake = Fake::start(FakeServerConfig {
-        contacts: 1500,
-        seed: 42,
-        ..FakeServerConfig::default()
-    });
-    let truth = fake.truth();
-    let (contacts, inboxes) = expected::tables(&truth);
-    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
-        assert_same(name, "parquet", table, &read(&out, name, "parquet", table));
-    }
+    assert_is_builtin_fake(&out, 42);
     // The one-liner it prints runs as printed (DuckDB's Python package in place of its CLI).
     let sql = run
         .stdout
@@ -153,21 +158,11 @@ fn the_quick_start_demo_exports_the_builtin_fake_and_its_duckdb_hint_works() {
         .find_map(|line| line.strip_prefix("look:  duckdb -c \""))
         .and_then(|rest| rest.strip_suffix('"'))
         .unwrap_or_else(|| panic!("no DuckDB hint in {:?}", run.stdout));
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let query = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import duckdb, sys; print(len(duckdb.sql(sys.argv[1]).fetchall()))",
-            sql,
-        ])
-        .output()
-        .expect("python runs");
-    assert!(
-        query.status.success(),
-        "{}",
-        String::from_utf8_lossy(&query.stderr)
+    let rows = run_python(
+        "import duckdb, sys; print(len(duckdb.sql(sys.argv[1]).fetchall()))",
+        &[sql],
     );
-    assert_eq!(String::from_utf8_lossy(&query.stdout).trim(), "5", "{sql}");
+    assert_eq!(rows.trim(), "5", "{sql}");
 }
 
 #[test]
@@ -190,17 +185,7 @@ fn the_demo_pipeline_exports_the_builtin_fake() {
     let report: Value = serde_json::from_str(&run.stdout).expect("--json prints JSON on stdout");
     assert_eq!(report["status"], "complete");
     assert_eq!(report["accounts"][0]["rows"]["contacts"], 1500);
-    // The same fake account, started here, is the ground truth.
-    let fake = Fake::start(FakeServerConfig {
-        contacts: 1500,
-        seed: 43,
-        ..FakeServerConfig::default()
-    });
-    let truth = fake.truth();
-    let (contacts, inboxes) = expected::tables(&truth);
-    for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
-        assert_same(name, "parquet", table, &read(&out, name, "parquet", table));
-    }
+    assert_is_builtin_fake(&out, 43);
 }
 
 #[test]

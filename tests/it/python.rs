@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Fake, export};
+use crate::harness::{Fake, export, python};
 
 #[test]
 fn pyarrow_duckdb_and_polars_agree_with_the_ground_truth() {
@@ -12,7 +12,7 @@ fn pyarrow_duckdb_and_polars_agree_with_the_ground_truth() {
     let truth_path = work.path().join("truth.ndjson");
     let truth: String = fake.truth().iter().map(|c| format!("{c}\n")).collect();
     std::fs::write(&truth_path, truth).expect("write truth");
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers/check_export.py");
     let split = ["--rows-per-file", "250", "--compression", "snappy"];
     let cases: [(&str, &str, &[&str]); 4] = [
