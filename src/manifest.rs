@@ -36,6 +36,9 @@ pub struct Manifest {
     pub retries: u64,
     /// Requests answered 429 by the server's rate limit.
     pub throttled: u64,
+    /// Custom attribute definitions that typed `custom_attributes__*` columns; null when they
+    /// could not be read (the columns were typed from their values alone).
+    pub custom_attribute_definitions: Option<u64>,
     /// What the drift repair found.
     pub drift: crate::pipeline::RepairReport,
     /// How many times the export was resumed after an interruption.

@@ -239,6 +239,18 @@ impl FakeServer {
         )
     }
 
+    /// The custom attribute definitions the first account serves.
+    pub fn live_definitions(&self) -> Value {
+        self.definitions_of(self.shared.config.account_id)
+            .unwrap_or_default()
+    }
+
+    /// The custom attribute definitions account `account_id` serves, as the API renders them.
+    pub fn definitions_of(&self, account_id: u64) -> Option<Value> {
+        let served = self.shared.served(account_id)?;
+        Some(served.account.custom_attribute_definitions())
+    }
+
     fn first(&self) -> &Served {
         &self.shared.accounts[0]
     }
@@ -399,37 +411,14 @@ fn page_response(
     query: &HashMap<String, String>,
     filter: Option<DayRange>,
 ) -> Response {
-    let request = shared.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let (current_page, page) = match query.get("page") {
         Some(raw) => (Value::from(raw.as_str()), ruby_to_i(raw)),
         None => (Value::from(1), 1),
     };
     let page = page.max(1) as u64;
-    // Rack-attack answers before the application looks at the token.
-    let fault = shared.faults.decide(request, page);
-    if fault == Fault::Throttle {
-        shared.stats.throttled.fetch_add(1, Ordering::SeqCst);
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "Retry later\n",
-        )
-            .into_response();
-    }
-    if let Fault::ServerError(status) = fault {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (
-            status,
-            [(header::CONTENT_TYPE, "text/html")],
-            "<html><body><h1>We're sorry, but something went wrong.</h1></body></html>",
-        )
-            .into_response();
-    }
-    if let Some(refusal) = refuse(shared, headers, account_id) {
-        return refusal;
-    }
-    let Some(served) = account_id.parse().ok().and_then(|id| shared.served(id)) else {
-        return StatusCode::NOT_FOUND.into_response();
+    let (request, fault, served) = match admit(shared, headers, account_id, page) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
     };
     if fault == Fault::Malformed {
         let truncated = r#"{"meta": {"count": 1, "current_page": "1"}, "payl"#;
@@ -475,6 +464,53 @@ fn page_response(
         json!({"meta": {"count": total, "current_page": current_page}, "payload": payload})
             .to_string()
     };
+    json_answer(fault, body)
+}
+
+/// What every API request meets before the controller: the request count, rack-attack and
+/// the fault plan, then the token and the account. `Err` is the answer that ends it there.
+fn admit<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+    account_id: &str,
+    page: u64,
+) -> Result<(u64, Fault, &'a Served), Box<Response>> {
+    let request = shared.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    // Rack-attack answers before the application looks at the token.
+    let fault = shared.faults.decide(request, page);
+    if fault == Fault::Throttle {
+        shared.stats.throttled.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "Retry later\n",
+            )
+                .into_response(),
+        ));
+    }
+    if let Fault::ServerError(status) = fault {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(Box::new(
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body><h1>We're sorry, but something went wrong.</h1></body></html>",
+            )
+                .into_response(),
+        ));
+    }
+    if let Some(refusal) = refuse(shared, headers, account_id) {
+        return Err(Box::new(refusal));
+    }
+    let Some(served) = account_id.parse().ok().and_then(|id| shared.served(id)) else {
+        return Err(Box::new(StatusCode::NOT_FOUND.into_response()));
+    };
+    Ok((request, fault, served))
+}
+
+/// A 200 JSON answer, or half of it and a dropped connection when the fault plan says so.
+fn json_answer(fault: Fault, body: String) -> Response {
     if fault == Fault::DropConnection {
         // Half the body, then the connection goes away.
         let half = Bytes::from(body.into_bytes()).slice(..);
@@ -538,21 +574,23 @@ fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
     }
 }
 
+/// The definitions, behind the same count, rate limit, faults and latency as the pages (a
+/// real server's rack-attack counts every request).
 async fn list_definitions(
     State(shared): State<Arc<Shared>>,
     Path(account_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = refuse(&shared, &headers, &account_id) {
-        return refusal;
-    }
-    match account_id.parse().ok().and_then(|id| shared.served(id)) {
-        Some(served) => json_response(
-            StatusCode::OK,
-            &served.account.custom_attribute_definitions(),
+    let answer_at = tokio::time::Instant::now() + shared.config.latency;
+    let response = match admit(&shared, &headers, &account_id, 0) {
+        Ok((_, fault, served)) => json_answer(
+            fault,
+            served.account.custom_attribute_definitions().to_string(),
         ),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+        Err(refusal) => *refusal,
+    };
+    tokio::time::sleep_until(answer_at).await;
+    response
 }
 
 /// The listing order for a `sort` parameter, or `None` for index order (`created_at`

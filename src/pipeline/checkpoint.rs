@@ -92,6 +92,10 @@ pub struct WalkState {
     /// True if any page's `meta.count` differed from page 1's: the account changed.
     #[serde(default)]
     pub count_changed: bool,
+    /// How many custom attribute definitions typed columns (None: none could be read, so the
+    /// columns are typed from their values alone).
+    #[serde(default)]
+    pub attribute_definitions: Option<u64>,
 }
 
 impl WalkState {

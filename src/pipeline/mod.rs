@@ -373,6 +373,7 @@ async fn run(
         requests: status.governor.sent,
         retries: status.retries,
         throttled: status.governor.throttled,
+        custom_attribute_definitions: walk_state.attribute_definitions,
         drift,
         resumes,
         keep_inbox_secrets: settings.keep_inbox_secrets,

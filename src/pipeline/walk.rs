@@ -27,7 +27,7 @@ use super::checkpoint::WalkState;
 use super::collector::Collector;
 use super::saver::Saver;
 use crate::progress::Progress;
-use crate::source::{ContactsPage, FetchError, Fetcher};
+use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
 
 /// Pages requested together with page 1, before the plan is known (as many as the adaptive
 /// concurrency starts with).
@@ -102,8 +102,19 @@ pub async fn walk(
         lookahead: lookahead.max(1),
     };
     if state.next_page <= 1 {
+        // Asked for before page 1 and with it: the definitions must type the columns before
+        // page 1's contacts are flattened, and this way waiting for them costs no round trip.
+        let definitions = tokio::spawn({
+            let fetcher = Arc::clone(fetcher);
+            async move { fetcher.attribute_definitions().await }
+        });
         window.fill(if speculate { SPECULATIVE_START } else { 1 });
-        let (_, arrival, first) = window.next_page().await.unwrap_or_else(no_page)?;
+        let first = window.next_page().await.unwrap_or_else(no_page);
+        if first.is_err() {
+            definitions.abort();
+        }
+        let (_, arrival, first) = first?;
+        state.attribute_definitions = declare_definitions(collector, definitions.await?);
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
@@ -151,6 +162,31 @@ pub async fn walk(
         saver.save(collector, state, false)?;
     }
     saver.save(collector, state, true)
+}
+
+/// Types the custom attribute columns from the definitions; without them (an old server, a
+/// proxy that blocks the path, a failed request) the export goes on, typed from values, and
+/// says so. Returns how many definitions typed a column.
+fn declare_definitions(
+    collector: &mut Collector,
+    fetched: Result<Vec<AttributeDefinition>, FetchError>,
+) -> Option<u64> {
+    match fetched {
+        Ok(definitions) => Some(
+            collector.flattener.declare_custom_attributes(
+                definitions
+                    .iter()
+                    .map(|d| (d.key.as_str(), d.display_type.as_str())),
+            ),
+        ),
+        Err(error) => {
+            eprintln!(
+                "chatwoot-export: warning: cannot read the custom attribute definitions ({}); custom_attributes columns are typed from their values alone",
+                error.short_cause()
+            );
+            None
+        }
+    }
 }
 
 /// `fill` always requests the page `next_page` waits for; an error rather than a panic if not.

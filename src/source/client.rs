@@ -15,6 +15,7 @@ use reqwest::{StatusCode, redirect};
 use serde_json::Value;
 use url::Url;
 
+use super::definitions::{AttributeDefinition, parse_definitions};
 use super::error::{ConnectCause, FetchError};
 use super::page::ContactsPage;
 use super::retry::{parse_http_date, parse_retry_after};
@@ -32,17 +33,17 @@ pub struct ClientOptions {
     pub timeout: Duration,
 }
 
-/// One request's outcome, with what the answer said about time.
+/// One request's outcome (a page, unless said otherwise), with what the answer said about time.
 #[derive(Debug)]
-pub struct Attempt {
-    pub outcome: Result<ContactsPage, FetchError>,
+pub struct Attempt<T = ContactsPage> {
+    pub outcome: Result<T, FetchError>,
     /// The answer's `Date` header.
     pub date: Option<SystemTime>,
     /// The answer's `Retry-After` header, as a delay.
     pub retry_after: Option<std::time::Duration>,
 }
 
-impl Attempt {
+impl<T> Attempt<T> {
     fn failed(error: FetchError) -> Self {
         Self {
             outcome: Err(error),
@@ -76,7 +77,7 @@ impl ContactsClient {
             .timeout(options.timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        let url = contacts_url(&options.base_url, options.account_id);
+        let url = account_url(&options.base_url, options.account_id, "contacts");
         let origin = options.base_url.origin().ascii_serialization();
         Ok(Self {
             http,
@@ -97,7 +98,21 @@ impl ContactsClient {
         url.query_pairs_mut()
             .append_pair("page", &page.to_string())
             .append_pair("sort", &self.options.sort);
-        self.send(page, self.http.get(url)).await
+        self.send(page, self.http.get(url), parse_page).await
+    }
+
+    /// Fetches the account's custom attribute definitions. Errors name it as page 0: the
+    /// caller words its own message.
+    pub async fn attribute_definitions(&self) -> Attempt<Vec<AttributeDefinition>> {
+        let url = account_url(
+            &self.options.base_url,
+            self.options.account_id,
+            "custom_attribute_definitions",
+        );
+        self.send(0, self.http.get(url), |body| {
+            parse_definitions(body).map_err(|err| err.to_string())
+        })
+        .await
     }
 
     /// Fetches one page of the contacts created after `after_day` and before `before_day`
@@ -132,10 +147,15 @@ impl ContactsClient {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.send(page, request).await
+        self.send(page, request, parse_page).await
     }
 
-    async fn send(&self, page: u64, request: reqwest::RequestBuilder) -> Attempt {
+    async fn send<T>(
+        &self,
+        page: u64,
+        request: reqwest::RequestBuilder,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Attempt<T> {
         let response = match request.send().await {
             Ok(response) => response,
             Err(err) => return Attempt::failed(self.transport_error(page, &err)),
@@ -166,10 +186,7 @@ impl ContactsClient {
             match response.bytes().await {
                 Err(err) => Err(self.transport_error(page, &err)),
                 Ok(body) if !status.is_success() => Err(self.status_error(page, status, &body)),
-                Ok(body) => ContactsPage::from_body(&body).map_err(|err| FetchError::InvalidPage {
-                    page,
-                    detail: err.to_string(),
-                }),
+                Ok(body) => parse(&body).map_err(|detail| FetchError::InvalidPage { page, detail }),
             }
         };
         Attempt {
@@ -258,12 +275,16 @@ impl ContactsClient {
     }
 }
 
-/// `{base}/api/v1/accounts/{id}/contacts`, keeping any path prefix of the base URL (Chatwoot
+fn parse_page(body: &[u8]) -> Result<ContactsPage, String> {
+    ContactsPage::from_body(body).map_err(|err| err.to_string())
+}
+
+/// `{base}/api/v1/accounts/{id}/{resource}`, keeping any path prefix of the base URL (Chatwoot
 /// served under `/chatwoot`, say).
-fn contacts_url(base: &Url, account_id: u64) -> Url {
+fn account_url(base: &Url, account_id: u64, resource: &str) -> Url {
     let mut url = base.clone();
     let prefix = base.path().trim_end_matches('/');
-    url.set_path(&format!("{prefix}/api/v1/accounts/{account_id}/contacts"));
+    url.set_path(&format!("{prefix}/api/v1/accounts/{account_id}/{resource}"));
     url.set_query(None);
     url.set_fragment(None);
     url
@@ -378,7 +399,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contacts_url_keeps_a_path_prefix() {
+    fn account_urls_keep_a_path_prefix() {
         let cases = [
             (
                 "https://app.chatwoot.com",
@@ -395,7 +416,7 @@ mod tests {
         ];
         for (base, expected) in cases {
             let base = Url::parse(base).expect("valid url");
-            assert_eq!(contacts_url(&base, 7).as_str(), expected);
+            assert_eq!(account_url(&base, 7, "contacts").as_str(), expected);
         }
     }
 

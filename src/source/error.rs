@@ -111,6 +111,31 @@ impl FetchError {
         matches!(self, Self::Unauthorized { .. } | Self::Forbidden { .. })
     }
 
+    /// What went wrong in a few words, without the page or advice: for a request that is not
+    /// a page (the attribute definitions), whose failure is a warning, not the run's error.
+    pub fn short_cause(&self) -> String {
+        match self.last() {
+            Self::Unauthorized { server_says, .. } => format!("HTTP 401: {server_says}"),
+            Self::Forbidden { server_says, .. } => format!("HTTP 403: {server_says}"),
+            Self::AccountNotFound { .. } => "HTTP 404".into(),
+            Self::RateLimited { .. } => "HTTP 429".into(),
+            Self::Status {
+                status,
+                server_says,
+                ..
+            } => format!("HTTP {status}: {server_says}"),
+            Self::CrossOriginRedirect { status, .. } => {
+                format!("HTTP {status}, a redirect to another origin")
+            }
+            Self::TooManyRedirects { .. } => "too many redirects".into(),
+            Self::Connect { .. } => "cannot connect".into(),
+            Self::Timeout { secs, .. } => format!("timed out after {secs} s"),
+            Self::BodyDropped { .. } => "the connection dropped".into(),
+            Self::InvalidPage { detail, .. } => format!("not the expected JSON: {detail}"),
+            Self::GaveUp { attempts, .. } => format!("gave up after {attempts} attempts"),
+        }
+    }
+
     /// The error behind retries, if this is one that gave up.
     pub fn last(&self) -> &FetchError {
         match self {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use super::client::{Attempt, ContactsClient};
 use super::concurrency::AdaptiveConcurrency;
+use super::definitions::AttributeDefinition;
 use super::error::FetchError;
 use super::governor::{GovernorStatus, RateGovernor};
 use super::page::ContactsPage;
@@ -22,6 +23,10 @@ use crate::rng::Rng;
 /// Until the server has answered once, a connection error is retried only this often: a
 /// server that never answered is more likely a wrong --base-url than a passing fault.
 const RETRIES_BEFORE_FIRST_ANSWER: u32 = 2;
+
+/// The attribute definitions are worth a retry or two, not the wait a page is worth: the
+/// export goes on without them, and page 1's contacts wait for them.
+const DEFINITIONS_RETRIES: u32 = 2;
 
 /// A page gives up after this many 429s in a row: the server's limit is not one a window
 /// can satisfy (another client on the same IP uses all of it, say).
@@ -93,7 +98,8 @@ impl Fetcher {
 
     /// Page `page` (1-based) of the contact list.
     pub async fn page(&self, page: u64) -> Result<ContactsPage, FetchError> {
-        self.with_retries(page, || self.client.page(page)).await
+        self.with_retries(page, self.retry.max_retries, || self.client.page(page))
+            .await
     }
 
     /// Page `page` of the contacts created between two days (exclusive, either open).
@@ -103,10 +109,18 @@ impl Fetcher {
         after_day: Option<&str>,
         before_day: Option<&str>,
     ) -> Result<ContactsPage, FetchError> {
-        self.with_retries(page, || {
+        self.with_retries(page, self.retry.max_retries, || {
             self.client.filter_page(page, after_day, before_day)
         })
         .await
+    }
+
+    /// The account's custom attribute definitions (contact attributes only), through the same
+    /// budget, concurrency and retries as the pages.
+    pub async fn attribute_definitions(&self) -> Result<Vec<AttributeDefinition>, FetchError> {
+        let retries = self.retry.max_retries.min(DEFINITIONS_RETRIES);
+        self.with_retries(0, retries, || self.client.attribute_definitions())
+            .await
     }
 
     pub fn status(&self) -> FetchStatus {
@@ -121,10 +135,15 @@ impl Fetcher {
         }
     }
 
-    async fn with_retries<F, Fut>(&self, page: u64, attempt: F) -> Result<ContactsPage, FetchError>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        page: u64,
+        max_retries: u32,
+        attempt: F,
+    ) -> Result<T, FetchError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Attempt>,
+        Fut: Future<Output = Attempt<T>>,
     {
         let mut rng = Rng::from_entropy();
         let (mut retries, mut throttles) = (0u32, 0u32);
@@ -168,9 +187,9 @@ impl Fetcher {
             }
             permit.done(true);
             let max_retries = if connect_error && !self.answered.load(Ordering::Relaxed) {
-                self.retry.max_retries.min(RETRIES_BEFORE_FIRST_ANSWER)
+                max_retries.min(RETRIES_BEFORE_FIRST_ANSWER)
             } else {
-                self.retry.max_retries
+                max_retries
             };
             if retries >= max_retries {
                 return Err(self.gave_up(page, retries + 1, error));

@@ -17,7 +17,7 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::schema::{ColumnType, TableSchema, parse_timestamp, secs_to_micros};
+use super::schema::{ColumnType, TableSchema, number_in_text, parse_timestamp, secs_to_micros};
 use super::spill::{EncodedRow, RawCell, RowBuffer};
 use super::{CellRef, Row};
 
@@ -40,7 +40,9 @@ impl ColumnBuilder {
         match ty {
             ColumnType::Bool => Self::Bool(BooleanBuilder::with_capacity(BATCH_ROWS)),
             ColumnType::Int => Self::Int(Int64Builder::with_capacity(BATCH_ROWS)),
-            ColumnType::Float => Self::Float(Float64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Float | ColumnType::Number => {
+                Self::Float(Float64Builder::with_capacity(BATCH_ROWS))
+            }
             ColumnType::Timestamp => Self::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
             ),
@@ -58,6 +60,13 @@ impl ColumnBuilder {
             (Self::Int(b), Some(RawCell::Int(v))) => b.append_value(v),
             (Self::Float(b), Some(RawCell::Float(v))) => b.append_value(v),
             (Self::Float(b), Some(RawCell::Int(v))) => b.append_value(v as f64),
+            // Only a `Number` column holds text, and only text `number_in_text` reads.
+            (Self::Float(b), Some(RawCell::Str(s))) => b.append_option(
+                std::str::from_utf8(s)
+                    .ok()
+                    .and_then(number_in_text)
+                    .flatten(),
+            ),
             (Self::Timestamp(b), Some(RawCell::Int(secs))) => b.append_option(secs_to_micros(secs)),
             (Self::Timestamp(b), Some(RawCell::Str(s))) => {
                 b.append_option(std::str::from_utf8(s).ok().and_then(parse_timestamp))
@@ -236,22 +245,27 @@ mod tests {
             &[],
         );
         let (mixed, score) = (shape.intern("mixed"), shape.intern("score"));
+        shape.declare("price", ColumnType::Number);
+        let price = shape.id_of("price").expect("declared");
         let rows: Vec<Row> = vec![
             vec![
                 (0, Cell::Int(1)),
                 (1, Cell::Int(1_700_000_000)),
                 (mixed, Cell::Int(5)),
                 (score, Cell::Int(2)),
+                (price, Cell::Str("1234.56".into())),
             ],
             vec![
                 (0, Cell::Int(2)),
                 (mixed, Cell::Str("A-1".into())),
                 (score, Cell::Float(2.5)),
+                (price, Cell::Int(7)),
             ],
             vec![
                 (0, Cell::Int(3)),
                 (1, Cell::Str("2024-01-01T00:00:00.5Z".into())),
                 (mixed, Cell::Bool(true)),
+                (price, Cell::Str(" ".into())),
             ],
         ];
         for row in &rows {
@@ -279,9 +293,13 @@ mod tests {
             (mixed.value(0), mixed.value(1), mixed.value(2)),
             ("5", "A-1", "true")
         );
-        let score = batch.column(3).as_primitive::<Float64Type>();
+        // Output order: declared, then by name (mixed, price, score).
+        let score = batch.column(4).as_primitive::<Float64Type>();
         assert_eq!((score.value(0), score.value(1)), (2.0, 2.5));
         assert!(score.is_null(2));
+        let price = batch.column(3).as_primitive::<Float64Type>();
+        assert_eq!((price.value(0), price.value(1)), (1234.56, 7.0));
+        assert!(price.is_null(2), "blank text in a number column is null");
         assert_eq!(
             batch
                 .column(0)

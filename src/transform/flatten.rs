@@ -123,6 +123,34 @@ impl Default for Flattener {
 }
 
 impl Flattener {
+    /// Types the `custom_attributes__<key>` columns from the account's attribute definitions
+    /// (key, display type) before any contact is seen, so a column's type follows what the
+    /// attribute is, not which values tonight's contacts happen to hold, and a defined
+    /// attribute nobody has set yet is still a column. Values that do not fit widen the column
+    /// as usual (a date attribute holding "soon" becomes text). Returns how many definitions
+    /// typed a column (an unknown display type is left to the values).
+    pub fn declare_custom_attributes<'a>(
+        &mut self,
+        definitions: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> u64 {
+        let mut declared = 0;
+        for (key, display_type) in definitions {
+            let floor = match display_type {
+                "number" | "currency" | "percent" => ColumnType::Number,
+                "checkbox" => ColumnType::Bool,
+                "date" => ColumnType::Timestamp,
+                "text" | "link" | "list" => ColumnType::String,
+                _ => continue,
+            };
+            self.name.clear();
+            self.name.push_str("custom_attributes__");
+            self.name.push_str(key);
+            self.contacts.declare(&self.name, floor);
+            declared += 1;
+        }
+        declared
+    }
+
     /// Flattens one contact's JSON text into `out` (cleared first): the same rows, columns and
     /// types as `flatten` on the parsed text, without building the `Value`.
     pub fn flatten_json(

@@ -4,7 +4,9 @@
 //! and, at the end, the final `TableSchema`: columns in their contract order (the declared API
 //! fields first, then the rest grouped by prefix and sorted by name) with one type each.
 //! Invariant: a column's type only widens (null -> bool/int/timestamp -> float -> string), so
-//! every value seen can be written losslessly in the final type.
+//! every value seen can be written losslessly in the final type. A column can also start from a
+//! floor that a custom attribute's definition sets (`declare`); `Number`, float64 that also
+//! takes numbers written as text, exists only as such a floor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ pub enum ColumnType {
     Float,
     /// Unix seconds or RFC 3339 text; UTC timestamps in Parquet, ISO 8601 text elsewhere.
     Timestamp,
+    /// float64 for a custom attribute defined as number, currency or percent: JSON numbers and
+    /// text that holds one (`"1234.56"`, as the dashboard saves currency and percent; blank
+    /// text is null). Only a definition starts a column here; other text widens it to String.
+    Number,
     /// Text; values of other kinds are written as their JSON text.
     String,
 }
@@ -43,6 +49,9 @@ impl ColumnType {
             (T::Timestamp, C::Int(secs)) if secs_to_micros(secs).is_some() => T::Timestamp,
             (T::Timestamp, C::Str(text)) if parse_timestamp(text).is_some() => T::Timestamp,
             (T::Timestamp, _) => T::String,
+            (T::Number, C::Int(_) | C::Float(_)) => T::Number,
+            (T::Number, C::Str(text)) if number_in_text(text).is_some() => T::Number,
+            (T::Number, _) => T::String,
             (T::Null | T::Bool, C::Bool(_)) => T::Bool,
             (T::Null | T::Int, C::Int(_)) => T::Int,
             (T::Null | T::Int | T::Float, C::Int(_) | C::Float(_)) => T::Float,
@@ -55,7 +64,7 @@ impl ColumnType {
             ColumnType::Null | ColumnType::String => DataType::Utf8,
             ColumnType::Bool => DataType::Boolean,
             ColumnType::Int => DataType::Int64,
-            ColumnType::Float => DataType::Float64,
+            ColumnType::Float | ColumnType::Number => DataType::Float64,
             ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         }
     }
@@ -66,7 +75,7 @@ impl ColumnType {
             ColumnType::Null | ColumnType::String => "string",
             ColumnType::Bool => "boolean",
             ColumnType::Int => "int64",
-            ColumnType::Float => "float64",
+            ColumnType::Float | ColumnType::Number => "float64",
             ColumnType::Timestamp => "timestamp",
         }
     }
@@ -84,6 +93,25 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.timestamp_micros())
+}
+
+/// The number a `Number` column holds for `text`: `Some(None)` for blank text (null),
+/// `Some(Some(x))` for a finite decimal number, surrounding spaces allowed; `None` for anything
+/// else (`"1,234"`, `"NaN"`, `"12 USD"`), which makes the column text.
+pub fn number_in_text(text: &str) -> Option<Option<f64>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some(None);
+    }
+    // Rust also parses "inf" and "nan"; JSON numbers and spreadsheets' decimals only.
+    let decimal = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    let value: f64 = text
+        .parse()
+        .ok()
+        .filter(|v: &f64| decimal && v.is_finite())?;
+    Some(Some(value))
 }
 
 /// The columns one table has met so far.
@@ -131,6 +159,15 @@ impl TableShape {
         self.types.push(ColumnType::Null);
         self.ids.insert(name.to_owned(), id);
         id
+    }
+
+    /// Registers column `name` with type `floor` if it is new (a definition says what the
+    /// column holds before any value does); a column already met keeps its type.
+    pub fn declare(&mut self, name: &str, floor: ColumnType) {
+        if self.id_of(name).is_none() {
+            let id = self.intern(name);
+            self.types[id as usize] = floor;
+        }
     }
 
     /// The columns met so far, in id order (what a checkpoint saves).
@@ -281,10 +318,43 @@ mod tests {
             ),
             (T::Timestamp, s(), T::String),
             (T::Timestamp, Cell::Float(1.5), T::String),
+            (T::Number, Cell::Int(3), T::Number),
+            (T::Number, Cell::Float(2.5), T::Number),
+            (T::Number, Cell::Str(" 1234.56 ".into()), T::Number),
+            (T::Number, Cell::Str("".into()), T::Number),
+            (T::Number, Cell::Str("1,234".into()), T::String),
+            (T::Number, Cell::Str("NaN".into()), T::String),
+            (T::Number, Cell::Bool(true), T::String),
         ];
         for (from, cell, to) in cases {
             assert_eq!(from.widen(&cell), to, "{from:?} + {cell:?}");
         }
+    }
+
+    #[test]
+    fn number_text_is_a_finite_decimal_or_blank() {
+        assert_eq!(number_in_text("12.50"), Some(Some(12.5)));
+        assert_eq!(number_in_text("-3e2"), Some(Some(-300.0)));
+        assert_eq!(number_in_text("  "), Some(None));
+        for not_a_number in ["inf", "nan", "1e999", "12 USD", "1,5", "0x10", "--1"] {
+            assert_eq!(number_in_text(not_a_number), None, "{not_a_number}");
+        }
+    }
+
+    #[test]
+    fn a_declared_floor_applies_only_to_new_columns() {
+        let mut shape = TableShape::new(&[("id", ColumnType::Int)], &[]);
+        let seen = shape.intern("seen");
+        shape.observe(seen, &Cell::Str("x".into()));
+        shape.declare("seen", ColumnType::Number);
+        shape.declare("defined", ColumnType::Number);
+        let defined = shape.id_of("defined").expect("declared");
+        shape.observe(defined, &Cell::Int(4));
+        let types: Vec<ColumnType> = shape.columns().into_iter().map(|c| c.ty).collect();
+        assert_eq!(
+            types,
+            [ColumnType::Int, ColumnType::String, ColumnType::Number]
+        );
     }
 
     #[test]

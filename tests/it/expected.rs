@@ -48,6 +48,9 @@ impl Table {
 fn normalize(raw: &Value, kind: Kind) -> Value {
     match (raw, kind) {
         (Value::Null, _) => Value::Null,
+        // Text in a number or date attribute's column (only a definition allows it).
+        (Value::String(s), Kind::Float) => number_text(s).map_or(Value::Null, Value::from),
+        (Value::String(s), Kind::Timestamp) => Value::from(rfc3339_seconds(s).expect("a date")),
         (Value::String(s), Kind::Str) => Value::String(s.clone()),
         (other, Kind::Str) => Value::String(other.to_string()),
         (Value::Number(n), Kind::Float) => Value::from(n.as_f64().expect("number")),
@@ -80,8 +83,63 @@ const INBOX_COLUMNS: [(&str, Kind); 8] = [
     ("inbox__provider", Kind::Str),
 ];
 
-/// The `contacts` and `contact_inboxes` tables the contract derives from `truth`.
-pub fn tables(truth: &[Value]) -> (Table, Table) {
+/// The kind a custom attribute's display type gives its column before any value is seen.
+fn defined_kind(display_type: &str) -> Option<Kind> {
+    Some(match display_type {
+        "number" | "currency" | "percent" => Kind::Float,
+        "checkbox" => Kind::Bool,
+        "date" => Kind::Timestamp,
+        "text" | "link" | "list" => Kind::Str,
+        _ => return None,
+    })
+}
+
+/// Whether `value` can be written in a column that a definition gave `kind`; one value that
+/// cannot makes the column text.
+fn fits(kind: Kind, value: &Value) -> bool {
+    match (kind, value) {
+        (_, Value::Null) | (Kind::Str, _) | (Kind::Bool, Value::Bool(_)) => true,
+        (Kind::Float, Value::Number(_)) => true,
+        (Kind::Float, Value::String(s)) => s.trim().is_empty() || number_text(s).is_some(),
+        (Kind::Timestamp, Value::Number(n)) => n.is_i64(),
+        (Kind::Timestamp, Value::String(s)) => rfc3339_seconds(s).is_some(),
+        _ => false,
+    }
+}
+
+/// A decimal number written as text (`" 12.50 "`); blank text and anything else: None.
+fn number_text(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let decimal = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
+    let value: f64 = text.parse().ok()?;
+    (decimal && value.is_finite()).then_some(value)
+}
+
+fn rfc3339_seconds(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// The `contacts` and `contact_inboxes` tables the contract derives from `truth` and the
+/// account's custom attribute `definitions` (the JSON array the API serves).
+pub fn tables(truth: &[Value], definitions: &Value) -> (Table, Table) {
+    let defined: BTreeMap<String, Kind> = definitions
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|d| d["attribute_model"] == "contact_attribute")
+        .filter_map(|d| {
+            let kind = defined_kind(d["attribute_display_type"].as_str()?)?;
+            Some((
+                format!("custom_attributes__{}", d["attribute_key"].as_str()?),
+                kind,
+            ))
+        })
+        .collect();
     let mut contacts = Vec::new();
     let mut inboxes = Vec::new();
     for contact in truth {
@@ -114,9 +172,10 @@ pub fn tables(truth: &[Value]) -> (Table, Table) {
         table(
             &CONTACT_COLUMNS,
             &["additional_attributes__", "custom_attributes__"],
+            &defined,
             contacts,
         ),
-        table(&INBOX_COLUMNS, &["inbox__"], inboxes),
+        table(&INBOX_COLUMNS, &["inbox__"], &BTreeMap::new(), inboxes),
     )
 }
 
@@ -133,10 +192,24 @@ fn leaves(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-fn table(declared: &[(&str, Kind)], groups: &[&str], rows: Vec<BTreeMap<String, Value>>) -> Table {
+fn table(
+    declared: &[(&str, Kind)],
+    groups: &[&str],
+    defined: &BTreeMap<String, Kind>,
+    rows: Vec<BTreeMap<String, Value>>,
+) -> Table {
     let mut kinds: BTreeMap<String, Option<Kind>> = BTreeMap::new();
+    for (name, kind) in defined {
+        let fit = rows
+            .iter()
+            .all(|row| row.get(name).is_none_or(|v| fits(*kind, v)));
+        kinds.insert(name.clone(), Some(if fit { *kind } else { Kind::Str }));
+    }
     for row in &rows {
         for (name, value) in row {
+            if defined.contains_key(name) {
+                continue;
+            }
             let seen = kinds.entry(name.clone()).or_insert(None);
             let this = match value {
                 Value::Null => continue,

@@ -7,11 +7,17 @@ use serde_json::Value;
 
 use crate::expected;
 use crate::harness::{Fake, assert_no_token, export, manifest};
+use crate::loopback::Reply;
 use crate::readers::{assert_same, read};
 
 /// Checks both tables in `dir` against `truth`, in `format`.
-pub fn assert_export_matches(dir: &std::path::Path, format: &str, truth: &[Value]) {
-    let (contacts, inboxes) = expected::tables(truth);
+pub fn assert_export_matches(
+    dir: &std::path::Path,
+    format: &str,
+    truth: &[Value],
+    definitions: &Value,
+) {
+    let (contacts, inboxes) = expected::tables(truth, definitions);
     for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
         let got = read(dir, name, format, table);
         assert_same(name, format, table, &got);
@@ -54,7 +60,7 @@ fn every_format_matches_the_ground_truth() {
             &["--concurrency", "4"],
         );
         assert_eq!(run.code, 0, "{format}: {}", run.stderr);
-        assert_export_matches(dir.path(), format, &truth);
+        assert_export_matches(dir.path(), format, &truth, &fake.definitions());
         let manifest = manifest(dir.path()).expect("manifest");
         assert_eq!(manifest["expected_count"], 700);
         assert_eq!(manifest["unique_contacts"], 700);
@@ -93,7 +99,7 @@ fn an_empty_account_gives_empty_tables_with_headers() {
         "{header}"
     );
     assert_eq!(header.lines().count(), 1);
-    assert_export_matches(dir.path(), "csv", &[]);
+    assert_export_matches(dir.path(), "csv", &[], &fake.definitions());
 }
 
 #[test]
@@ -107,7 +113,7 @@ fn a_rerun_in_another_format_replaces_the_previous_export() {
         !dir.path().join("contacts.csv").exists(),
         "the old format's files are removed"
     );
-    assert_export_matches(dir.path(), "parquet", &fake.truth());
+    assert_export_matches(dir.path(), "parquet", &fake.truth(), &fake.definitions());
 }
 
 #[test]
@@ -128,7 +134,7 @@ fn contacts_created_during_the_export_are_not_cut_off() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let truth = fake.truth();
     assert!(truth.len() > 300, "the account grew");
-    assert_export_matches(dir.path(), "ndjson", &truth);
+    assert_export_matches(dir.path(), "ndjson", &truth, &fake.definitions());
     let manifest = manifest(dir.path()).expect("manifest");
     assert_eq!(manifest["expected_count"], 300);
     assert_eq!(manifest["final_count"], truth.len() as u64);
@@ -168,7 +174,7 @@ fn duplicates_from_page_drift_are_dropped_and_the_missed_are_recovered() {
         .map(|c| (c["id"].as_i64().expect("id"), c))
         .collect();
     let exported: Vec<Value> = ids.iter().map(|id| by_id[id].clone()).collect();
-    assert_export_matches(dir.path(), "ndjson", &exported);
+    assert_export_matches(dir.path(), "ndjson", &exported, &fake.definitions());
     let manifest = manifest(dir.path()).expect("manifest");
     let dropped = manifest["duplicates_dropped"].as_u64().expect("count");
     assert!(dropped > 0, "drift produced duplicates: {manifest}");
@@ -248,5 +254,160 @@ fn pages_asked_for_before_the_count_was_known_do_not_matter_once_unneeded() {
         })
         .collect();
     assert_eq!(ids, [1, 2]);
+    assert_no_token(&run, dir.path());
+}
+
+/// A two-contact account whose custom attribute definitions answer `definitions`.
+fn account_with_definitions(definitions: Reply) -> crate::loopback::Loopback {
+    let definitions = std::sync::Mutex::new(Some(definitions));
+    crate::loopback::Loopback::start(move |target, _| {
+        if target.contains("/custom_attribute_definitions") {
+            let taken = definitions.lock().expect("lock").take();
+            return taken.unwrap_or_else(|| Reply::json(500, "asked twice"));
+        }
+        if target.contains("page=1&") {
+            return Reply::json(
+                200,
+                r#"{"meta":{"count":2,"current_page":"1"},"payload":[
+                {"id":1,"created_at":1700000000,"custom_attributes":{"seats":3,"price":"1234.50",
+                 "renewal":"2025-03-01T00:00:00.000Z","vip":true,"odd":"soon","priority":2}},
+                {"id":2,"created_at":1700000600,"custom_attributes":{"seats":4,"price":" ",
+                 "vip":false,"odd":"2025-01-01T00:00:00Z"}}]}"#,
+            );
+        }
+        Reply::json(200, r#"{"meta":{"count":2},"payload":[]}"#)
+    })
+}
+
+/// The contacts Parquet file's custom attribute columns: name, type and values as JSON
+/// (timestamps as RFC 3339 text).
+fn custom_columns(dir: &std::path::Path) -> Vec<(String, String, Vec<Value>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+    let file = std::fs::File::open(dir.join("contacts.parquet")).expect("contacts.parquet");
+    let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .next()
+        .expect("one batch")
+        .expect("batch");
+    let schema = batch.schema();
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| f.name().starts_with("custom_attributes__"))
+        .map(|(f, column)| {
+            let values = (0..column.len())
+                .map(|row| match f.data_type() {
+                    _ if column.is_null(row) => Value::Null,
+                    DataType::Float64 => column.as_primitive::<Float64Type>().value(row).into(),
+                    DataType::Int64 => column.as_primitive::<Int64Type>().value(row).into(),
+                    DataType::Boolean => column.as_boolean().value(row).into(),
+                    DataType::Utf8 => column.as_string::<i32>().value(row).into(),
+                    DataType::Timestamp(..) => {
+                        let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
+                        chrono::DateTime::from_timestamp_micros(micros)
+                            .expect("in range")
+                            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                            .into()
+                    }
+                    other => panic!("unexpected type {other}"),
+                })
+                .collect();
+            (f.name().clone(), f.data_type().to_string(), values)
+        })
+        .collect()
+}
+
+#[test]
+fn custom_attributes_are_typed_by_their_definitions() {
+    let server = account_with_definitions(Reply::json(
+        200,
+        r#"[{"attribute_key":"seats","attribute_display_type":"number","attribute_model":"contact_attribute"},
+            {"attribute_key":"price","attribute_display_type":"currency","attribute_model":"contact_attribute"},
+            {"attribute_key":"renewal","attribute_display_type":"date","attribute_model":"contact_attribute"},
+            {"attribute_key":"vip","attribute_display_type":"checkbox","attribute_model":"contact_attribute"},
+            {"attribute_key":"unset yet","attribute_display_type":"percent","attribute_model":"contact_attribute"},
+            {"attribute_key":"odd","attribute_display_type":"date","attribute_model":"contact_attribute"},
+            {"attribute_key":"priority","attribute_display_type":"text","attribute_model":"conversation_attribute"}]"#,
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&server.base_url(), "parquet", dir.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let ts = "Timestamp(µs, \"UTC\")";
+    let got = custom_columns(dir.path());
+    let want: Vec<(String, String, Vec<Value>)> = [
+        // "soon" is not a date: the column falls back to text and keeps both values.
+        (
+            "odd",
+            "Utf8",
+            vec!["soon".into(), "2025-01-01T00:00:00Z".into()],
+        ),
+        // Text that holds a number is a number; blank text is null.
+        ("price", "Float64", vec![1234.5.into(), Value::Null]),
+        // A conversation attribute's definition does not type the contact's key.
+        ("priority", "Int64", vec![2.into(), Value::Null]),
+        (
+            "renewal",
+            ts,
+            vec!["2025-03-01T00:00:00Z".into(), Value::Null],
+        ),
+        // All integers tonight, float64 all the same: the type does not depend on the values.
+        ("seats", "Float64", vec![3.0.into(), 4.0.into()]),
+        // Defined, set on no contact yet: still a column.
+        ("unset yet", "Float64", vec![Value::Null, Value::Null]),
+        ("vip", "Boolean", vec![true.into(), false.into()]),
+    ]
+    .into_iter()
+    .map(|(name, ty, values)| (format!("custom_attributes__{name}"), ty.to_owned(), values))
+    .collect();
+    assert_eq!(got, want);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["custom_attribute_definitions"], 6);
+}
+
+#[test]
+fn without_definitions_custom_attributes_are_typed_from_values_and_the_run_says_so() {
+    let server = account_with_definitions(Reply::json(
+        404,
+        r#"{"error":"Resource could not be found"}"#,
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&server.base_url(), "parquet", dir.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "chatwoot-export: warning: cannot read the custom attribute definitions (HTTP 404); custom_attributes columns are typed from their values alone"
+        ]
+    );
+    let types: Vec<(String, String)> = custom_columns(dir.path())
+        .into_iter()
+        .map(|(name, ty, _)| {
+            (
+                name.trim_start_matches("custom_attributes__").to_owned(),
+                ty,
+            )
+        })
+        .collect();
+    let want = [
+        ("odd", "Utf8"),
+        ("price", "Utf8"),
+        ("priority", "Int64"),
+        ("renewal", "Utf8"),
+        ("seats", "Int64"),
+        ("vip", "Boolean"),
+    ];
+    assert_eq!(types, want.map(|(n, t)| (n.to_owned(), t.to_owned())));
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["custom_attribute_definitions"], Value::Null);
     assert_no_token(&run, dir.path());
 }

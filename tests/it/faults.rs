@@ -13,8 +13,8 @@ use crate::expected;
 use crate::harness::{Fake, TOKEN, assert_no_token, export, manifest};
 use crate::readers::{assert_same, read};
 
-fn assert_exact(dir: &Path, format: &str, truth: &[Value]) {
-    let (contacts, inboxes) = expected::tables(truth);
+fn assert_exact(dir: &Path, format: &str, truth: &[Value], definitions: &Value) {
+    let (contacts, inboxes) = expected::tables(truth, definitions);
     assert_same(
         "contacts",
         format,
@@ -58,7 +58,7 @@ fn survives_server_errors_and_dropped_connections() {
         &["--concurrency", "6"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "parquet", &fake.truth());
+    assert_exact(dir.path(), "parquet", &fake.truth(), &fake.definitions());
     let manifest = manifest(dir.path()).expect("manifest");
     let retries = manifest["retries"].as_u64().expect("retries");
     assert!(retries > 0, "about 15% of 61 requests failed: {manifest}");
@@ -81,7 +81,7 @@ fn a_malformed_page_is_fetched_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = export(&fake.base_url(), "csv", dir.path(), &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "csv", &fake.truth());
+    assert_exact(dir.path(), "csv", &fake.truth(), &fake.definitions());
     assert_eq!(manifest(dir.path()).expect("manifest")["retries"], 1);
 }
 
@@ -112,7 +112,7 @@ fn learns_the_rate_limit_and_waits_for_windows_instead_of_storming() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "ndjson", &fake.truth());
+    assert_exact(dir.path(), "ndjson", &fake.truth(), &fake.definitions());
     let manifest = manifest(dir.path()).expect("manifest");
     let throttled = manifest["throttled"].as_u64().expect("throttled");
     assert_eq!(throttled, fake.throttled());
@@ -140,7 +140,7 @@ fn a_known_rate_limit_is_kept_without_429s() {
         &["--rate-limit", "8", "--rate-window-secs", "1"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "parquet", &fake.truth());
+    assert_exact(dir.path(), "parquet", &fake.truth(), &fake.definitions());
     assert_eq!(fake.throttled(), 0, "{}", run.stderr);
 }
 
@@ -264,7 +264,7 @@ fn kill_9_then_resume_ends_exact() {
     let before = fake.requests();
     let run = resume(&fake, dir.path());
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "parquet", &fake.truth());
+    assert_exact(dir.path(), "parquet", &fake.truth(), &fake.definitions());
     let resumed_requests = fake.requests() - before;
     assert!(
         resumed_requests < 200,
@@ -305,7 +305,7 @@ fn ctrl_c_stops_with_exit_130_and_resume_ends_exact() {
 
     let run = resume(&fake, dir.path());
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_exact(dir.path(), "parquet", &fake.truth());
+    assert_exact(dir.path(), "parquet", &fake.truth(), &fake.definitions());
 }
 
 #[test]

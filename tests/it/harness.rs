@@ -62,6 +62,18 @@ impl Fake {
             .expect("an account the fake serves")
     }
 
+    /// The custom attribute definitions of the first account, as the API serves them.
+    pub fn definitions(&self) -> Value {
+        self.server().live_definitions()
+    }
+
+    /// The custom attribute definitions of account `account_id`.
+    pub fn definitions_of(&self, account_id: u64) -> Value {
+        self.server()
+            .definitions_of(account_id)
+            .expect("an account the fake serves")
+    }
+
     /// The most requests the fake's rate limit counted in one window.
     pub fn busiest_window(&self) -> u64 {
         self.server().busiest_window()

@@ -73,7 +73,7 @@ fn legacy_inbox_credentials_are_left_out_and_counted() {
         assert_eq!(run.code, 0, "{format}: {}", run.stderr);
         // Exactly the truth minus the dropped fields: the non-secret legacy fields
         // (imap_port, hmac_mandatory, inbox_identifier, working_hours...) are kept.
-        assert_export_matches(dir.path(), format, &scrubbed);
+        assert_export_matches(dir.path(), format, &scrubbed, &fake.definitions());
         for (path, bytes) in all_file_bytes(dir.path()) {
             assert!(!holds_marker(&bytes), "{format}: a credential in {path}");
         }
@@ -105,7 +105,7 @@ fn keep_inbox_secrets_keeps_every_field() {
         &["--keep-inbox-secrets"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_export_matches(dir.path(), "csv", &truth);
+    assert_export_matches(dir.path(), "csv", &truth, &fake.definitions());
     let inboxes = std::fs::read(dir.path().join("contact_inboxes.csv")).expect("csv");
     assert!(
         holds_marker(&inboxes),

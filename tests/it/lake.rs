@@ -373,7 +373,7 @@ fn export_twice_to(store: &Arc<dyn ObjectStore>, url: &str, env: &[(&str, &str)]
         format!("contacts-{run_id}.parquet")
     );
     let truth = fake.truth();
-    let (contacts, inboxes) = expected::tables(&truth);
+    let (contacts, inboxes) = expected::tables(&truth, &fake.definitions());
     for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
         assert_same(
             name,
@@ -437,7 +437,7 @@ fn the_nightly_pipeline_writes_hive_partitions_to_s3() {
     let store = moto.store();
     let listed = objects(&store, "chatwoot");
     let truth = fake.truth();
-    let (contacts, inboxes) = expected::tables(&truth);
+    let (contacts, inboxes) = expected::tables(&truth, &fake.definitions());
     for (table, rows) in [
         ("contacts", contacts.rows.len()),
         ("contact_inboxes", inboxes.rows.len()),
@@ -499,7 +499,7 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
     let store = moto.store();
     let base = fake.base_url();
     let truth = fake.truth();
-    let (contacts, _) = expected::tables(&truth);
+    let (contacts, _) = expected::tables(&truth, &fake.definitions());
     let mut previous: Option<String> = None;
     for (rows_per_file, parts) in [("70", 3), ("150", 2)] {
         if previous.is_some() {

@@ -124,7 +124,7 @@ fn assert_is_builtin_fake(out: &Path, seed: u64) {
         seed,
         ..FakeServerConfig::default()
     });
-    let (contacts, inboxes) = expected::tables(&fake.truth());
+    let (contacts, inboxes) = expected::tables(&fake.truth(), &fake.definitions());
     for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
         assert_same(name, "parquet", table, &read(out, name, "parquet", table));
     }
@@ -311,7 +311,7 @@ fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
     let staged = tempfile::tempdir().expect("temp dir");
     std::fs::copy(day.join(file_name), staged.path().join("contacts.ndjson")).expect("copy");
     let truth = fake.truth();
-    let (contacts, _) = expected::tables(&truth);
+    let (contacts, _) = expected::tables(&truth, &fake.definitions());
     assert_same(
         "contacts",
         "ndjson",
@@ -329,10 +329,10 @@ fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
 fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
     // One Chatwoot host serving three accounts behind one rate limit, as rack-attack counts
     // requests per client IP: 8 requests per 1-second window, aligned to the epoch, 429 without
-    // Retry-After past that. Each account needs 8 requests (7 pages and the empty one after).
-    // With a budget per account, the three would send up to 3 x 8 = 24 requests in a window
-    // and the server would answer 16 of them 429; with the one shared budget the run sends
-    // at most 8 a window, and the server never throttles.
+    // Retry-After past that. Each account needs 9 requests (the attribute definitions, 7 pages
+    // and the empty one after). With a budget per account, the three would send up to 3 x 8 =
+    // 24 requests in the first window and the server would answer 16 of them 429; with the
+    // one shared budget the run sends at most 8 a window, and the server never throttles.
     const LIMIT: u64 = 8;
     let fake = Fake::start(FakeServerConfig {
         contacts: 105,
@@ -380,20 +380,20 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
         .map(|a| a["requests"].as_u64().expect("requests"))
         .sum();
     assert_eq!(requests, fake.requests(), "{report}");
-    // 24 requests at 8 a window need three windows: two turns, more than a second.
-    assert!(elapsed > std::time::Duration::from_secs(1), "{elapsed:?}");
+    // 27 requests at 8 a window need four windows: three turns, more than two seconds.
+    assert!(elapsed > std::time::Duration::from_secs(2), "{elapsed:?}");
     for account in accounts {
         let id = account["account_id"].as_u64().expect("id");
         assert_eq!(account["status"], "complete", "{account}");
         assert_eq!(account["throttled"], 0);
-        assert_eq!(account["requests"], 8, "{account}");
+        assert_eq!(account["requests"], 9, "{account}");
         let partition = lake.join(format!("account_id={id}"));
         let manifest: Value = serde_json::from_str(
             &std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest"),
         )
         .expect("json");
         let truth = fake.truth_of(id);
-        let (contacts, inboxes) = expected::tables(&truth);
+        let (contacts, inboxes) = expected::tables(&truth, &fake.definitions_of(id));
         for (table, want) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
             let files: Vec<String> = manifest["tables"][table]["files"]
                 .as_array()
@@ -443,8 +443,9 @@ fn several_small_accounts_send_no_speculative_requests() {
     for account in report["accounts"].as_array().expect("accounts") {
         assert_eq!(account["status"], "complete", "{account}");
         assert_eq!(account["rows"]["contacts"], 20, "{account}");
-        // Page 1, then page 2 (the last of 15 + 5 contacts) and page 3 (empty) together.
-        assert_eq!(account["requests"], 3, "{account}");
+        // The definitions with page 1, then page 2 (the last of 15 + 5 contacts) and page 3
+        // (empty) together.
+        assert_eq!(account["requests"], 4, "{account}");
     }
-    assert_eq!(fake.requests(), 9);
+    assert_eq!(fake.requests(), 12);
 }

@@ -12,6 +12,8 @@ fn pyarrow_duckdb_and_polars_agree_with_the_ground_truth() {
     let truth_path = work.path().join("truth.ndjson");
     let truth: String = fake.truth().iter().map(|c| format!("{c}\n")).collect();
     std::fs::write(&truth_path, truth).expect("write truth");
+    let definitions_path = work.path().join("definitions.json");
+    std::fs::write(&definitions_path, fake.definitions().to_string()).expect("write definitions");
     let python = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers/check_export.py");
     let split = ["--rows-per-file", "250", "--compression", "snappy"];
@@ -29,6 +31,8 @@ fn pyarrow_duckdb_and_polars_agree_with_the_ground_truth() {
         let output = Command::new(&python)
             .args([script, "--dir", dir.to_str().expect("path"), "--format", format, "--truth"])
             .arg(&truth_path)
+            .arg("--definitions")
+            .arg(&definitions_path)
             .output()
             .unwrap_or_else(|err| panic!("cannot run {python}: {err}; install Python 3 and `pip install -r tests/requirements.txt`"));
         let stdout = String::from_utf8_lossy(&output.stdout);

@@ -66,7 +66,7 @@ fn assert_split(dir: &Path, format: &str, table: &str, want: &Table, rows_per_fi
 /// Exports into `dir` in files of `rows_per_file` rows, checks both tables and that the
 /// folder holds exactly the files the manifest lists; returns them, sorted.
 fn export_split(fake: &Fake, dir: &Path, format: &str, rows_per_file: usize) -> Vec<String> {
-    let (contacts, inboxes) = expected::tables(&fake.truth());
+    let (contacts, inboxes) = expected::tables(&fake.truth(), &fake.definitions());
     let limit = rows_per_file.to_string();
     let run = export(&fake.base_url(), format, dir, &["--rows-per-file", &limit]);
     assert_eq!(run.code, 0, "{format}: {}", run.stderr);
@@ -108,7 +108,7 @@ fn rows_per_file_splits_tables_and_a_rerun_leaves_only_its_own_files() {
                 format!("contacts.{format}")
             ]
         );
-        crate::export::assert_export_matches(dir.path(), format, &truth);
+        crate::export::assert_export_matches(dir.path(), format, &truth, &fake.definitions());
     }
 }
 
@@ -116,7 +116,7 @@ fn rows_per_file_splits_tables_and_a_rerun_leaves_only_its_own_files() {
 fn exactly_full_files_and_empty_tables_make_no_empty_extra_file() {
     // 90 contacts in files of 45: two full files, no third empty one.
     let fake = Fake::with_contacts(90);
-    let (contacts, _) = expected::tables(&fake.truth());
+    let (contacts, _) = expected::tables(&fake.truth(), &fake.definitions());
     let dir = tempfile::tempdir().expect("temp dir");
     let run = export(
         &fake.base_url(),
@@ -136,7 +136,7 @@ fn exactly_full_files_and_empty_tables_make_no_empty_extra_file() {
         &["--rows-per-file", "10"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    crate::export::assert_export_matches(dir.path(), "csv", &[]);
+    crate::export::assert_export_matches(dir.path(), "csv", &[], &fake.definitions());
 }
 
 /// The codec of every column chunk of a Parquet file. (A file records the codec, not the
@@ -174,7 +174,7 @@ fn each_codec_is_in_the_parquet_metadata_and_the_values_are_exact() {
         let extra: Vec<&str> = flag.map_or_else(Vec::new, |f| vec!["--compression", f]);
         let run = export(&fake.base_url(), "parquet", dir.path(), &extra);
         assert_eq!(run.code, 0, "{flag:?}: {}", run.stderr);
-        crate::export::assert_export_matches(dir.path(), "parquet", &truth);
+        crate::export::assert_export_matches(dir.path(), "parquet", &truth, &fake.definitions());
         for table in ["contacts", "contact_inboxes"] {
             let found = codecs(&dir.path().join(format!("{table}.parquet")));
             assert!(!found.is_empty());
@@ -253,7 +253,7 @@ fn the_oneoff_pipeline_takes_both_keys() {
         &["sink.compression=snappy", "sink.rows_per_file=40"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let (contacts, _) = expected::tables(&fake.truth());
+    let (contacts, _) = expected::tables(&fake.truth(), &fake.definitions());
     assert_split(&out, "parquet", "contacts", &contacts, 40);
     for name in names("contacts", "parquet", 3) {
         let snappy = discriminant(&Compression::SNAPPY);

@@ -4,8 +4,9 @@
 An analyst will open the export with pyarrow, DuckDB or a CSV/JSON reader and
 trust what they see. This script plays that analyst: it re-derives, in plain
 Python and without any code from the Rust project, what every cell should hold
-(flattening the raw Chatwoot contacts of the fake account and inferring column
-types the way the output contract describes), then reads the export with
+(flattening the raw Chatwoot contacts of the fake account and typing columns the
+way the output contract describes: custom attributes from the account's attribute
+definitions, everything else from its values), then reads the export with
 standard readers and compares every value of every row and column.
 
   parquet: pyarrow.parquet (schema types and values), DuckDB read_parquet and Polars
@@ -17,11 +18,13 @@ It also checks manifest.json (complete, counts, column names and types, every fi
 and for Parquet that every column chunk of every file uses the codec the manifest records.
 
 Usage: check_export.py --dir DIR --format parquet|csv|ndjson --truth TRUTH.ndjson
+                       --definitions DEFINITIONS.json
 Exit 0 when everything agrees, 1 on any mismatch, 2 when a reader is missing.
 """
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -92,6 +95,64 @@ def infer_type(values):
     return "string"
 
 
+DEFINED_TYPES = {"number": "float64", "currency": "float64", "percent": "float64",
+                 "checkbox": "boolean", "date": "timestamp",
+                 "text": "string", "link": "string", "list": "string"}
+NUMBER_CHARS = set("0123456789+-.eE")
+
+
+def number_text(text):
+    """A decimal number written as text (" 12.50 "), else None (blank text too)."""
+    text = text.strip()
+    if not text or not set(text) <= NUMBER_CHARS:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def iso_time(text):
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None and "T" in text else None
+
+
+def fits(t, v):
+    """Whether value v can be written in a column its definition typed t."""
+    if v is None or t == "string":
+        return True
+    if isinstance(v, Json):
+        return False
+    if t == "boolean":
+        return isinstance(v, bool)
+    if t == "float64":
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+            isinstance(v, str) and (not v.strip() or number_text(v) is not None))
+    if t == "timestamp":
+        return (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, str) and iso_time(v) is not None)
+    return False
+
+
+def defined_types(definitions_path, rows):
+    """Column types of the contact attributes the account defines: the definition's
+    type when every value fits it, else string."""
+    with open(definitions_path, encoding="utf-8") as f:
+        definitions = json.load(f)
+    types = {}
+    for d in definitions:
+        t = DEFINED_TYPES.get(d.get("attribute_display_type"))
+        if d.get("attribute_model") != "contact_attribute" or t is None:
+            continue
+        col = "custom_attributes__" + d["attribute_key"]
+        types[col] = t if all(fits(t, r.get(col)) for r in rows) else "string"
+    return types
+
+
 def build_table(rows, first_cols, fixed_types, later_cols):
     """Column order, types and typed expected rows (None = null)."""
     cols = first_cols + later_cols
@@ -105,6 +166,10 @@ def build_table(rows, first_cols, fixed_types, later_cols):
                 out[c] = None
             elif t == "timestamp" and isinstance(v, int):
                 out[c] = datetime.fromtimestamp(v, timezone.utc)
+            elif t == "timestamp" and isinstance(v, str):
+                out[c] = iso_time(v).astimezone(timezone.utc)
+            elif t == "float64" and isinstance(v, str):
+                out[c] = number_text(v)  # blank text in a number attribute is null
             elif t == "float64":
                 out[c] = float(v)
             elif t == "string" and not isinstance(v, (str, Json)):
@@ -115,7 +180,7 @@ def build_table(rows, first_cols, fixed_types, later_cols):
     return cols, types, expected
 
 
-def expected_tables(truth_path):
+def expected_tables(truth_path, definitions_path):
     contacts = [json.loads(line) for line in open(truth_path, encoding="utf-8") if line.strip()]
     seen, flat, inbox_rows = set(), [], []
     extra_cols, aa_cols, ca_cols = set(), set(), set()
@@ -134,11 +199,13 @@ def expected_tables(truth_path):
             link = {"contact_id": c["id"]}
             flatten(item, "", link)
             inbox_rows.append(link)
+    defined = defined_types(definitions_path, flat)
+    ca_cols |= defined.keys()
     by_bytes = str.encode  # UTF-8 byte order
     later = [c for cols in (extra_cols, aa_cols, ca_cols) for c in sorted(cols, key=by_bytes)]
     others = sorted({k for r in inbox_rows for k in r} - set(INBOX_COLS), key=by_bytes)
-    return len(contacts), {
-        "contacts": build_table(flat, CONTACT_COLS, CONTACT_TYPES, later),
+    return len(contacts), len(defined), {
+        "contacts": build_table(flat, CONTACT_COLS, {**CONTACT_TYPES, **defined}, later),
         "contact_inboxes": build_table(inbox_rows, INBOX_COLS, {"contact_id": "int64"}, others),
     }
 
@@ -312,8 +379,9 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--format", required=True, choices=["parquet", "csv", "ndjson"])
     ap.add_argument("--truth", required=True)
+    ap.add_argument("--definitions", required=True)
     args = ap.parse_args()
-    n_truth, tables = expected_tables(args.truth)
+    n_truth, n_defined, tables = expected_tables(args.truth, args.definitions)
     chk = Checker()
     try:
         with open(os.path.join(args.dir, "manifest.json"), encoding="utf-8") as f:
@@ -322,6 +390,9 @@ def main():
         print(f"check_export: {args.format} FAILED: no readable manifest.json: {e}")
         return 1
     check_manifest(chk, manifest, args.format, n_truth, tables)
+    if manifest.get("custom_attribute_definitions") != n_defined:
+        chk.fail(f"manifest: custom_attribute_definitions "
+                 f"{manifest.get('custom_attribute_definitions')!r}, expected {n_defined}")
     reader = {"parquet": read_parquet, "csv": read_csv, "ndjson": read_ndjson}[args.format]
     listed = {"manifest.json"}
     for name, (cols, types, expected) in tables.items():
