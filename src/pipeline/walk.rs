@@ -4,7 +4,8 @@
 //! checkpoint); emits pages into the collector in page order, so the output order and which
 //! duplicate is kept do not depend on timing. Page 1 gives `meta.count` and the page size, and
 //! so the plan; the walk then goes on past the plan until an empty page, so contacts created
-//! during the run are not cut off.
+//! during the run are not cut off. A fresh walk also asks for the custom attribute definitions
+//! with page 1 and types the custom attribute columns from them before page 1 is flattened.
 //!
 //! Pages are fetched ahead of the one being consumed, each on its own task (the fetcher's
 //! adaptive concurrency and rate budget bound what is really in flight), so a latency-bound

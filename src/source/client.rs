@@ -186,7 +186,11 @@ impl ContactsClient {
             match response.bytes().await {
                 Err(err) => Err(self.transport_error(page, &err)),
                 Ok(body) if !status.is_success() => Err(self.status_error(page, status, &body)),
-                Ok(body) => parse(&body).map_err(|detail| FetchError::InvalidPage { page, detail }),
+                // A parser's message may quote the body, and a broken server may echo anything.
+                Ok(body) => parse(&body).map_err(|detail| FetchError::InvalidPage {
+                    page,
+                    detail: self.options.token.scrub(&detail),
+                }),
             }
         };
         Attempt {

@@ -167,3 +167,36 @@ fn a_token_that_cannot_be_sent_is_refused_without_being_shown() {
     assert_eq!(fake.requests(), 0);
     assert!(!run.stderr.contains(TOKEN) && !run.stdout.contains(TOKEN));
 }
+
+#[test]
+fn attribute_definitions_echoing_the_token_never_get_it_printed() {
+    // The definitions answer with the request as a JSON string, which the parser's message
+    // would quote; the pages are fine, so the export completes with a warning.
+    let server = Loopback::start(|target, head| {
+        if target.contains("/custom_attribute_definitions") {
+            return Reply::json(200, serde_json::Value::from(head).to_string());
+        }
+        if target.contains("page=1&") {
+            return Reply::json(
+                200,
+                r#"{"meta":{"count":1},"payload":[{"id":1,"created_at":1700000000}]}"#,
+            );
+        }
+        Reply::json(200, r#"{"meta":{"count":1},"payload":[]}"#)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export_loudly(&server.base_url(), dir.path());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot read the custom attribute definitions (not the expected JSON: invalid type: string \"GET /api/v1/accounts/1/custom_attribute_definitions"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("****"), "{}", run.stderr);
+    assert!(
+        server.heads().iter().any(|h| h.contains(TOKEN)),
+        "the server had the token to echo"
+    );
+    assert_no_token(&run, dir.path());
+}
