@@ -43,7 +43,7 @@ impl ColumnBuilder {
             ColumnType::Float | ColumnType::Number => {
                 Self::Float(Float64Builder::with_capacity(BATCH_ROWS))
             }
-            ColumnType::Timestamp => Self::Timestamp(
+            ColumnType::Timestamp | ColumnType::DateText => Self::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
             ),
             ColumnType::Null | ColumnType::String => {

@@ -138,7 +138,7 @@ impl Flattener {
             let floor = match display_type {
                 "number" | "currency" | "percent" => ColumnType::Number,
                 "checkbox" => ColumnType::Bool,
-                "date" => ColumnType::Timestamp,
+                "date" => ColumnType::DateText,
                 "text" | "link" | "list" => ColumnType::String,
                 _ => continue,
             };

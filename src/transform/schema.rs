@@ -5,8 +5,9 @@
 //! fields first, then the rest grouped by prefix and sorted by name) with one type each.
 //! Invariant: a column's type only widens (null -> bool/int/timestamp -> float -> string), so
 //! every value seen can be written losslessly in the final type. A column can also start from a
-//! floor that a custom attribute's definition sets (`declare`); `Number`, float64 that also
-//! takes numbers written as text, exists only as such a floor.
+//! floor that a custom attribute's definition sets (`declare`); `Number` (float64 that also
+//! takes numbers written as text) and `DateText` (a timestamp from text only) exist only as
+//! such floors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub enum ColumnType {
     /// text that holds one (`"1234.56"`, as the dashboard saves currency and percent; blank
     /// text is null). Only a definition starts a column here; other text widens it to String.
     Number,
+    /// A timestamp for a custom attribute defined as date: RFC 3339 text only, as the
+    /// dashboard saves it. A number is not guessed at (seconds? milliseconds? 20250301?) and
+    /// widens the column to String. Only a definition starts a column here.
+    DateText,
     /// Text; values of other kinds are written as their JSON text.
     String,
 }
@@ -52,6 +57,8 @@ impl ColumnType {
             (T::Number, C::Int(_) | C::Float(_)) => T::Number,
             (T::Number, C::Str(text)) if number_in_text(text).is_some() => T::Number,
             (T::Number, _) => T::String,
+            (T::DateText, C::Str(text)) if parse_timestamp(text).is_some() => T::DateText,
+            (T::DateText, _) => T::String,
             (T::Null | T::Bool, C::Bool(_)) => T::Bool,
             (T::Null | T::Int, C::Int(_)) => T::Int,
             (T::Null | T::Int | T::Float, C::Int(_) | C::Float(_)) => T::Float,
@@ -65,7 +72,9 @@ impl ColumnType {
             ColumnType::Bool => DataType::Boolean,
             ColumnType::Int => DataType::Int64,
             ColumnType::Float | ColumnType::Number => DataType::Float64,
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Timestamp | ColumnType::DateText => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
         }
     }
 
@@ -76,7 +85,7 @@ impl ColumnType {
             ColumnType::Bool => "boolean",
             ColumnType::Int => "int64",
             ColumnType::Float | ColumnType::Number => "float64",
-            ColumnType::Timestamp => "timestamp",
+            ColumnType::Timestamp | ColumnType::DateText => "timestamp",
         }
     }
 }
@@ -325,6 +334,13 @@ mod tests {
             (T::Number, Cell::Str("1,234".into()), T::String),
             (T::Number, Cell::Str("NaN".into()), T::String),
             (T::Number, Cell::Bool(true), T::String),
+            (
+                T::DateText,
+                Cell::Str("2025-03-01T00:00:00.000Z".into()),
+                T::DateText,
+            ),
+            (T::DateText, Cell::Int(1_700_000_000), T::String),
+            (T::DateText, s(), T::String),
         ];
         for (from, cell, to) in cases {
             assert_eq!(from.widen(&cell), to, "{from:?} + {cell:?}");

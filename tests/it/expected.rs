@@ -101,7 +101,6 @@ fn fits(kind: Kind, value: &Value) -> bool {
         (_, Value::Null) | (Kind::Str, _) | (Kind::Bool, Value::Bool(_)) => true,
         (Kind::Float, Value::Number(_)) => true,
         (Kind::Float, Value::String(s)) => s.trim().is_empty() || number_text(s).is_some(),
-        (Kind::Timestamp, Value::Number(n)) => n.is_i64(),
         (Kind::Timestamp, Value::String(s)) => rfc3339_seconds(s).is_some(),
         _ => false,
     }

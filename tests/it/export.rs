@@ -270,7 +270,8 @@ fn account_with_definitions(definitions: Reply) -> crate::loopback::Loopback {
                 200,
                 r#"{"meta":{"count":2,"current_page":"1"},"payload":[
                 {"id":1,"created_at":1700000000,"custom_attributes":{"seats":3,"price":"1234.50",
-                 "renewal":"2025-03-01T00:00:00.000Z","vip":true,"odd":"soon","priority":2}},
+                 "renewal":"2025-03-01T00:00:00.000Z","vip":true,"odd":"soon","priority":2,
+                 "since":20250301}},
                 {"id":2,"created_at":1700000600,"custom_attributes":{"seats":4,"price":" ",
                  "vip":false,"odd":"2025-01-01T00:00:00Z"}}]}"#,
             );
@@ -331,6 +332,7 @@ fn custom_attributes_are_typed_by_their_definitions() {
             {"attribute_key":"vip","attribute_display_type":"checkbox","attribute_model":"contact_attribute"},
             {"attribute_key":"unset yet","attribute_display_type":"percent","attribute_model":"contact_attribute"},
             {"attribute_key":"odd","attribute_display_type":"date","attribute_model":"contact_attribute"},
+            {"attribute_key":"since","attribute_display_type":"date","attribute_model":"contact_attribute"},
             {"attribute_key":"priority","attribute_display_type":"text","attribute_model":"conversation_attribute"}]"#,
     ));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -357,6 +359,8 @@ fn custom_attributes_are_typed_by_their_definitions() {
         ),
         // All integers tonight, float64 all the same: the type does not depend on the values.
         ("seats", "Float64", vec![3.0.into(), 4.0.into()]),
+        // A number in a date attribute is not taken for unix seconds: the column is text.
+        ("since", "Utf8", vec!["20250301".into(), Value::Null]),
         // Defined, set on no contact yet: still a column.
         ("unset yet", "Float64", vec![Value::Null, Value::Null]),
         ("vip", "Boolean", vec![true.into(), false.into()]),
@@ -366,7 +370,7 @@ fn custom_attributes_are_typed_by_their_definitions() {
     .collect();
     assert_eq!(got, want);
     let manifest = manifest(dir.path()).expect("manifest");
-    assert_eq!(manifest["custom_attribute_definitions"], 6);
+    assert_eq!(manifest["custom_attribute_definitions"], 7);
 }
 
 #[test]
@@ -404,6 +408,7 @@ fn without_definitions_custom_attributes_are_typed_from_values_and_the_run_says_
         ("priority", "Int64"),
         ("renewal", "Utf8"),
         ("seats", "Int64"),
+        ("since", "Int64"),
         ("vip", "Boolean"),
     ];
     assert_eq!(types, want.map(|(n, t)| (n.to_owned(), t.to_owned())));

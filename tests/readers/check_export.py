@@ -132,9 +132,8 @@ def fits(t, v):
     if t == "float64":
         return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
             isinstance(v, str) and (not v.strip() or number_text(v) is not None))
-    if t == "timestamp":
-        return (isinstance(v, int) and not isinstance(v, bool)) or (
-            isinstance(v, str) and iso_time(v) is not None)
+    if t == "timestamp":  # text only: a number in a date attribute is not guessed at
+        return isinstance(v, str) and iso_time(v) is not None
     return False
 
 
