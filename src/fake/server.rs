@@ -63,7 +63,7 @@ pub struct FakeServerConfig {
     /// Drift: after every this many contact requests, one contact is deleted (anywhere in the
     /// list, so later pages shift back) and one is created.
     pub drift_every: Option<u64>,
-    /// Growth and drift happen only during this many first requests (None: always).
+    /// Growth and drift happen only during this many first contact requests (None: always).
     pub drift_requests: Option<u64>,
     pub faults: FaultConfig,
     /// Embeds the whole inbox, credentials included, in `contact_inboxes`, as Chatwoot did
@@ -93,8 +93,11 @@ impl Default for FakeServerConfig {
 /// What the server has answered so far.
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    /// Contact list and filter requests, whatever their answer.
+    /// API requests (contact list, filter and attribute definitions), whatever their answer:
+    /// what rack-attack counts.
     pub requests: AtomicU64,
+    /// Of those, contact list and filter requests: what growth and drift count.
+    pub contact_requests: AtomicU64,
     /// Of those, answered 429.
     pub throttled: AtomicU64,
 }
@@ -416,7 +419,8 @@ fn page_response(
         None => (Value::from(1), 1),
     };
     let page = page.max(1) as u64;
-    let (request, fault, served) = match admit(shared, headers, account_id, page) {
+    let contact_request = shared.stats.contact_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let (fault, served) = match admit(shared, headers, account_id, page) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
@@ -431,7 +435,7 @@ fn page_response(
     }
     let body = {
         let mut listing = served.listing();
-        drift(shared, &mut listing, request);
+        drift(shared, &mut listing, contact_request);
         let sort = query.get("sort").map(String::as_str).unwrap_or("");
         let descending = sort.split(',').any(|key| key.trim() == "-created_at");
         let (total, payload) = match filter {
@@ -474,7 +478,7 @@ fn admit<'a>(
     headers: &HeaderMap,
     account_id: &str,
     page: u64,
-) -> Result<(u64, Fault, &'a Served), Box<Response>> {
+) -> Result<(Fault, &'a Served), Box<Response>> {
     let request = shared.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     // Rack-attack answers before the application looks at the token.
     let fault = shared.faults.decide(request, page);
@@ -506,7 +510,7 @@ fn admit<'a>(
     let Some(served) = account_id.parse().ok().and_then(|id| shared.served(id)) else {
         return Err(Box::new(StatusCode::NOT_FOUND.into_response()));
     };
-    Ok((request, fault, served))
+    Ok((fault, served))
 }
 
 /// A 200 JSON answer, or half of it and a dropped connection when the fault plan says so.
@@ -543,7 +547,7 @@ fn page_of(total: u64, page: u64, index_at: impl Fn(u64) -> Option<u64>) -> Vec<
         .collect()
 }
 
-/// Growth and drift, decided by the request number.
+/// Growth and drift, decided by the contact request's number.
 fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
     if shared
         .config
@@ -583,7 +587,7 @@ async fn list_definitions(
 ) -> Response {
     let answer_at = tokio::time::Instant::now() + shared.config.latency;
     let response = match admit(&shared, &headers, &account_id, 0) {
-        Ok((_, fault, served)) => json_answer(
+        Ok((fault, served)) => json_answer(
             fault,
             served.account.custom_attribute_definitions().to_string(),
         ),
