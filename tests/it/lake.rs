@@ -87,18 +87,15 @@ impl Moto {
     fn launch(args: impl Fn(u16) -> Vec<String>) -> Self {
         let python = python();
         let port = free_port();
-        let child = Command::new(&python)
-            .args(args(port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run moto with {python}: {err}; run tests/run.sh (it installs moto[server])"));
         let moto = Self {
-            _child: Server(child),
+            _child: Server::start(
+                Command::new(&python).args(args(port)),
+                port,
+                "moto",
+                "it installs moto[server]",
+            ),
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        wait_until_listening(port, "moto");
         run_python(
             "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
              aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
@@ -151,23 +148,22 @@ impl Azurite {
         let azurite = std::env::var("AZURITE").unwrap_or_else(|_| "azurite-blob".into());
         let storage = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Command::new(&azurite)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(storage.path())
-            // object_store may speak a newer API version than this Azurite knows.
-            .args(["--silent", "--skipApiVersionCheck"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {azurite}: {err}; run tests/run.sh (it installs Azurite with npm and sets AZURITE)"));
+        let child = Server::start(
+            Command::new(&azurite)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(storage.path())
+                // object_store may speak a newer API version than this Azurite knows.
+                .args(["--silent", "--skipApiVersionCheck"]),
+            port,
+            "Azurite",
+            "it installs Azurite with npm and sets AZURITE",
+        );
         let azurite = Self {
-            _child: Server(child),
+            _child: child,
             url: format!("http://127.0.0.1:{port}"),
             _storage: storage,
         };
-        wait_until_listening(port, "Azurite");
         // object_store cannot create containers; the Azure SDK for Python can.
         let connection = format!(
             "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};",
@@ -206,6 +202,24 @@ impl Azurite {
 
 /// A server process this test started, killed by its PID when dropped.
 struct Server(Child);
+
+impl Server {
+    /// Starts `command` with its output discarded and waits until it listens on `port`
+    /// (killed again if it never does). `installs` says what tests/run.sh does about it.
+    fn start(command: &mut Command, port: u16, what: &str, installs: &str) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot run {what} ({command:?}): {err}; run tests/run.sh ({installs})")
+            });
+        let server = Self(child);
+        wait_until_listening(port, what);
+        server
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
