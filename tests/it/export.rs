@@ -133,10 +133,17 @@ fn contacts_created_during_the_export_are_not_cut_off() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let truth = fake.truth();
-    assert!(truth.len() > 300, "the account grew");
     assert_export_matches(dir.path(), "ndjson", &truth, &fake.definitions());
     let manifest = manifest(dir.path()).expect("manifest");
-    assert_eq!(manifest["expected_count"], 300);
+    // Page 1 is usually the first contact request the server reads, so the plan says 300;
+    // when its connection is accepted after others it can see the account grown already.
+    // Either way the account grew after the plan was made, which the walk must not cut off.
+    let planned = manifest["expected_count"].as_u64().expect("expected_count");
+    assert!(planned >= 300, "planned from page 1: {planned}");
+    assert!(
+        truth.len() as u64 > planned,
+        "the account grew after the plan"
+    );
     assert_eq!(manifest["final_count"], truth.len() as u64);
     assert_eq!(manifest["count_difference"], 0);
 }
