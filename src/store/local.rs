@@ -3,16 +3,16 @@
 //!
 //! Receives finished files from the pipeline; emits `DIR/<table>.<ext>` (or numbered
 //! `DIR/<table>-00000.<ext>`, ... with `rows_per_file`) and `DIR/manifest.json`.
-//! Invariants: a file appears under its final name only once complete and synced; the manifest
-//! of a previous export is removed before anything of the new run is renamed into place, and
-//! the new manifest is written only after every data file, so a folder whose manifest says
-//! complete always holds a complete export. Until that first rename the previous export stays
-//! whole, manifest included, so a run that fails while fetching (the usual failure: a network,
-//! a token, a server) leaves last night's export as readable and verifiable as before. Files
-//! are created owner-only (they hold personal data), folders this run creates too, and a
-//! folder holding anything but a previous export is refused without `--overwrite`. Nothing is ever written through a symbolic link: files are
-//! created with create-new (which refuses links) and renamed over their final name (which
-//! replaces a link itself), and a link under one of the export's names is refused like any
+//! Invariants: a file appears under its final name only once complete and synced; the manifest of a
+//! previous export is removed before anything of the new run is renamed into place, and the new
+//! manifest is written only after every data file, so a folder whose manifest says complete always
+//! holds a complete export. Until that first rename the previous export stays whole, manifest
+//! included, so a run that fails while fetching (the usual failure: a network, a token, a server)
+//! leaves last night's export as readable and verifiable as before. Files are created owner-only
+//! (they hold personal data), folders this run creates too, and a folder holding anything but a
+//! previous export is refused without `--overwrite`. Nothing is ever written through a symbolic
+//! link: files are created with create-new (which refuses links) and renamed over their final name
+//! (which replaces a link itself), and a link under one of the export's names is refused like any
 //! other foreign entry.
 
 use std::fs::{self, File, OpenOptions};
