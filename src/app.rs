@@ -113,6 +113,7 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
             },
             rate_limit: (args.fetch.rate_limit > 0).then_some(args.fetch.rate_limit),
             rate_window: Duration::from_secs(args.fetch.rate_window_secs.max(1)),
+            rate_share: args.fetch.rate_share,
         },
         format: args.output.format,
         out: args.output.out,
@@ -194,6 +195,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
             retry: RetryPolicy::default(),
             rate_limit: Some(3000),
             rate_window: Duration::from_secs(60),
+            rate_share: crate::cli::DEFAULT_RATE_SHARE,
         },
         format: args.format,
         out: args.out,
@@ -367,6 +369,20 @@ fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
     }
 }
 
+/// What the summary says of the rate limit: the pace learned, and the time spent paused.
+fn pace_note(rate: &crate::manifest::RateReport) -> String {
+    let mut note = String::new();
+    if rate.mode == "learned"
+        && let Some(limit) = rate.limit_per_minute
+    {
+        note += &format!(", limit learned {}/min", HumanCount(limit.round() as u64));
+    }
+    if rate.paused_secs >= 0.5 {
+        note += &format!(", {:.0} s paused by the rate limit", rate.paused_secs);
+    }
+    note
+}
+
 pub(crate) fn print_summary(summary: &ExportSummary) {
     print_summary_to(summary, &summary.out.display().to_string());
 }
@@ -381,7 +397,7 @@ pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
     // Counts with thousands separators: this is for people; programs read the manifest.
     eprintln!(
         "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
-         ({} duplicates dropped, {} retries, {} rate-limited; the account lists {listed}) -> {destination}",
+         ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
         HumanCount(summary.contacts),
         HumanCount(summary.inbox_links),
         HumanCount(summary.pages),
@@ -389,6 +405,7 @@ pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
         summary.duplicates_dropped,
         fetch.retries,
         fetch.governor.throttled,
+        pace_note(&summary.manifest.rate),
     );
     let drift = &summary.drift;
     if drift.rounds > 0 {

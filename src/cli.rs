@@ -193,13 +193,33 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_retries: u32,
     /// Requests allowed per window (Chatwoot's default is 3000 a minute per IP; some installs
-    /// use 300). The budget is also learned downward from the server's 429s; 0 starts with no
-    /// budget and learns it.
+    /// use 300): where the pace starts and the fastest it goes. A slower limit (rack-attack,
+    /// nginx, a CDN) is learned from the server's refusals; 0 starts unpaced and learns it.
     #[arg(long, default_value_t = 3000, value_name = "N")]
     pub rate_limit: u64,
-    /// The rate limit's window (Chatwoot: 60 s, aligned to the minute).
+    /// The window of --rate-limit (Chatwoot: 60 s).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub rate_window_secs: u64,
+    /// The part of the server's rate limit this export takes, 0.1 to 1.0. The limit is per
+    /// client IP, so the rest is left to the agents' dashboards and integrations on the same
+    /// IP; 1.0 takes it all, when the IP is the export's alone.
+    #[arg(long, default_value_t = DEFAULT_RATE_SHARE, value_name = "FRACTION", value_parser = parse_rate_share)]
+    pub rate_share: f64,
+}
+
+/// The part of the rate limit an export takes by default: 10% is left to the other users of
+/// the IP (a dashboard tab makes a request every few seconds; 10% of Chatwoot's 3,000 a minute
+/// is 300, of the 300 some installs use, 30).
+pub const DEFAULT_RATE_SHARE: f64 = 0.9;
+
+/// `--rate-share`: a fraction from 0.1 to 1.0.
+pub fn parse_rate_share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(share) if (0.1..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!(
+            "{text:?} is not a fraction from 0.1 to 1.0 (0.9 leaves 10% of the limit to others on the IP)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -105,6 +105,7 @@ struct FetchSection {
     concurrency: u16,
     rate_limit: u64,
     rate_window_secs: u64,
+    rate_share: f64,
     max_retries: u32,
     timeout_secs: u64,
 }
@@ -116,6 +117,7 @@ impl Default for FetchSection {
             concurrency: 8,
             rate_limit: 3000,
             rate_window_secs: 60,
+            rate_share: crate::cli::DEFAULT_RATE_SHARE,
             max_retries: 8,
             timeout_secs: 60,
         }
@@ -188,6 +190,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "concurrency",
             "rate_limit",
             "rate_window_secs",
+            "rate_share",
             "max_retries",
             "timeout_secs",
         ],
@@ -531,6 +534,9 @@ fn resolve(
             bad(key, format!("must be at least {min}"));
         }
     }
+    if let Err(why) = crate::cli::parse_rate_share(&fetch.rate_share.to_string()) {
+        bad("fetch.rate_share", why);
+    }
     if fetch.concurrency > 256 {
         bad("fetch.concurrency", "must be at most 256".into());
     }
@@ -659,6 +665,7 @@ fn resolve(
             },
             rate_limit: (fetch.rate_limit > 0).then_some(fetch.rate_limit),
             rate_window: Duration::from_secs(fetch.rate_window_secs),
+            rate_share: fetch.rate_share,
         },
         tables: TableSelection {
             contacts,

@@ -34,8 +34,11 @@ pub struct Manifest {
     pub requests: u64,
     /// Attempts repeated after a transient error (5xx, dropped connection, time-out, bad JSON).
     pub retries: u64,
-    /// Requests answered 429 by the server's rate limit.
+    /// Requests refused by a rate limit (429, or 503 as nginx's `limit_req` answers).
     pub throttled: u64,
+    /// How the requests were paced: what was learned of the server's rate limit.
+    #[serde(default)]
+    pub rate: RateReport,
     /// Custom attribute definitions that typed `custom_attributes__*` columns; null when they
     /// could not be read (the columns were typed from their values alone).
     pub custom_attribute_definitions: Option<u64>,
@@ -58,6 +61,27 @@ pub struct Manifest {
     pub started_at: String,
     pub finished_at: String,
     pub duration_secs: f64,
+}
+
+/// The rate limit as the run met it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RateReport {
+    /// `told` (the --rate-limit given, never contradicted), `learned` (from the server's
+    /// refusals) or `unlimited` (none told and none met).
+    pub mode: String,
+    /// The rate the server sustains for this run at the end, in requests a minute.
+    pub limit_per_minute: Option<f64>,
+    /// The pace requests went at: `share` of the limit, in requests a minute.
+    pub pace_per_minute: Option<f64>,
+    /// The part of the limit the run takes (`--rate-share`).
+    pub share: f64,
+    /// The time between the last two reopenings after refusals: a fixed-window limiter's
+    /// window. Null when none was measured.
+    pub cycle_secs: Option<f64>,
+    /// Time every worker spent stopped by refusals.
+    pub paused_secs: f64,
+    /// Whether the server sent `Retry-After` with its refusals.
+    pub retry_after_seen: bool,
 }
 
 /// One output table.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::source::FetchStatus;
+use crate::source::{FetchStatus, RateMode};
 
 /// A handle to the bar, cheap to clone; every method is a no-op when it is hidden.
 #[derive(Clone)]
@@ -138,13 +138,19 @@ fn status_message(line: &Line, pages_done: u64, pages_planned: u64, elapsed: Dur
     if status.governor.throttled > 0 {
         parts.push(format!("429s {}", status.governor.throttled));
     }
-    if let Some(wait) = status
-        .governor
-        .waiting
-        .filter(|w| *w > Duration::from_millis(300))
+    let governor = &status.governor;
+    if governor.mode == RateMode::Learned
+        && let Some(limit) = governor.limit
     {
         parts.push(format!(
-            "rate limit: next window in {} s",
+            "limit {}/min",
+            HumanCount((limit * 60.0).round() as u64)
+        ));
+    }
+    let wait = governor.waiting.filter(|w| *w > Duration::from_millis(300));
+    if let Some(wait) = wait {
+        parts.push(format!(
+            "rate limit: paused, next try in {} s",
             wait.as_secs_f64().ceil()
         ));
     }
@@ -154,10 +160,11 @@ fn status_message(line: &Line, pages_done: u64, pages_planned: u64, elapsed: Dur
     } else {
         0.0
     };
-    if let Some(budget) = status.governor.budget {
-        // The budget caps the rate: at best `budget` requests a window.
-        eta = eta.max(remaining / budget as f64 * status.governor.window.as_secs_f64());
+    if let Some(pace) = governor.pace {
+        // The pace caps the rate: at best `pace` requests a second, after any pause.
+        eta = eta.max(remaining / pace);
     }
+    eta += wait.map_or(0.0, |w| w.as_secs_f64());
     if eta > 0.0 {
         parts.push(format!(
             "ETA {}",
@@ -170,7 +177,7 @@ fn status_message(line: &Line, pages_done: u64, pages_planned: u64, elapsed: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::GovernorStatus;
+    use crate::source::{GovernorStatus, RateMode};
 
     fn line(contacts: u64, expected: Option<u64>, status: FetchStatus) -> Line {
         Line {
@@ -202,29 +209,32 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_caps_the_eta_and_waits_and_429s_are_shown() {
+    fn the_pace_caps_the_eta_and_pauses_and_429s_are_shown() {
         let status = FetchStatus {
             concurrency: 4,
             retries: 2,
             governor: GovernorStatus {
-                budget: Some(3_000),
-                window: Duration::from_secs(60),
+                mode: RateMode::Learned,
+                limit: Some(50.0),
+                pace: Some(45.0),
                 waiting: Some(Duration::from_millis(41_200)),
                 sent: 3_000,
                 throttled: 3,
+                ..GovernorStatus::default()
             },
         };
-        // 300 pages/s so far, but 60,000 pages left at 3,000 a minute take 20 minutes.
+        // 300 pages/s so far, but 54,000 pages left at 45 a second take 20 minutes, and the
+        // 41 s pause comes first: 20 min 41 s.
         let text = status_message(
             &line(45_015, None, status),
             3_001,
-            63_001,
+            57_001,
             Duration::from_secs(10),
         );
         assert_eq!(
             text,
-            "45,015 contacts  300 pages/s  concurrency 4  retries 2  429s 3  \
-             rate limit: next window in 42 s  ETA 20 minutes"
+            "45,015 contacts  300 pages/s  concurrency 4  retries 2  429s 3  limit 3,000/min  \
+             rate limit: paused, next try in 42 s  ETA 21 minutes"
         );
     }
 }

@@ -43,6 +43,8 @@ pub struct AccountReport {
     pub requests: u64,
     pub retries: u64,
     pub throttled: u64,
+    /// How the requests were paced (the run's accounts share one rate).
+    pub rate: crate::manifest::RateReport,
     /// Contacts the drift repair recovered and those it could not reconcile.
     pub drift_recovered: u64,
     pub drift_unresolved: u64,
@@ -149,6 +151,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
     let governor = Arc::new(RateGovernor::new(
         pipeline.fetch.rate_limit,
         pipeline.fetch.rate_window,
+        pipeline.fetch.rate_share,
     ));
     let several = pipeline.accounts.len() > 1;
     let target = Target {
@@ -255,6 +258,7 @@ fn account_report(
             requests: 0,
             retries: 0,
             throttled: 0,
+            rate: crate::manifest::RateReport::default(),
             drift_recovered: 0,
             drift_unresolved: 0,
         },
@@ -289,6 +293,7 @@ fn report(
         requests: manifest.requests,
         retries: manifest.retries,
         throttled: manifest.throttled,
+        rate: manifest.rate.clone(),
         drift_recovered: manifest.drift.recovered,
         drift_unresolved: manifest.drift.unresolved,
     }

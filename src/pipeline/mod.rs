@@ -28,11 +28,12 @@ use collector::Collector;
 use saver::Saver;
 
 use crate::config::TableSelection;
-use crate::manifest::{Manifest, Source, Tool, public_base_url};
+use crate::manifest::{Manifest, RateReport, Source, Tool, public_base_url};
 use crate::progress::Progress;
 use crate::sink::{Compression, Format, SinkError, SinkOptions};
 use crate::source::{
-    ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, RateGovernor,
+    ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
+    RateGovernor, RateMode,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::FlattenError;
@@ -373,6 +374,7 @@ async fn run(
         requests: status.governor.sent,
         retries: status.retries,
         throttled: status.governor.throttled,
+        rate: rate_report(&status.governor, settings.fetch.rate_share),
         custom_attribute_definitions: walk_state.attribute_definitions,
         drift,
         resumes,
@@ -392,6 +394,27 @@ async fn run(
         duration_secs: 0.0,
     };
     Ok((manifest, written, status))
+}
+
+/// What the manifest says of the rate limit, from the governor's status at the end.
+fn rate_report(governor: &GovernorStatus, share: f64) -> RateReport {
+    let per_minute = |rate: f64| (rate * 600.0).round() / 10.0;
+    RateReport {
+        mode: match governor.mode {
+            RateMode::Unlimited => "unlimited",
+            RateMode::Told => "told",
+            RateMode::Learned => "learned",
+        }
+        .to_owned(),
+        limit_per_minute: governor.limit.map(per_minute),
+        pace_per_minute: governor.pace.map(per_minute),
+        share,
+        cycle_secs: governor
+            .cycle
+            .map(|cycle| (cycle.as_secs_f64() * 100.0).round() / 100.0),
+        paused_secs: (governor.paused.as_secs_f64() * 100.0).round() / 100.0,
+        retry_after_seen: governor.retry_after_seen,
+    }
 }
 
 /// Saves a checkpoint after a failure or an interruption, so `--resume` can go on.

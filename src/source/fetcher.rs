@@ -4,8 +4,9 @@
 //! Receives page numbers (or filter pages, for drift repair); emits parsed pages, or a
 //! `FetchError` once a permanent error arrives or retries are exhausted. Every attempt first
 //! takes a place in flight (`concurrency`) and then a request from the window's budget
-//! (`governor`); 429s go back to the governor, which pauses everyone, and do not use up the
-//! page's retries; other transient errors back off with full jitter (`retry`).
+//! (`governor`); a rate limit's refusals (429, and 503, nginx's `limit_req` default) go back to
+//! the governor, which pauses everyone and learns the server's rate, and do not use up the page's
+//! retries; other transient errors back off with full jitter (`retry`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub struct FetchOptions {
     /// Requests per window (None: learn from 429s).
     pub rate_limit: Option<u64>,
     pub rate_window: Duration,
+    /// The part of the server's rate this run takes (the rest is left to the IP's other users).
+    pub rate_share: f64,
 }
 
 /// What the fetcher is doing, for the progress bar, the summary and the manifest.
@@ -71,7 +74,11 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher with its own request budget (`options.rate_limit` per `options.rate_window`).
     pub fn new(client: ContactsClient, options: FetchOptions) -> Self {
-        let governor = Arc::new(RateGovernor::new(options.rate_limit, options.rate_window));
+        let governor = Arc::new(RateGovernor::new(
+            options.rate_limit,
+            options.rate_window,
+            options.rate_share,
+        ));
         Self::with_governor(client, options, governor)
     }
 
@@ -169,7 +176,7 @@ impl Fetcher {
                 }
                 Err(error) => error,
             };
-            if let FetchError::RateLimited { .. } = error {
+            if error.is_rate_limit() {
                 drop(permit);
                 self.governor.throttled(ticket, answer.retry_after);
                 self.throttled.fetch_add(1, Ordering::Relaxed);

@@ -1,104 +1,230 @@
-//! The request budget per window, shared by every worker.
+//! The request rate, shared by every worker: paced, learned from the server's own answers.
 //!
-//! Chatwoot (rack-attack) counts requests per client IP in fixed windows aligned to the Unix
-//! epoch on the server's clock, and answers 429 `Retry later` with no `Retry-After` once the
-//! window's count passes the limit; throttled requests count too. A per-request backoff
-//! against that becomes a retry storm. So this governor:
-//! - hands out at most `budget` requests per window, windows aligned to the server's clock
-//!   (estimated from `Date` headers, which have one-second resolution: each answer bounds the
-//!   offset between the clocks, and the bounds narrow as answers arrive);
-//! - on a 429 learns the budget downward (to the requests that succeeded in that window) and
-//!   pauses every worker together until the next window, plus jitter;
-//! - starts from `--rate-limit` (Chatwoot's default, 3000 a minute) or, with 0, from no budget,
-//!   and in both cases converges on the server's real limit by itself.
+//! Chatwoot's rack-attack counts requests per client IP in fixed windows (60 s by default,
+//! aligned to the epoch on the server's clock) and answers 429 with no `Retry-After`; proxies in
+//! front of it limit in other ways (nginx `limit_req` leaks a bucket and answers 503 or 429; CDNs
+//! slide windows and send `Retry-After`). The window may have been used by someone else on the
+//! same IP before the export started, the clocks may disagree, and the agents' dashboards share
+//! the budget. So this governor assumes no model of the limiter:
+//! - it **paces** requests evenly at `share` of the rate it believes the server sustains. An
+//!   even pace stays inside every kind of limit at once (any window length, any phase, any
+//!   bucket), needs no clock, and leaves the rest of each window to the other users of the IP
+//!   instead of taking the whole budget in its first seconds;
+//! - when the server refuses (429, or 503, which is what nginx's limiter answers by default), it
+//!   stops every worker at once and sends **one probe** at a time until the server accepts
+//!   again: after `Retry-After` when the server says, otherwise soon (0.25 s) and then at whole
+//!   seconds of the server's clock, 1, 2, 5, 10, 15, 30, 60 s apart, where fixed windows turn;
+//! - it **learns** the sustainable rate from a full cycle between two reopenings: the requests
+//!   the server accepted from one reopening to the next, over the time between them. That is
+//!   exactly the budget per window for a fixed window, and the leak rate for a bucket. A first,
+//!   partial cycle (the window may have been used before the export started) proves nothing
+//!   and changes nothing, so the rate never collapses on one early 429;
+//! - a lone refusal followed by an accepted probe (a random 503) changes nothing either;
+//! - after a quiet spell it raises its rate by a few percent, up to the rate it was told, so a
+//!   rate learned while someone else was busy on the IP recovers.
 //!
-//! Receives: ticket requests, answers' outcomes and `Date` headers. Emits: when each request may
-//! go, and a status for the progress bar.
+//! Receives: ticket requests, answers' outcomes (with `Retry-After`) and `Date` headers. Emits:
+//! when each request may go, and a status for the progress bar and the manifest.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::rng::Rng;
 
-/// The window a request was sent in.
+/// A request's place: the phase it was sent in, and whether it is the probe of a pause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ticket(i64);
+pub struct Ticket {
+    epoch: u64,
+    probe: bool,
+}
+
+/// How the rate in force was arrived at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateMode {
+    /// No limit told and none met: requests go as fast as concurrency allows.
+    #[default]
+    Unlimited,
+    /// The rate told (`--rate-limit`), never contradicted by the server.
+    Told,
+    /// Learned from the server's refusals.
+    Learned,
+}
 
 /// What the governor is doing, for the progress bar and the run report.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GovernorStatus {
-    /// Requests allowed per window (None: no limit known).
-    pub budget: Option<u64>,
-    pub window: Duration,
-    /// Time until requests may go again, if workers are waiting for a window.
+    pub mode: RateMode,
+    /// The rate the server is believed to sustain for this run, in requests a second.
+    pub limit: Option<f64>,
+    /// The rate requests are paced at (`share` of `limit`), in requests a second.
+    pub pace: Option<f64>,
+    /// The cycle between the last two reopenings, when one was measured: for a fixed-window
+    /// limiter, its window.
+    pub cycle: Option<Duration>,
+    /// Time until requests may go again, if the server is refusing now.
     pub waiting: Option<Duration>,
-    /// Requests sent in all windows.
+    /// Time spent with every worker stopped by a refusal, over the run.
+    pub paused: Duration,
+    /// Requests sent in all phases.
     pub sent: u64,
-    /// Of those, answered 429.
+    /// Of those, refused by a rate limit (429, or 503).
     pub throttled: u64,
+    /// Whether the server sent `Retry-After` with a refusal.
+    pub retry_after_seen: bool,
+}
+
+/// A pause: every worker stopped because the server refused.
+#[derive(Debug)]
+struct Pause {
+    since: Instant,
+    next_probe: Instant,
+    probe_out: bool,
+    probe_sent: Instant,
+    failed_probes: u32,
+    refusals: u32,
+}
+
+/// The server accepted again after a pause.
+#[derive(Clone, Copy, Debug)]
+struct Reopening {
+    at: Instant,
+    /// Requests accepted before this reopening's probe, in the whole run.
+    accepted_before: u64,
+    /// Whether the pause before it showed a limit (not one stray refusal).
+    strong: bool,
 }
 
 #[derive(Debug)]
 struct State {
-    budget: Option<u64>,
-    window: i64,
-    sent_in_window: u64,
-    succeeded_in_window: u64,
-    throttled_in_window: bool,
-    /// The window whose 429 set the budget; later successes in it raise the budget again.
-    learned_in: Option<i64>,
-    /// Windows in a row that used the whole budget without a 429 (time to probe upward).
-    clean_full_windows: u32,
-    paused_until: Option<Instant>,
-    /// Bounds on (server clock - local clock), in seconds.
-    offset_low: f64,
-    offset_high: f64,
-    /// Average round trip, in seconds: a request counts where it arrives, half of it later.
-    rtt: f64,
+    limit: Option<f64>,
+    mode: RateMode,
+    next_slot: Instant,
+    epoch: u64,
+    pause: Option<Pause>,
+    reopenings: VecDeque<Reopening>,
+    started: Option<Instant>,
+    accepted: u64,
+    /// Outcomes of the latest answers, true for a refusal, to tell a limit from stray errors.
+    recent: VecDeque<bool>,
+    /// When the rate last went down or was last raised: raises wait for a quiet spell.
+    calm_since: Instant,
+    /// Whether a worker had to wait for the pace since `calm_since` (raising an idle rate
+    /// proves nothing).
+    pace_bound: bool,
+    cycle: Option<Duration>,
+    /// The rate last learned from a full cycle: raises go quickly back up to it, and past it
+    /// only after a long calm.
+    learned: Option<f64>,
+    learned_at: Instant,
+    paused: Duration,
     sent: u64,
     throttled: u64,
+    retry_after_seen: bool,
+    /// Bounds on (server clock - local clock), in seconds, from `Date` headers.
+    offset_low: f64,
+    offset_high: f64,
     rng: Rng,
 }
 
-/// Shared request budget.
+/// Shared request pacing.
 #[derive(Debug)]
 pub struct RateGovernor {
-    window: Duration,
-    /// The most the budget may grow back to when probing (the configured budget).
-    ceiling: Option<u64>,
+    /// The rate told, in requests a second: where the pace starts and the most it is raised to.
+    told: Option<f64>,
+    /// The part of the sustainable rate this run takes (the rest is left to the IP's other
+    /// users: agents' dashboards, other integrations).
+    share: f64,
+    /// The local wall clock at `base`, so every reading of time comes from tokio's clock.
+    wall_base: f64,
+    base: Instant,
     state: Mutex<State>,
+    reopened: Notify,
 }
 
-/// Margin kept free at each end of a window: our idea of the window must sit inside the
-/// server's, whatever the small errors of clocks and timing.
-const GUARD: f64 = 0.05;
-/// After this many full windows without a 429, a learned budget is probed one step upward,
-/// so a budget learned too low (a burst of other traffic from the same IP) recovers.
-const PROBE_AFTER_WINDOWS: u32 = 10;
+/// The first probe of a pause goes this soon: a leaky bucket has room again almost at once.
+const FIRST_PROBE: Duration = Duration::from_millis(250);
+/// Later probes go at whole multiples of these (server clock), one step further each time.
+const PROBE_STEPS: [f64; 7] = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0];
+/// A probe goes this long after a whole second of the server's clock, so it lands after it.
+const PROBE_GUARD: f64 = 0.05;
+/// Answers remembered to tell a limit from stray errors, and the refusals among them that
+/// make even single refusals a limit's.
+const RECENT: usize = 64;
+const RECENT_REFUSALS: usize = 4;
+/// Reopenings remembered (weak ones included) to find where the last full cycle began.
+const CYCLES_KEPT: usize = 16;
+/// A probe not answered in this long is taken as lost (its task ended): another may go.
+const PROBE_LOST: Duration = Duration::from_secs(120);
+/// A raise after this many cycles (or this long, whichever is more) without a refusal...
+const CALM_CYCLES: f64 = 2.0;
+const CALM_MIN: Duration = Duration::from_secs(2);
+/// Cycles shorter than this (a bucket's, where the room regained in a pause inflates one
+/// cycle's count) are averaged together up to it.
+const AVERAGED_SPAN: Duration = Duration::from_secs(5);
+/// ...by this much.
+const RAISE: f64 = 1.05;
+/// Raises stop at the rate learned until a long calm of this many shortest cycles (or this long, whichever is more).
+const LONG_CALM_CYCLES: f64 = 30.0;
+const LONG_CALM_MIN: Duration = Duration::from_secs(60);
+/// The long calm, when the server sends `Retry-After`: this many shortest cycles.
+const RETRY_AFTER_CALM_CYCLES: f64 = 5.0;
+/// A lone refusal at a learned pace lowers it this much.
+const STRAY_STEP: f64 = 0.97;
 
 impl RateGovernor {
-    /// `budget` requests per `window`; `None` means no budget until a 429 teaches one.
-    pub fn new(budget: Option<u64>, window: Duration) -> Self {
-        let budget = budget.map(|b| b.max(1));
+    /// `limit` requests per `window` told (None: none told; the rate is learned if the server
+    /// ever refuses), of which the run takes `share` (0 to 1).
+    pub fn new(limit: Option<u64>, window: Duration, share: f64) -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self::with_wall_clock(limit, window, share, wall)
+    }
+
+    /// As `new`, with the local wall clock reading `wall_base` seconds since the epoch now
+    /// (tests run on tokio's paused clock, which the wall clock does not follow).
+    fn with_wall_clock(limit: Option<u64>, window: Duration, share: f64, wall_base: f64) -> Self {
+        let window = window.max(Duration::from_millis(100)).as_secs_f64();
+        let told = limit.map(|limit| limit.max(1) as f64 / window);
+        let base = Instant::now();
         Self {
-            window: window.max(Duration::from_millis(100)),
-            ceiling: budget,
+            told,
+            share: share.clamp(0.01, 1.0),
+            wall_base,
+            base,
             state: Mutex::new(State {
-                budget,
-                window: i64::MIN,
-                sent_in_window: 0,
-                succeeded_in_window: 0,
-                throttled_in_window: false,
-                learned_in: None,
-                clean_full_windows: 0,
-                paused_until: None,
-                offset_low: f64::NEG_INFINITY,
-                offset_high: f64::INFINITY,
-                rtt: 0.0,
+                limit: told,
+                mode: if told.is_some() {
+                    RateMode::Told
+                } else {
+                    RateMode::Unlimited
+                },
+                next_slot: base,
+                epoch: 0,
+                pause: None,
+                reopenings: VecDeque::new(),
+                started: None,
+                accepted: 0,
+                recent: VecDeque::with_capacity(RECENT),
+                calm_since: base,
+                pace_bound: false,
+                cycle: None,
+                learned: None,
+                learned_at: base,
+                paused: Duration::ZERO,
                 sent: 0,
                 throttled: 0,
+                retry_after_seen: false,
+                offset_low: f64::NEG_INFINITY,
+                offset_high: f64::INFINITY,
                 rng: Rng::from_entropy(),
             }),
+            reopened: Notify::new(),
         }
     }
 
@@ -108,140 +234,268 @@ impl RateGovernor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Waits until a request may be sent and counts it in its window.
+    /// Waits until a request may be sent and counts it.
     pub async fn acquire(&self) -> Ticket {
         loop {
-            let wait = {
+            let reopened = self.reopened.notified();
+            tokio::pin!(reopened);
+            // Registered before the check, so a reopening between check and wait is not lost.
+            reopened.as_mut().enable();
+            let (wait, reserved) = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                match state.paused_until {
-                    Some(until) if until > now => until - now,
-                    _ => {
-                        state.paused_until = None;
-                        match self.try_take(&mut state) {
-                            Ok(ticket) => return ticket,
-                            Err(wait) => {
-                                // Everyone waits for the same instant; jitter spreads them.
-                                let wait = wait + self.jitter(&mut state);
-                                state.paused_until = Some(now + wait);
-                                wait
+                state.started.get_or_insert(now);
+                if let Some(pause) = &mut state.pause {
+                    if pause.probe_out && now - pause.probe_sent > PROBE_LOST {
+                        pause.probe_out = false;
+                    }
+                    if !pause.probe_out && now >= pause.next_probe {
+                        pause.probe_out = true;
+                        pause.probe_sent = now;
+                        state.sent += 1;
+                        return Ticket {
+                            epoch: state.epoch,
+                            probe: true,
+                        };
+                    }
+                    // A probe in flight ends the pause or schedules the next: wake on either.
+                    let wait = if pause.probe_out {
+                        Duration::from_millis(100)
+                    } else {
+                        pause.next_probe - now
+                    };
+                    (wait, None)
+                } else {
+                    match self.pace(&state) {
+                        None => {
+                            state.sent += 1;
+                            return Ticket {
+                                epoch: state.epoch,
+                                probe: false,
+                            };
+                        }
+                        Some(pace) => {
+                            let slot = state.next_slot.max(now);
+                            state.next_slot = slot + Duration::from_secs_f64(1.0 / pace);
+                            if slot <= now {
+                                state.sent += 1;
+                                return Ticket {
+                                    epoch: state.epoch,
+                                    probe: false,
+                                };
                             }
+                            state.pace_bound = true;
+                            (slot - now, Some(state.epoch))
                         }
                     }
                 }
             };
-            tokio::time::sleep(wait).await;
+            match reserved {
+                // The slot is this worker's: it goes at its time unless a pause began meanwhile.
+                Some(epoch) => {
+                    tokio::time::sleep(wait).await;
+                    let mut state = self.lock();
+                    if state.epoch == epoch && state.pause.is_none() {
+                        state.sent += 1;
+                        return Ticket {
+                            epoch,
+                            probe: false,
+                        };
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(wait, reopened).await;
+                }
+            }
         }
     }
 
-    /// Takes a request from the current window's budget, or says how long until one is free.
-    fn try_take(&self, state: &mut State) -> Result<Ticket, Duration> {
-        let length = self.window.as_secs_f64();
-        let (offset, uncertainty) = self.offset(state);
-        let local = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let server = local + offset;
-        let window = (server / length).floor() as i64;
-        let into = server - window as f64 * length;
-        if window != state.window {
-            self.close_window(state);
-            state.window = window;
-            state.sent_in_window = 0;
-            state.succeeded_in_window = 0;
-            state.throttled_in_window = false;
-        }
-        let Some(budget) = state.budget else {
-            state.sent += 1;
-            return Ok(Ticket(window));
-        };
-        // Send only where the request surely lands in this window of the server's: not
-        // before its start, not so near its end that it arrives in the next one.
-        let start_guard = GUARD + uncertainty;
-        let end_guard = GUARD + uncertainty + state.rtt / 2.0;
-        let guarded = length > 4.0 * (start_guard + end_guard);
-        if guarded && into < start_guard {
-            return Err(Duration::from_secs_f64(start_guard - into));
-        }
-        if state.sent_in_window >= budget || (guarded && into > length - end_guard) {
-            return Err(Duration::from_secs_f64(
-                length - into + if guarded { start_guard } else { 0.0 },
-            ));
-        }
-        state.sent_in_window += 1;
-        state.sent += 1;
-        Ok(Ticket(window))
+    /// The pace in requests a second, or None for no pacing.
+    fn pace(&self, state: &State) -> Option<f64> {
+        state.limit.map(|limit| (limit * self.share).max(0.01))
     }
 
-    /// Bookkeeping when a window ends: probe a learned budget upward after enough windows
-    /// that used all of it without a 429.
-    fn close_window(&self, state: &mut State) {
-        let Some(budget) = state.budget else { return };
-        if state.throttled_in_window || state.sent_in_window < budget {
-            state.clean_full_windows = 0;
+    /// The request with `ticket` was answered (anything but a rate limit's refusal).
+    pub fn succeeded(&self, ticket: Ticket, _rtt: Duration) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.accepted += 1;
+        remember(&mut state.recent, false);
+        if ticket.probe && ticket.epoch == state.epoch && state.pause.is_some() {
+            self.reopen(&mut state, now);
+            drop(state);
+            self.reopened.notify_waiters();
             return;
         }
-        state.clean_full_windows += 1;
-        if state.clean_full_windows >= PROBE_AFTER_WINDOWS
-            && self.ceiling.is_none_or(|c| budget < c)
-        {
-            let step = (budget / 20).max(1);
-            state.budget = Some(
-                self.ceiling
-                    .map_or(budget + step, |c| (budget + step).min(c)),
-            );
-            state.clean_full_windows = 0;
-        }
+        self.maybe_raise(&mut state, now);
     }
 
-    /// The request with `ticket` was answered without a 429, after `rtt`.
-    pub fn succeeded(&self, ticket: Ticket, rtt: Duration) {
-        let mut state = self.lock();
-        let rtt = rtt.as_secs_f64();
-        state.rtt = if state.rtt == 0.0 {
-            rtt
-        } else {
-            state.rtt * 0.9 + rtt * 0.1
-        };
-        if ticket.0 == state.window {
-            state.succeeded_in_window += 1;
-            if state.learned_in == Some(ticket.0) {
-                let succeeded = state.succeeded_in_window;
-                state.budget = state.budget.map(|b| b.max(succeeded));
-            }
-        }
-    }
-
-    /// The request with `ticket` was answered 429: learn the budget and pause everyone until
-    /// the next window (or for `retry_after`, when the server said).
+    /// The request with `ticket` was refused by a rate limit (429, or 503): pause everyone
+    /// until a probe is accepted, after `retry_after` when the server said.
     pub fn throttled(&self, ticket: Ticket, retry_after: Option<Duration>) {
         let mut state = self.lock();
+        let now = Instant::now();
         state.throttled += 1;
-        if ticket.0 == state.window {
-            state.throttled_in_window = true;
-            if state.learned_in != Some(ticket.0) {
-                let succeeded = state.succeeded_in_window.max(1);
-                state.budget = Some(state.budget.map_or(succeeded, |b| b.min(succeeded)));
-                state.learned_in = Some(ticket.0);
-            }
+        state.retry_after_seen |= retry_after.is_some();
+        remember(&mut state.recent, true);
+        if ticket.epoch != state.epoch {
+            // Sent before the latest reopening: its refusal is old news.
+            return;
         }
-        let wait = match retry_after {
-            Some(wait) => wait,
-            None if ticket.0 == state.window => {
-                // Nothing more in this window: take all that is left of it.
-                let left = state.budget.unwrap_or(0);
-                state.sent_in_window = state.sent_in_window.max(left);
-                Duration::ZERO
-            }
-            // The window has turned since the request went: go again now.
-            None => Duration::ZERO,
+        if state.pause.is_none() {
+            state.epoch += 1;
+            state.pause = Some(Pause {
+                since: now,
+                next_probe: now,
+                probe_out: false,
+                probe_sent: now,
+                failed_probes: 0,
+                refusals: 0,
+            });
+        } else if ticket.probe {
+            let pause = state.pause.as_mut().expect("paused");
+            pause.failed_probes += 1;
+            pause.probe_out = false;
+        }
+        let next = match retry_after {
+            Some(wait) => now + wait + self.jitter(&mut state, wait.mul_f64(0.1)),
+            None => self.next_probe(&mut state, now),
         };
-        if !wait.is_zero() {
-            let until = Instant::now() + wait + self.jitter(&mut state);
-            if state.paused_until.is_none_or(|current| current < until) {
-                state.paused_until = Some(until);
-            }
+        let pause = state.pause.as_mut().expect("paused");
+        pause.refusals += 1;
+        if ticket.probe || pause.refusals == 1 {
+            pause.next_probe = next;
+        } else if retry_after.is_some() {
+            // The server's word wins over our schedule, but never brings a probe forward.
+            pause.next_probe = pause.next_probe.max(next);
         }
+    }
+
+    /// When the next probe of a pause goes, with no `Retry-After`.
+    fn next_probe(&self, state: &mut State, now: Instant) -> Instant {
+        let Some(pause) = &state.pause else {
+            return now;
+        };
+        if pause.failed_probes == 0 && pause.refusals == 0 {
+            let jitter = self.jitter(state, Duration::from_millis(50));
+            return now + FIRST_PROBE + jitter;
+        }
+        // The quick first probe failed (or never went, for a refusal that said nothing): from
+        // here on, whole seconds, then larger steps.
+        let steps = pause.failed_probes.saturating_sub(1) as usize;
+        let step = PROBE_STEPS[steps.min(PROBE_STEPS.len() - 1)];
+        let server = self.wall(now) + self.offset(state);
+        let boundary = ((server + 1e-3) / step).ceil() * step;
+        let jitter = self.jitter(state, Duration::from_millis(50));
+        now + Duration::from_secs_f64(boundary - server + PROBE_GUARD) + jitter
+    }
+
+    /// A probe was accepted: the pause ends, and a full cycle since the last reopening
+    /// teaches the rate.
+    fn reopen(&self, state: &mut State, now: Instant) {
+        let pause = state.pause.take().expect("paused");
+        state.paused += now - pause.since;
+        state.epoch += 1;
+        state.next_slot = now;
+        let strong = pause.refusals >= 2
+            || pause.failed_probes >= 1
+            || state.recent.iter().filter(|refused| **refused).count() >= RECENT_REFUSALS;
+        let reopening = Reopening {
+            at: now,
+            accepted_before: state.accepted - 1,
+            strong,
+        };
+        state.reopenings.push_back(reopening);
+        if state.reopenings.len() > CYCLES_KEPT {
+            state.reopenings.pop_front();
+        }
+        if !strong {
+            // One refusal, and the next request accepted: a stray error, or a pace just over
+            // a bucket's leak. A small step down settles the second and costs the first little.
+            if state.mode == RateMode::Learned {
+                state.limit = state.limit.map(|limit| limit * STRAY_STEP);
+            }
+            state.calm_since = now;
+            state.pace_bound = false;
+            return;
+        }
+        // The cycle that ends here starts at the last reopening after a limit's pause (a
+        // window's turn, a bucket's room): since then the server accepted all it would. Short
+        // cycles (a bucket's) are averaged with the strong ones before them.
+        let mut earlier = state.reopenings.iter().rev().skip(1).filter(|r| r.strong);
+        let Some(mut from) = earlier.next().copied() else {
+            return;
+        };
+        let cycle = now - from.at;
+        for before in earlier {
+            if now - from.at >= AVERAGED_SPAN {
+                break;
+            }
+            from = *before;
+        }
+        let span = (now - from.at).as_secs_f64();
+        if span <= 0.0 {
+            return;
+        }
+        let accepted = (reopening.accepted_before - from.accepted_before) as f64;
+        let rate = (accepted / span).max(1.0 / span);
+        state.limit = Some(match self.told {
+            Some(told) => rate.min(told),
+            None => rate,
+        });
+        state.mode = RateMode::Learned;
+        state.learned = state.limit;
+        state.learned_at = now;
+        // The shortest full cycle is a fixed window's length; longer ones span several.
+        state.cycle = Some(state.cycle.map_or(cycle, |shortest| shortest.min(cycle)));
+        state.calm_since = now;
+        state.pace_bound = false;
+    }
+
+    /// After a quiet spell at full pace, try a little faster, up to the rate told.
+    fn maybe_raise(&self, state: &mut State, now: Instant) {
+        if state.pause.is_some() || !state.pace_bound || state.mode != RateMode::Learned {
+            return;
+        }
+        let Some(limit) = state.limit else { return };
+        let calm = state
+            .cycle
+            .map_or(CALM_MIN, |cycle| cycle.mul_f64(CALM_CYCLES))
+            .max(CALM_MIN);
+        if now - state.calm_since < calm {
+            return;
+        }
+        // A server that says when to come back makes a refusal cheap (no probing, no window
+        // closed for everyone), and its whole-second `Retry-After` makes the rate learned low:
+        // look past it sooner.
+        let (cycles, least) = if state.retry_after_seen {
+            (RETRY_AFTER_CALM_CYCLES, CALM_MIN)
+        } else {
+            (LONG_CALM_CYCLES, LONG_CALM_MIN)
+        };
+        let long_calm = state
+            .cycle
+            .map_or(least, |cycle| cycle.mul_f64(cycles))
+            .max(least);
+        let learned = state.learned.unwrap_or(limit);
+        let raised = if limit < learned {
+            // Back up to the rate learned, quickly (after lone refusals stepped it down).
+            (limit * RAISE).min(learned)
+        } else if now - state.learned_at >= long_calm {
+            // Past it only after a long calm, when others on the IP may have left room; a
+            // refusal then teaches the rate again.
+            state.learned = Some(limit * RAISE);
+            state.learned_at = now;
+            limit * RAISE
+        } else {
+            return;
+        };
+        if raised <= limit {
+            return;
+        }
+        state.limit = Some(self.told.map_or(raised, |told| raised.min(told)));
+        state.calm_since = now;
+        state.pace_bound = false;
     }
 
     /// Narrows the clock offset with an answer's `Date` header, received at `received`.
@@ -270,89 +524,52 @@ impl RateGovernor {
         let state = self.lock();
         let now = Instant::now();
         GovernorStatus {
-            budget: state.budget,
-            window: self.window,
+            mode: state.mode,
+            limit: state.limit,
+            pace: self.pace(&state),
+            cycle: state.cycle,
             waiting: state
-                .paused_until
-                .filter(|until| *until > now)
-                .map(|until| until - now),
+                .pause
+                .as_ref()
+                .map(|pause| pause.next_probe.saturating_duration_since(now)),
+            paused: state.paused
+                + state
+                    .pause
+                    .as_ref()
+                    .map_or(Duration::ZERO, |pause| now - pause.since),
             sent: state.sent,
             throttled: state.throttled,
+            retry_after_seen: state.retry_after_seen,
         }
     }
 
-    /// (server clock - local clock, uncertainty of that), in seconds. A synchronised local
-    /// clock (the `Date` headers agree with it) is exact to well under a second, finer than
-    /// the headers can tell; otherwise the middle of what the headers allow.
-    fn offset(&self, state: &State) -> (f64, f64) {
+    /// The local wall clock at `now`, in seconds since the epoch.
+    fn wall(&self, now: Instant) -> f64 {
+        self.wall_base + (now - self.base).as_secs_f64()
+    }
+
+    /// Server clock - local clock, in seconds: the middle of what the `Date` headers allow,
+    /// or 0 when they agree with the local clock (or never came).
+    fn offset(&self, state: &State) -> f64 {
         let (low, high) = (state.offset_low, state.offset_high);
         if !(low.is_finite() && high.is_finite()) || (low <= 0.0 && 0.0 <= high) {
-            return (0.0, 0.0);
+            return 0.0;
         }
-        ((low + high) / 2.0, (high - low) / 2.0)
+        (low + high) / 2.0
     }
 
-    /// Up to 2% of the window (at most a second).
-    fn jitter(&self, state: &mut State) -> Duration {
-        let spread = (self.window.as_secs_f64() * 0.02).min(1.0);
-        Duration::from_secs_f64(spread * state.rng.unit())
+    /// A random delay up to `spread`, so separate processes do not come back together.
+    fn jitter(&self, state: &mut State, spread: Duration) -> Duration {
+        spread.mul_f64(state.rng.unit())
     }
+}
+
+fn remember(recent: &mut VecDeque<bool>, refused: bool) {
+    if recent.len() == RECENT {
+        recent.pop_front();
+    }
+    recent.push_back(refused);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn hands_out_the_budget_then_waits_for_the_next_window() {
-        let governor = RateGovernor::new(Some(3), Duration::from_millis(400));
-        let started = Instant::now();
-        let mut windows = Vec::new();
-        for _ in 0..7 {
-            windows.push(governor.acquire().await.0);
-        }
-        // Seven requests at three a window span three windows.
-        windows.dedup();
-        assert_eq!(windows.len(), 3, "{windows:?}");
-        assert!(started.elapsed() >= Duration::from_millis(400));
-        assert_eq!(governor.status().sent, 7);
-    }
-
-    #[tokio::test]
-    async fn a_429_teaches_the_budget_and_pauses_everyone() {
-        let governor = RateGovernor::new(None, Duration::from_secs(3600));
-        let mut tickets = Vec::new();
-        for _ in 0..5 {
-            tickets.push(governor.acquire().await);
-        }
-        for ticket in &tickets[..4] {
-            governor.succeeded(*ticket, Duration::from_millis(5));
-        }
-        governor.throttled(tickets[4], None);
-        let status = governor.status();
-        assert_eq!(status.budget, Some(4));
-        assert_eq!(status.throttled, 1);
-        // The window is used up: the next request waits for the next one.
-        let waited = tokio::time::timeout(Duration::from_millis(100), governor.acquire()).await;
-        assert!(waited.is_err(), "no more requests in a throttled window");
-    }
-
-    #[test]
-    fn date_headers_narrow_the_clock_offset() {
-        let governor = RateGovernor::new(Some(10), Duration::from_secs(60));
-        let at = |secs: f64| UNIX_EPOCH + Duration::from_secs_f64(secs);
-        // The server is 10.3 s ahead; Date headers truncate to the second.
-        governor.observe_date(at(1010.0), at(1000.0));
-        governor.observe_date(at(1010.0), at(999.75));
-        governor.observe_date(at(1011.0), at(1000.71));
-        governor.observe_date(at(1010.0), at(1000.69));
-        let state = governor.lock();
-        assert!(state.offset_low <= 10.3 && state.offset_high >= 10.3);
-        assert!(
-            state.offset_high - state.offset_low < 0.1,
-            "{} {}",
-            state.offset_low,
-            state.offset_high
-        );
-    }
-}
+mod tests;

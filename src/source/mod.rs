@@ -19,6 +19,6 @@ pub use client::{Attempt, ClientOptions, ContactsClient};
 pub use definitions::AttributeDefinition;
 pub use error::{ConnectCause, FetchError};
 pub use fetcher::{FetchOptions, FetchStatus, Fetcher};
-pub use governor::{GovernorStatus, RateGovernor};
+pub use governor::{GovernorStatus, RateGovernor, RateMode};
 pub use page::{Contacts, ContactsPage, Meta};
 pub use retry::RetryPolicy;

@@ -45,6 +45,15 @@ impl RetryPolicy {
 }
 
 impl FetchError {
+    /// Whether a rate limit refused the request: 429, or 503, which nginx's `limit_req` answers
+    /// by default (and an overloaded server means the same by it: slow down).
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(
+            self,
+            FetchError::RateLimited { .. } | FetchError::Status { status: 503, .. }
+        )
+    }
+
     /// Whether trying the same request again may succeed: connection trouble, time-outs, 5xx,
     /// 429, a body cut short or not JSON. Credentials, missing accounts, bad requests, DNS and
     /// TLS failures do not pass by themselves.

@@ -116,10 +116,21 @@ fn learns_the_rate_limit_and_waits_for_windows_instead_of_storming() {
     let manifest = manifest(dir.path()).expect("manifest");
     let throttled = manifest["throttled"].as_u64().expect("throttled");
     assert_eq!(throttled, fake.throttled());
-    // Learning costs the requests in flight when the first 429 comes; a storm would cost
-    // many times the 22 requests the export needs.
-    assert!(throttled <= 8, "{throttled} 429s: {manifest}");
+    // Learning takes two windows (the first, partial one proves nothing: someone else may
+    // have used it), each costing the requests in flight when the 429 comes and a probe; a
+    // storm would cost many times the 22 requests the export needs.
+    assert!(throttled <= 12, "{throttled} 429s: {manifest}");
     assert!(throttled > 0, "the budget had to be learned");
+    // The rate learned is the server's: 8 a second, 480 a minute.
+    let rate = &manifest["rate"];
+    assert_eq!(rate["mode"], "learned", "{manifest}");
+    let limit = rate["limit_per_minute"].as_f64().expect("limit learned");
+    assert!((430.0..=530.0).contains(&limit), "{limit}: {manifest}");
+    assert_eq!(
+        rate["cycle_secs"].as_f64().map(f64::round),
+        Some(1.0),
+        "{manifest}"
+    );
 }
 
 #[test]
