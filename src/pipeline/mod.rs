@@ -118,7 +118,7 @@ pub enum ExportError {
     Resume(String),
     #[error("interrupted after {pages} pages; progress is saved in {}: run the same command with --resume to continue", out.display())]
     Interrupted { pages: u64, out: PathBuf },
-    #[error("{source}; the {pages} pages done are kept in {}: {}run the same command with --resume to continue", out.display(), if source.disk_full() { "free some space, then " } else { "" })]
+    #[error("{source}; the {pages} pages done are kept in {}: {}run the same command with --resume to continue", out.display(), if source.disk_full() { "once there is room again, " } else { "" })]
     Resumable {
         source: Box<ExportError>,
         pages: u64,

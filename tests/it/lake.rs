@@ -616,7 +616,7 @@ fn engine_counts(folders: &[&LocalPath]) -> Vec<[u64; 2]> {
 import sys, duckdb, pyarrow.dataset as ds
 for folder in sys.argv[1:]:
     arrow = ds.dataset(folder, format='parquet').count_rows()
-    duck = duckdb.sql(f\"SELECT count(*) FROM read_parquet('{folder}/*.parquet')\").fetchone()[0]
+    duck = duckdb.execute('SELECT count(*) FROM read_parquet(?)', [folder + '/*.parquet']).fetchone()[0]
     print(arrow, duck)
 ";
     let args: Vec<&str> = folders.iter().map(|f| f.to_str().expect("utf-8")).collect();
