@@ -515,3 +515,37 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_failure_says_how_to_go_on_and_a_full_disk_says_when() {
+        let kept = |source: std::io::Error| ExportError::Resumable {
+            source: Box::new(ExportError::Spill {
+                path: "out/.chatwoot-export.partial/contacts.rows".into(),
+                source,
+            }),
+            pages: 74,
+            out: "out".into(),
+        };
+        let full = kept(std::io::Error::from(std::io::ErrorKind::StorageFull)).to_string();
+        assert!(
+            full.ends_with(
+                "the 74 pages done are kept in out: once there is room again, run the same command with --resume to continue"
+            ),
+            "{full}"
+        );
+        let other = kept(std::io::Error::from(std::io::ErrorKind::Other)).to_string();
+        assert!(
+            other.ends_with(
+                "the 74 pages done are kept in out: run the same command with --resume to continue"
+            ),
+            "{other}"
+        );
+        // An object store export's staging folder goes: the message must not promise it.
+        let staged = kept(std::io::Error::from(std::io::ErrorKind::Other)).without_resume();
+        assert!(!staged.to_string().contains("--resume"), "{staged}");
+    }
+}
