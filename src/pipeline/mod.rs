@@ -376,11 +376,17 @@ async fn run(
     };
     if let Err(error) = saver.save(&mut collector, &walk_state, true) {
         // The walk's last checkpoint is still whole (checkpoints are replaced atomically); only
-        // what the repair added since is fetched again.
-        return Err(if saver.saved_pages().is_some() {
-            resumable(error)
-        } else {
-            fatal(error)
+        // what was fetched after it is fetched again.
+        return Err(match saver.saved_pages() {
+            Some(saved) => Failure {
+                error: ExportError::Resumable {
+                    source: Box::new(error),
+                    pages: saved,
+                    out: settings.out.clone(),
+                },
+                resumable: true,
+            },
+            None => fatal(error),
         });
     }
 
