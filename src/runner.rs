@@ -346,7 +346,10 @@ pub async fn export_to(
     settings.out = staging.path().join(format!("account-{}", vars.account_id));
     settings.overwrite = false;
     settings.resume = false;
-    let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
+    // The staging folder goes with `staging`: no "--resume" in the message.
+    let summary = export(&settings)
+        .await
+        .map_err(|e| (e.without_resume().into(), None))?;
     let template = target.path.as_deref().unwrap_or("");
     let published = match destination.publish(&settings.out, template, vars).await {
         Ok(published) => published,

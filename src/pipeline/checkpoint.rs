@@ -6,12 +6,13 @@
 //! resume, so rows written after the last checkpoint are simply fetched again.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::sink::Format;
+use crate::store::owner_only;
 use crate::transform::schema::ColumnDef;
 
 /// The checkpoint file's name in the work folder.
@@ -154,10 +155,17 @@ impl Checkpoint {
         VERSION
     }
 
-    /// Writes the checkpoint into `work`, replacing the previous one atomically.
+    /// Writes the checkpoint into `work`, replacing the previous one atomically. The file is
+    /// owner-only (it names the account and the server): a temporary left by a killed run is
+    /// removed rather than reused, since reopening would keep its mode.
     pub fn save(&self, work: &Path) -> io::Result<()> {
         let temp = work.join(format!("{CHECKPOINT_FILE}.tmp"));
-        fs::write(&temp, serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        match fs::remove_file(&temp) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        owner_only().open(&temp)?.write_all(&bytes)?;
         fs::rename(temp, work.join(CHECKPOINT_FILE))
     }
 
@@ -223,6 +231,46 @@ mod tests {
         };
         assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
         checkpoint.save(dir.path()).expect("save");
+        assert_eq!(
+            Checkpoint::load(dir.path()).expect("load"),
+            Some(checkpoint)
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_checkpoint_is_owner_only_even_over_a_leftover_temp() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A temporary left by a killed run of an older version, readable by all.
+        let temp = dir.path().join(format!("{CHECKPOINT_FILE}.tmp"));
+        fs::write(&temp, b"{").expect("write");
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let checkpoint = Checkpoint {
+            version: VERSION,
+            params: JobParams {
+                base_url: "u".into(),
+                account_id: 1,
+                sort: "created_at".into(),
+                format: Format::Csv,
+                keep_inbox_secrets: false,
+            },
+            started_at: String::new(),
+            walk: WalkState::default(),
+            pages_fetched: 0,
+            duplicates: 0,
+            resumes: 0,
+            spills: [SpillMark::default(); 2],
+            shapes: [vec![], vec![]],
+            inbox_fields_dropped: Default::default(),
+        };
+        checkpoint.save(dir.path()).expect("save");
+        let mode = fs::metadata(dir.path().join(CHECKPOINT_FILE))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!temp.exists());
         assert_eq!(
             Checkpoint::load(dir.path()).expect("load"),
             Some(checkpoint)

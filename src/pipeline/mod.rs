@@ -119,7 +119,7 @@ pub enum ExportError {
     Resume(String),
     #[error("interrupted after {pages} pages; progress is saved in {}: run the same command with --resume to continue", out.display())]
     Interrupted { pages: u64, out: PathBuf },
-    #[error("{source}; the {pages} pages done are kept in {}: run the same command with --resume to continue", out.display())]
+    #[error("{source}; the {pages} pages done are kept in {}: {}run the same command with --resume to continue", out.display(), if source.disk_full() { "once there is room again, " } else { "" })]
     Resumable {
         source: Box<ExportError>,
         pages: u64,
@@ -135,6 +135,30 @@ impl ExportError {
             Self::Resumable { source, .. } => source.fetch(),
             _ => None,
         }
+    }
+
+    /// The error without its "kept for `--resume`" part, for a run whose work folder is about
+    /// to go (the staging folder of an object store export, which `--resume` cannot reach).
+    pub fn without_resume(self) -> Self {
+        match self {
+            Self::Resumable { source, .. } => *source,
+            other => other,
+        }
+    }
+
+    /// Whether the output disk filled up: then the way on is to free space, not to retry.
+    fn disk_full(&self) -> bool {
+        let io = match self {
+            Self::Spill { source, .. }
+            | Self::Store(StoreError::Write { source, .. } | StoreError::Folder { source, .. })
+            | Self::Sink {
+                source: SinkError::Io(source),
+                ..
+            } => source,
+            Self::Resumable { source, .. } => return source.disk_full(),
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull
     }
 }
 
@@ -190,8 +214,13 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         source: err.into(),
     });
     if let Err(err) = bytes.and_then(|bytes| dir.write_manifest(&bytes)) {
+        let out = dir.root().to_owned();
         dir.keep_for_resume();
-        return Err(err.into());
+        return Err(ExportError::Resumable {
+            source: Box::new(err.into()),
+            pages: manifest.pages_fetched,
+            out,
+        });
     }
     let out = dir.root().to_owned();
     dir.finish(&written)?;
@@ -293,6 +322,9 @@ async fn run(
         params.clone(),
         started_at.clone(),
         resumes,
+        checkpoint
+            .as_ref()
+            .map(|saved| saved.walk.next_page.saturating_sub(1)),
     );
     // Pages fetched ahead of the one being consumed: a few times what is in flight, so that one
     // slow page does not hold back the requests behind it (about 15 KB a page).
@@ -332,16 +364,34 @@ async fn run(
         }
     };
     walk_state.final_count = final_count.or(walk_state.final_count);
+    let (duplicates, pages) = (collector.duplicates, collector.pages);
+    // Past the walk every page is in the spills: a failure from here on (a full disk, a folder
+    // that refuses a file) keeps them, and the message says how to go on.
     let resumable = |error: ExportError| Failure {
-        error,
+        error: ExportError::Resumable {
+            source: Box::new(error),
+            pages,
+            out: settings.out.clone(),
+        },
         resumable: true,
     };
-    saver
-        .save(&mut collector, &walk_state, true)
-        .map_err(resumable)?;
+    if let Err(error) = saver.save(&mut collector, &walk_state, true) {
+        // The walk's last checkpoint is still whole (checkpoints are replaced atomically); only
+        // what was fetched after it is fetched again.
+        return Err(match saver.saved_pages() {
+            Some(saved) => Failure {
+                error: ExportError::Resumable {
+                    source: Box::new(error),
+                    pages: saved,
+                    out: settings.out.clone(),
+                },
+                resumable: true,
+            },
+            None => fatal(error),
+        });
+    }
 
     let status = fetcher.status();
-    let (duplicates, pages) = (collector.duplicates, collector.pages);
     let unique = collector.unique();
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
     let options = SinkOptions {
@@ -431,12 +481,20 @@ fn stop(
         let resumable = matches!(error, ExportError::Interrupted { .. });
         return Failure { error, resumable };
     }
-    if saver.save(collector, walk, true).is_err() {
-        return Failure {
-            error,
-            resumable: false,
-        };
-    }
+    let pages = match saver.save(collector, walk, true) {
+        Ok(()) => pages,
+        // The disk is full, say: the last checkpoint that was saved (replaced atomically, at
+        // most a second old) still stands, and a resume cuts the spills back to it.
+        Err(_) => match saver.saved_pages() {
+            Some(saved) if saved > 0 => saved,
+            _ => {
+                return Failure {
+                    error,
+                    resumable: false,
+                };
+            }
+        },
+    };
     let error = match error {
         ExportError::Interrupted { out, .. } => ExportError::Interrupted { pages, out },
         other => ExportError::Resumable {
@@ -484,5 +542,39 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_failure_says_how_to_go_on_and_a_full_disk_says_when() {
+        let kept = |source: std::io::Error| ExportError::Resumable {
+            source: Box::new(ExportError::Spill {
+                path: "out/.chatwoot-export.partial/contacts.rows".into(),
+                source,
+            }),
+            pages: 74,
+            out: "out".into(),
+        };
+        let full = kept(std::io::Error::from(std::io::ErrorKind::StorageFull)).to_string();
+        assert!(
+            full.ends_with(
+                "the 74 pages done are kept in out: once there is room again, run the same command with --resume to continue"
+            ),
+            "{full}"
+        );
+        let other = kept(std::io::Error::from(std::io::ErrorKind::Other)).to_string();
+        assert!(
+            other.ends_with(
+                "the 74 pages done are kept in out: run the same command with --resume to continue"
+            ),
+            "{other}"
+        );
+        // An object store export's staging folder goes: the message must not promise it.
+        let staged = kept(std::io::Error::from(std::io::ErrorKind::Other)).without_resume();
+        assert!(!staged.to_string().contains("--resume"), "{staged}");
     }
 }

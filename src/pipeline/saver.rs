@@ -1,5 +1,7 @@
 //! Writes checkpoints as the walk goes: at most one a second (each costs a flush of the
 //! spills and a small rename), and always when asked (end of walk, interruption, failure).
+//! Remembers how many pages the checkpoint on disk holds, so that a failure that cannot save
+//! a new one (a full disk) still knows what `--resume` will find.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,17 +18,33 @@ pub struct Saver {
     started_at: String,
     resumes: u32,
     last: Option<Instant>,
+    /// The pages the checkpoint on disk holds (None: no checkpoint saved yet).
+    saved_pages: Option<u64>,
 }
 
 impl Saver {
-    pub fn new(work: PathBuf, params: JobParams, started_at: String, resumes: u32) -> Self {
+    /// `saved_pages`: the pages of the checkpoint a resumed run started from.
+    pub fn new(
+        work: PathBuf,
+        params: JobParams,
+        started_at: String,
+        resumes: u32,
+        saved_pages: Option<u64>,
+    ) -> Self {
         Self {
             work,
             params,
             started_at,
             resumes,
             last: None,
+            saved_pages,
         }
+    }
+
+    /// The pages the last checkpoint saved holds, if one was saved: what a failure that cannot
+    /// save a new one (a full disk) still keeps for `--resume`.
+    pub fn saved_pages(&self) -> Option<u64> {
+        self.saved_pages
     }
 
     /// Saves a checkpoint if a second has passed since the last one, or if `force`.
@@ -59,6 +77,7 @@ impl Saver {
                 source,
             })?;
         self.last = Some(Instant::now());
+        self.saved_pages = Some(walk.next_page.saturating_sub(1));
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Object store destinations (`s3://`, `gs://`, `az://`, `file://`, or a local lake folder):
 //! a finished export in a local staging folder -> data files uploaded -> manifests last ->
-//! the partitions' previous files removed.
+//! the partitions' previous files and leftover temporary files removed.
 //!
 //! Receives a destination, a partition path template and a staging folder holding a complete
 //! export (`<table>.<ext>`, or `<table>-00000.<ext>`, ... when split by `rows_per_file`, and
@@ -8,13 +8,17 @@
 //! `DEST/<template rendered for the table>/<table>-<run_id>.<ext>` (or
 //! `<table>-<run_id>-00000.<ext>`, ...) and one `_manifest.json` per partition, listing its
 //! files (the leading `_` is the Hadoop convention for files that are not data: Spark, Hive,
-//! Athena and Trino skip them when they read the partition's folder). Invariants: a partition's manifest is written only after every
-//! data file of the run is uploaded, and the run's data files have names no earlier run used,
-//! so a reader that follows the manifest never sees a half-written run; the files of earlier
-//! runs in the same partition are deleted only after the new manifests are in place (a
-//! scheduled job that runs twice replaces its partition cleanly). Only files named like this
-//! tool's are ever deleted. Credentials and endpoints come from the usual environment
-//! variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by `object_store`.
+//! Athena and Trino skip them when they read the partition's folder). Invariants: a
+//! partition's manifest is written only after every data file of the run is in place, and the
+//! run's data files have names no earlier run used, so a reader that follows the manifest never
+//! sees a half-written run; the files of earlier runs in the same partition are deleted only
+//! after the new manifests are in place (a scheduled job that runs twice replaces its partition
+//! cleanly). A local lake folder is written with `std::fs`, not `object_store`'s local store:
+//! every file and folder is created owner-only whatever the umask, and a file being written
+//! has a hidden name (`.<name>.tmp`) that no engine reads, so a `kill -9` mid-publish leaves
+//! nothing an engine counts; the next run of the partition removes such leftovers. Only files
+//! named like this tool's are ever deleted. Credentials and endpoints come from the usual
+//! environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by `object_store`.
 
 use std::collections::BTreeMap;
 use std::path::{Path as LocalPath, PathBuf};
@@ -28,13 +32,12 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::buffered::BufWriter;
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use super::MANIFEST_FILE;
+use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 
 /// A published partition's manifest. Named like `_SUCCESS`, so that engines reading the
 /// partition's folder (Spark, Hive, Athena, Trino) do not take it for a data file.
@@ -76,7 +79,7 @@ pub enum LakeError {
     Cleanup {
         destination: String,
         object: String,
-        source: object_store::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -128,28 +131,48 @@ pub struct Published {
     pub replaced: Vec<String>,
 }
 
+/// Test hook, for the tests only: milliseconds to wait once a local lake folder holds the run's
+/// data files under their temporary names, before they are renamed, so that a test can
+/// `kill -9` the run at that point for certain. Unset (always, outside the tests): no wait.
+pub const TEST_PAUSE_ENV: &str = "CHATWOOT_EXPORT_TEST_PUBLISH_PAUSE_MS";
+
 /// An opened destination.
 #[derive(Debug)]
 pub struct Destination {
-    store: Arc<dyn ObjectStore>,
-    prefix: Path,
+    backend: Backend,
     display: String,
 }
 
+/// Where the objects go.
+#[derive(Debug)]
+enum Backend {
+    /// A local folder, written directly: files owner-only (0600) and folders 0700 whatever
+    /// the umask, each data file written under a hidden temporary name (`.<name>.tmp`, which
+    /// every engine skips) and renamed into place only once all of them are complete.
+    Folder(PathBuf),
+    /// An object store: an object becomes visible only once its upload completes, so data
+    /// files go straight to their names.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+    },
+}
+
+/// A partition, as the folders under the destination.
+type Partition = Vec<String>;
+
 impl Destination {
-    /// A local folder (created if missing) as an object store rooted at it.
+    /// A local folder (created owner-only if missing).
     fn local_folder(path: PathBuf, display: String) -> Result<Self, LakeError> {
-        std::fs::create_dir_all(&path).map_err(|source| LakeError::Local {
-            path: path.clone(),
-            source,
-        })?;
-        let store = LocalFileSystem::new_with_prefix(&path).map_err(|source| LakeError::Open {
-            destination: display.clone(),
-            source,
-        })?;
+        owner_only_dir()
+            .recursive(true)
+            .create(&path)
+            .map_err(|source| LakeError::Local {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self {
-            store: Arc::new(store),
-            prefix: Path::ROOT,
+            backend: Backend::Folder(path),
             display,
         })
     }
@@ -198,19 +221,13 @@ impl Destination {
             _ => return Err(LakeError::Unsupported(destination.into())),
         };
         Ok(Self {
-            store,
-            prefix,
+            backend: Backend::Store { store, prefix },
             display,
         })
     }
 
-    /// The object store and the destination's prefix in it (for tests and tools).
-    pub fn store(&self) -> (&Arc<dyn ObjectStore>, &Path) {
-        (&self.store, &self.prefix)
-    }
-
     /// Uploads the complete export in `staging` into its partitions, manifests last, then
-    /// removes the partitions' files of earlier runs.
+    /// removes the partitions' files of earlier runs and any temporary files they left.
     pub async fn publish(
         &self,
         staging: &LocalPath,
@@ -230,13 +247,13 @@ impl Destination {
             .ok_or_else(|| staging_error("no tables".into()))?
             .clone();
 
-        // 1. Data files, under names no earlier run used.
+        // 1. Data files, under names no earlier run used (in a folder: hidden until step 2).
         let mut published = Published::default();
-        let mut partitions: BTreeMap<String, (Path, Vec<String>)> = BTreeMap::new();
+        let mut partitions: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
         let mut uploaded: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut placed: Vec<(Partition, String)> = Vec::new();
         for (table, entry) in &tables {
-            let relative = vars.render(template, table);
-            let partition = self.join(&relative);
+            let partition = partition_of(&vars.render(template, table));
             let staged = entry["files"]
                 .as_array()
                 .ok_or_else(|| staging_error(format!("no files for table {table}")))?;
@@ -248,20 +265,35 @@ impl Destination {
                     .and_then(|file| Some((file, file.strip_prefix(table.as_str())?)))
                     .ok_or_else(|| staging_error(format!("unexpected file {file} in {table}")))?;
                 let name = format!("{table}-{}{rest}", vars.run_id);
-                let object = partition.clone().join(name.as_str());
-                self.upload(&staging.join(file), &object).await?;
-                published.files.push(self.show(&object));
-                uploaded.entry(table).or_default().push(name);
+                self.upload(&staging.join(file), &partition, &name).await?;
+                uploaded.entry(table).or_default().push(name.clone());
+                placed.push((partition.clone(), name));
             }
-            partitions
-                .entry(partition.to_string())
-                .or_insert_with(|| (partition.clone(), Vec::new()))
-                .1
-                .push(table.clone());
+            partitions.entry(partition).or_default().push(table.clone());
         }
 
-        // 2. One manifest per partition, listing that partition's tables: the commit marker.
-        for (partition, partition_tables) in partitions.values() {
+        // 2. In a folder, every data file is complete: all of them under their names at once.
+        if let Backend::Folder(root) = &self.backend {
+            if let Some(pause) = std::env::var(TEST_PAUSE_ENV)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            for (partition, name) in &placed {
+                let folder = folder_of(root, partition);
+                std::fs::rename(folder.join(temp_name(name)), folder.join(name))
+                    .map_err(|source| self.upload_error(partition, name, source.into()))?;
+            }
+        }
+        published.files.extend(
+            placed
+                .iter()
+                .map(|(partition, name)| self.show(partition, name)),
+        );
+
+        // 3. One manifest per partition, listing that partition's tables: the commit marker.
+        for (partition, partition_tables) in &partitions {
             let mut own = manifest.clone();
             if let Some(object) = own["tables"].as_object_mut() {
                 object.retain(|name, _| partition_tables.contains(name));
@@ -272,91 +304,227 @@ impl Destination {
             }
             own["run_id"] = Value::from(vars.run_id.as_str());
             let bytes = serde_json::to_vec_pretty(&own).unwrap_or_default();
-            let object = partition.clone().join(PARTITION_MANIFEST);
-            self.store
-                .put(&object, PutPayload::from(bytes))
-                .await
-                .map_err(|source| self.upload_error(&object, source.into()))?;
-            published.files.push(self.show(&object));
+            self.put(partition, PARTITION_MANIFEST, bytes).await?;
+            published
+                .files
+                .push(self.show(partition, PARTITION_MANIFEST));
         }
 
-        // 3. Earlier runs' files in those partitions, now that the new manifests are in place.
-        for (partition, _) in partitions.values() {
-            let listed: Vec<_> = self
-                .store
-                .list(Some(partition))
-                .try_collect()
-                .await
-                .map_err(|source| self.cleanup_error(partition, source))?;
-            for meta in listed {
-                let Some(name) = direct_child(&meta.location, partition) else {
-                    continue;
-                };
-                if is_ours(&name) && !name.contains(&vars.run_id) {
-                    self.store
-                        .delete(&meta.location)
-                        .await
-                        .map_err(|source| self.cleanup_error(&meta.location, source))?;
-                    published.replaced.push(self.show(&meta.location));
+        // 4. Earlier runs' files in those partitions, now that the new manifests are in
+        // place, and the temporary files of runs that were killed while publishing.
+        for partition in partitions.keys() {
+            for name in self.list(partition).await? {
+                let earlier_run = is_ours(&name) && !name.contains(&vars.run_id);
+                if earlier_run || is_leftover(&name) {
+                    self.delete(partition, &name).await?;
+                    published.replaced.push(self.show(partition, &name));
                 }
             }
         }
         Ok(published)
     }
 
-    /// Streams a file up: one PUT when small, a multipart upload when large (BufWriter
-    /// switches at its capacity), aborted on failure so no part is left behind.
-    async fn upload(&self, local: &LocalPath, object: &Path) -> Result<(), LakeError> {
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|source| self.upload_error(object, source.into()))?;
-        let mut writer = BufWriter::new(Arc::clone(&self.store), object.clone());
-        if let Err(source) = tokio::io::copy(&mut file, &mut writer).await {
-            let _ = writer.abort().await;
-            return Err(self.upload_error(object, source.into()));
+    /// Puts a staged file into `partition` as `name`: in a folder, as its hidden temporary
+    /// name (renamed in step 2), synced; in an object store, streamed up (one PUT when small, a
+    /// multipart upload when large, aborted on failure so no part is left behind).
+    async fn upload(
+        &self,
+        local: &LocalPath,
+        partition: &Partition,
+        name: &str,
+    ) -> Result<(), LakeError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| {
+            self.upload_error(partition, name, source)
+        };
+        match &self.backend {
+            Backend::Folder(root) => {
+                let (local, folder, temp) = (
+                    local.to_owned(),
+                    folder_of(root, partition),
+                    temp_name(name),
+                );
+                tokio::task::spawn_blocking(move || copy_owner_only(&local, &folder, &temp))
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                    .map_err(|e| fail(e.into()))
+            }
+            Backend::Store { store, prefix } => {
+                let object = object_of(prefix, partition, name);
+                let mut file = tokio::fs::File::open(local)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                let mut writer = BufWriter::new(Arc::clone(store), object);
+                if let Err(source) = tokio::io::copy(&mut file, &mut writer).await {
+                    let _ = writer.abort().await;
+                    return Err(fail(source.into()));
+                }
+                writer.shutdown().await.map_err(|e| fail(e.into()))
+            }
         }
-        writer
-            .shutdown()
-            .await
-            .map_err(|source| self.upload_error(object, source.into()))
     }
 
-    fn join(&self, relative: &str) -> Path {
-        relative
-            .split('/')
-            .filter(|part| !part.is_empty())
-            .fold(self.prefix.clone(), |path, part| path.join(part))
+    /// Writes a small object (a manifest): in a folder through a hidden temporary name.
+    async fn put(
+        &self,
+        partition: &Partition,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), LakeError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let folder = folder_of(root, partition);
+                let temp = temp_name(name);
+                let written = write_owner_only(&folder, &temp, &bytes)
+                    .and_then(|()| std::fs::rename(folder.join(&temp), folder.join(name)));
+                written.map_err(|source| self.upload_error(partition, name, source.into()))
+            }
+            Backend::Store { store, prefix } => store
+                .put(&object_of(prefix, partition, name), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|source| self.upload_error(partition, name, source.into())),
+        }
     }
 
-    /// `DEST/relative/path` for messages and the run report.
-    fn show(&self, object: &Path) -> String {
-        let full = object.to_string();
-        let relative = full
-            .strip_prefix(self.prefix.as_ref())
-            .unwrap_or(&full)
-            .trim_start_matches('/');
-        format!("{}/{relative}", self.display)
+    /// The names of the files directly in `partition`.
+    async fn list(&self, partition: &Partition) -> Result<Vec<String>, LakeError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Cleanup {
+            destination: self.display.clone(),
+            object: self.show(partition, ""),
+            source,
+        };
+        match &self.backend {
+            Backend::Folder(root) => {
+                let entries = std::fs::read_dir(folder_of(root, partition))
+                    .map_err(|source| fail(source.into()))?;
+                let mut names = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|source| fail(source.into()))?;
+                    // Files only: a folder (a deeper partition) is never ours to remove.
+                    if entry.file_type().is_ok_and(|kind| !kind.is_dir()) {
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                Ok(names)
+            }
+            Backend::Store { store, prefix } => {
+                let partition_path = object_of(prefix, partition, "");
+                let listed: Vec<_> = store
+                    .list(Some(&partition_path))
+                    .try_collect()
+                    .await
+                    .map_err(|source| fail(source.into()))?;
+                Ok(listed
+                    .iter()
+                    .filter_map(|meta| direct_child(&meta.location, &partition_path))
+                    .collect())
+            }
+        }
+    }
+
+    async fn delete(&self, partition: &Partition, name: &str) -> Result<(), LakeError> {
+        let deleted: Result<(), Box<dyn std::error::Error + Send + Sync>> = match &self.backend {
+            Backend::Folder(root) => {
+                match std::fs::remove_file(folder_of(root, partition).join(name)) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+                    _ => Ok(()),
+                }
+            }
+            Backend::Store { store, prefix } => store
+                .delete(&object_of(prefix, partition, name))
+                .await
+                .map_err(Into::into),
+        };
+        deleted.map_err(|source| LakeError::Cleanup {
+            destination: self.display.clone(),
+            object: self.show(partition, name),
+            source,
+        })
+    }
+
+    /// `DEST/partition/name` for messages and the run report.
+    fn show(&self, partition: &Partition, name: &str) -> String {
+        let mut shown = self.display.clone();
+        for part in partition.iter().map(String::as_str).chain([name]) {
+            if !part.is_empty() {
+                shown.push('/');
+                shown.push_str(part);
+            }
+        }
+        shown
     }
 
     fn upload_error(
         &self,
-        object: &Path,
+        partition: &Partition,
+        name: &str,
         source: Box<dyn std::error::Error + Send + Sync>,
     ) -> LakeError {
         LakeError::Upload {
             destination: self.display.clone(),
-            object: self.show(object),
+            object: self.show(partition, name),
             source,
         }
     }
+}
 
-    fn cleanup_error(&self, object: &Path, source: object_store::Error) -> LakeError {
-        LakeError::Cleanup {
-            destination: self.display.clone(),
-            object: self.show(object),
-            source,
-        }
+/// The partition a rendered template names (empty parts dropped: `a//b/` is `a/b`).
+fn partition_of(relative: &str) -> Partition {
+    relative
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn folder_of(root: &LocalPath, partition: &Partition) -> PathBuf {
+    partition
+        .iter()
+        .fold(root.to_owned(), |path, part| path.join(part))
+}
+
+/// The object `name` in `partition` under `prefix` (`name` empty: the partition itself).
+fn object_of(prefix: &Path, partition: &Partition, name: &str) -> Path {
+    partition
+        .iter()
+        .map(String::as_str)
+        .chain([name])
+        .filter(|part| !part.is_empty())
+        .fold(prefix.clone(), |path, part| path.join(part))
+}
+
+/// The temporary name of `name` while it is written: hidden (a leading `.`) from Spark, Hive,
+/// Trino, DuckDB globs, Polars and pyarrow datasets alike.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Creates `folder` (and its missing parents) owner-only, then writes `bytes` to a new
+/// owner-only `folder/name`, synced.
+fn write_owner_only(folder: &LocalPath, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = create_owner_only(folder, name)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Copies `local` to a new owner-only `folder/name`, synced.
+fn copy_owner_only(local: &LocalPath, folder: &LocalPath, name: &str) -> std::io::Result<()> {
+    let mut file = create_owner_only(folder, name)?;
+    std::io::copy(&mut std::fs::File::open(local)?, &mut file)?;
+    file.sync_all()
+}
+
+/// A new owner-only file in `folder` (made owner-only if missing); one left by a killed run
+/// under the same name is replaced, never written through.
+fn create_owner_only(folder: &LocalPath, name: &str) -> std::io::Result<std::fs::File> {
+    owner_only_dir().recursive(true).create(folder)?;
+    let path = folder.join(name);
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
     }
+    owner_only().open(&path)
 }
 
 /// The file name of `location` when it sits directly in `partition` (not deeper).
@@ -378,6 +546,20 @@ fn is_ours(name: &str) -> bool {
                     .iter()
                     .any(|ext| rest.ends_with(ext))
             })
+    })
+}
+
+/// Whether a file name is a temporary file of a run killed while publishing: this tool's
+/// `.<name>.tmp`, or `<name>#<digits>`, the staging name under which earlier versions (through
+/// `object_store`'s local store) wrote a file into a lake folder, visible to every engine. `<name>` is
+/// one of this tool's data files or a partition manifest; nothing else is ever matched.
+fn is_leftover(name: &str) -> bool {
+    let ours = |inner: &str| is_ours(inner) || inner == PARTITION_MANIFEST;
+    if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+        return ours(inner);
+    }
+    name.rsplit_once('#').is_some_and(|(inner, suffix)| {
+        !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) && ours(inner)
     })
 }
 
@@ -408,6 +590,33 @@ mod tests {
         assert!(!is_ours(PARTITION_MANIFEST));
         assert!(!is_ours("notes-1.parquet"));
         assert!(!is_ours("contacts-1.txt"));
+    }
+
+    #[test]
+    fn only_our_leftovers_count_as_leftovers() {
+        for name in [
+            ".contacts-20250304T050607Z-000abc.parquet.tmp",
+            ".contact_inboxes-x-00001.csv.tmp",
+            "._manifest.json.tmp",
+            "contact_inboxes-20250304T050607Z-000abc.parquet#1",
+            "contacts-x-00002.ndjson#17",
+            "_manifest.json#3",
+        ] {
+            assert!(is_leftover(name), "{name}");
+        }
+        for name in [
+            "contacts-x.parquet",
+            "_manifest.json",
+            ".hidden",
+            ".notes.tmp",
+            ".contacts.parquet.tmp",
+            "notes.parquet#1",
+            "contacts-x.parquet#",
+            "contacts-x.parquet#1a",
+            "contacts-x.parquet.tmp",
+        ] {
+            assert!(!is_leftover(name), "{name}");
+        }
     }
 
     #[test]
@@ -444,7 +653,21 @@ mod tests {
                 .await
                 .expect("publish");
             names.push(format!("contacts-{}.csv", vars.run_id));
+            if nonce == 2 {
+                break;
+            }
+            // What runs killed while publishing leave (this version's and earlier ones'),
+            // and a user's hidden file, before the second run.
+            for leftover in [
+                ".contacts-20000101T000000Z-000001.csv.tmp",
+                "contact_inboxes-20000101T000000Z-000001.csv#1",
+                "._manifest.json.tmp",
+                ".notes.tmp",
+            ] {
+                std::fs::write(part.join(leftover), "x").expect("write");
+            }
         }
+        std::fs::remove_file(part.join(".notes.tmp")).expect("the user's file was kept");
         let mut left: Vec<String> = std::fs::read_dir(&part)
             .expect("dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -466,5 +689,38 @@ mod tests {
             manifest["tables"]["contacts"]["files"][0],
             names[1].as_str()
         );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_lake_folder_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().expect("temp");
+        let staging = tempfile::tempdir().expect("temp");
+        std::fs::write(staging.path().join("contacts.csv"), "id\n1\n").expect("write");
+        std::fs::write(
+            staging.path().join(MANIFEST_FILE),
+            r#"{"complete":true,"format":"csv","tables":{"contacts":{"files":["contacts.csv"],"rows":1,"columns":[]}}}"#,
+        )
+        .expect("write");
+        let root = parent.path().join("lake");
+        let dest = Destination::open(root.to_str().expect("utf-8")).expect("open");
+        let vars = RunVars::now(3, chrono::Utc::now(), 7);
+        dest.publish(staging.path(), "{table}/account_id={account_id}", &vars)
+            .await
+            .expect("publish");
+        let mode = |p: &LocalPath| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let part = root.join("contacts/account_id=3");
+        for folder in [&root, &root.join("contacts"), &part] {
+            assert_eq!(mode(folder), 0o700, "{}", folder.display());
+        }
+        let files: Vec<_> = std::fs::read_dir(&part)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(files.len(), 2, "the data file and the manifest: {files:?}");
+        for file in files {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
     }
 }

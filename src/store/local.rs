@@ -303,8 +303,9 @@ fn is_data_file(name: &str) -> bool {
     })
 }
 
-/// A folder only its owner can enter (personal data goes in it).
-fn owner_only_dir() -> fs::DirBuilder {
+/// A folder only its owner can enter (personal data goes in it), whatever the umask: the
+/// mode is given at creation, so no other user can ever open it.
+pub fn owner_only_dir() -> fs::DirBuilder {
     let mut builder = fs::DirBuilder::new();
     #[cfg(unix)]
     {
@@ -314,8 +315,8 @@ fn owner_only_dir() -> fs::DirBuilder {
     builder
 }
 
-/// Create-new (so never through an existing link), owner read/write only.
-fn owner_only() -> OpenOptions {
+/// Create-new (so never through an existing link), owner read/write only, whatever the umask.
+pub fn owner_only() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -6,4 +6,4 @@ mod lake;
 mod local;
 
 pub use lake::{Destination, LakeError, Published, RunVars, is_url};
-pub use local::{MANIFEST_FILE, OutputDir, StoreError, disk_hint};
+pub use local::{MANIFEST_FILE, OutputDir, StoreError, disk_hint, owner_only, owner_only_dir};

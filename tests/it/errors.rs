@@ -280,49 +280,136 @@ fn usage_errors_exit_2_before_any_request() {
     assert_eq!(fake.requests(), 0, "no request was sent");
 }
 
+/// Free bytes left on the private tmpfs for the second run of `a_full_disk_keeps_the_work`: room
+/// for part of the walk's spilled rows, not for the whole export. Measured: the fake's pages
+/// spill about 10 KB each (6.2 KB of contacts and 3.6 KB of inbox links for page 1), so the
+/// 200 pages take about 2 MB and this room about 120 pages; at 20 ms a page and two in flight
+/// that is over a second, so a checkpoint past page 1 is saved before the disk fills.
+const ROOM_FOR_PART_OF_THE_WALK: u64 = 1200 * 1024;
+
 #[test]
-fn a_full_disk_fails_cleanly() {
-    // A 600 KiB tmpfs, mounted in a private user and mount namespace so no privilege is needed;
-    // the export and the look at its folder both run inside it.
-    let fake = Fake::with_contacts(3000);
+fn a_full_disk_keeps_the_work_and_resume_ends_exact() {
+    // Regression (issue 15, finding 3): after "No space left on device" the work folder was
+    // deleted, so --resume found nothing. A private 8 MiB tmpfs, mounted in a user and mount
+    // namespace so no privilege is needed, is filled up with a file: first completely, then
+    // all but a part of what the export needs, then emptied for --resume. Everything runs in
+    // one shell inside the namespace; it waits for the test between the failure and the
+    // resume, so the requests of the resumed run alone can be counted.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 3000,
+        latency: std::time::Duration::from_millis(20),
+        ..FakeServerConfig::default()
+    });
     let mount = tempfile::tempdir().expect("temp dir");
-    let mount_path = mount.path().to_str().expect("path");
-    let script = format!(
-        "mount -t tmpfs -o size=600k tmpfs '{mount_path}' || exit 99; \
-         '{bin}' contacts --base-url {url} --account-id 1 --out '{mount_path}/out' --no-progress; \
-         echo \"exit=$?\" >&2; \
-         if [ -e '{mount_path}/out' ]; then ls -A '{mount_path}/out' >&2; else echo 'no folder' >&2; fi",
+    let host = tempfile::tempdir().expect("temp dir");
+    let (m, h) = (
+        mount.path().to_str().expect("path"),
+        host.path().to_str().expect("path"),
+    );
+    let size: u64 = 8 << 20;
+    let run = format!(
+        "'{bin}' contacts --base-url {url} --account-id 1 --out '{m}/out' --no-progress --concurrency 2",
         bin = env!("CARGO_BIN_EXE_chatwoot-export"),
         url = fake.base_url(),
     );
-    let output = std::process::Command::new("unshare")
+    let script = format!(
+        "mount -t tmpfs -o size={size} tmpfs '{m}' || exit 99; \
+         head -c {size} /dev/zero > '{m}/filler' 2>/dev/null; \
+         {run}; echo \"full=$?\" >&2; \
+         if [ -e '{m}/out' ]; then echo 'a folder' >&2; else echo 'no folder' >&2; fi; \
+         rm '{m}/filler'; head -c {fill} /dev/zero > '{m}/filler'; \
+         {run}; echo \"part=$?\" >&2; \
+         cp '{m}/out/.chatwoot-export.partial/checkpoint.json' '{h}/checkpoint.json'; \
+         touch '{h}/failed'; while [ ! -e '{h}/go' ]; do sleep 0.05; done; \
+         rm '{m}/filler'; \
+         {run} --resume; echo \"resumed=$?\" >&2; \
+         cp -a '{m}/out' '{h}/out'",
+        fill = size - ROOM_FOR_PART_OF_THE_WALK,
+    );
+    let child = std::process::Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
         .env("CHATWOOT_API_TOKEN", crate::harness::TOKEN)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("unshare (util-linux) runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !host.path().join("failed").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before_resume = fake.requests();
+    std::fs::write(host.path().join("go"), b"").expect("write");
+    let output = child.wait_with_output().expect("the shell ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(
         output.status.code(),
         Some(99),
         "cannot mount a tmpfs here: {stderr}"
     );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines.contains(&"exit=1"), "{stderr}");
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("chatwoot-export: error: "))
-        .expect("an error line");
-    assert!(
-        error.contains("No space left on device") && error.contains("the disk is full"),
-        "{error}"
-    );
-    let listing: Vec<&str> = lines
-        .iter()
-        .skip_while(|l| !l.starts_with("exit="))
-        .skip(1)
-        .copied()
-        .collect();
-    // The run made the folder and had nothing to keep, so it is gone.
-    assert_eq!(listing, ["no folder"], "nothing is left behind");
     assert!(!stderr.contains(crate::harness::TOKEN));
+    let lines: Vec<&str> = stderr.lines().collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("chatwoot-export: error: "))
+        .collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+
+    // 1. A disk full before anything could be saved: nothing to keep, nothing left behind.
+    assert!(lines.contains(&"full=1"), "{stderr}");
+    assert!(lines.contains(&"no folder"), "{stderr}");
+    assert!(errors[0].contains("the disk is full"), "{}", errors[0]);
+    assert!(!errors[0].contains("--resume"), "{}", errors[0]);
+
+    // 2. A disk full in the middle of the walk: the work is kept, and the line says how to go on.
+    assert!(lines.contains(&"part=1"), "{stderr}");
+    assert!(
+        errors[1].contains("No space left on device")
+            && errors[1].contains("pages done are kept in")
+            && errors[1].contains(
+                "once there is room again, run the same command with --resume to continue"
+            ),
+        "{}",
+        errors[1]
+    );
+    let checkpoint: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.path().join("checkpoint.json")).expect("the checkpoint was kept"),
+    )
+    .expect("json");
+    let saved_pages = checkpoint["walk"]["next_page"].as_u64().expect("next_page") - 1;
+    let planned = checkpoint["walk"]["planned_pages"]
+        .as_u64()
+        .expect("planned");
+    assert!(
+        saved_pages > 1 && saved_pages < planned,
+        "a checkpoint from the middle of the walk: {saved_pages} of {planned} pages saved"
+    );
+
+    // 3. Space freed, --resume: exactly the uninterrupted export, the saved pages not fetched
+    // again (the rest, the empty page that ends the walk, the attribute definitions and at
+    // most the 8 pages the walk requests ahead at --concurrency 2).
+    assert!(lines.contains(&"resumed=0"), "{stderr}");
+    let out = host.path().join("out");
+    crate::faults::assert_exact(&out, "parquet", &fake.truth(), &fake.definitions());
+    let manifest = manifest(&out).expect("manifest");
+    assert_eq!(manifest["resumes"], 1);
+    let resumed_requests = fake.requests() - before_resume;
+    let left = planned - saved_pages;
+    assert!(
+        resumed_requests >= left && resumed_requests <= left + 2 + 8,
+        "{resumed_requests} requests to fetch {left} pages"
+    );
+    assert!(
+        !out.join(".chatwoot-export.partial").exists(),
+        "the work folder goes once the export is complete"
+    );
+    assert_no_token(
+        &Run {
+            code: 0,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: stderr.clone().into_owned(),
+        },
+        &out,
+    );
 }

@@ -13,7 +13,7 @@ use crate::expected;
 use crate::harness::{Fake, TOKEN, assert_no_token, export, manifest};
 use crate::readers::{assert_same, read};
 
-fn assert_exact(dir: &Path, format: &str, truth: &[Value], definitions: &Value) {
+pub(crate) fn assert_exact(dir: &Path, format: &str, truth: &[Value], definitions: &Value) {
     let (contacts, inboxes) = expected::tables(truth, definitions);
     assert_same(
         "contacts",

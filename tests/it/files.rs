@@ -105,3 +105,129 @@ fn a_symlink_in_the_output_folder_is_never_written_through() {
     assert!(!dir.path().join(".contact_inboxes.csv.tmp").exists());
     assert_eq!(manifest(dir.path()).expect("manifest")["complete"], true);
 }
+
+/// Starts `chatwoot-export ARGS` under umask 022, the usual one, which alone would make new
+/// files 0644 and folders 0755.
+fn spawn_under_umask_022(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_chatwoot-export"))
+        .args(args)
+        .env("CHATWOOT_API_TOKEN", crate::harness::TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("sh runs")
+}
+
+/// Every file and folder under `root` (itself included) with a mode other than 0600 / 0700,
+/// and how many entries were looked at.
+fn not_owner_only(root: &Path) -> (Vec<String>, usize) {
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        seen += 1;
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode(&path) != want {
+            wrong.push(format!("{} {:o}", path.display(), mode(&path)));
+        }
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+    }
+    (wrong, seen)
+}
+
+#[test]
+fn under_umask_022_every_file_and_folder_is_owner_only() {
+    // Regression (issue 15, finding 6): the checkpoint of an interrupted export and the files
+    // and folders of a lake folder were created 0644 / 0755.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 3000,
+        latency: Duration::from_millis(15),
+        ..FakeServerConfig::default()
+    });
+    let url = fake.base_url();
+    let parent = tempfile::tempdir().expect("temp dir");
+    let contacts = |out: &Path| {
+        vec![
+            "contacts".to_owned(),
+            "--base-url".into(),
+            url.clone(),
+            "--account-id".into(),
+            "1".into(),
+            "--no-progress".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--out".into(),
+            out.to_str().expect("utf-8").into(),
+        ]
+    };
+
+    // An interrupted export: the work folder, its spills and its checkpoint.
+    let interrupted = parent.path().join("interrupted/out");
+    let args = contacts(&interrupted);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = spawn_under_umask_022(&args, &[]);
+    let checkpoint = interrupted.join(".chatwoot-export.partial/checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let (wrong, seen) = not_owner_only(&parent.path().join("interrupted"));
+    assert!(seen >= 6, "folders, spills and the checkpoint: {seen}");
+    assert_eq!(wrong, Vec::<String>::new());
+
+    // The same export resumed and finished: the folder, the tables and the manifest.
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let output = spawn_under_umask_022(&resume, &[])
+        .wait_with_output()
+        .expect("ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (wrong, seen) = not_owner_only(&parent.path().join("interrupted"));
+    assert_eq!(seen, 5, "two folders, two tables and the manifest");
+    assert_eq!(wrong, Vec::<String>::new());
+
+    // A lake folder: partitions, data files and partition manifests.
+    let lake = parent.path().join("lake");
+    let tmp = parent.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let args = contacts(Path::new("placeholder"));
+    let url_out = format!("file://{}", lake.display());
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    *args.last_mut().expect("--out value") = &url_out;
+    let output = spawn_under_umask_022(&args, &[("TMPDIR", tmp.to_str().expect("utf-8"))])
+        .wait_with_output()
+        .expect("ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (wrong, seen) = not_owner_only(&lake);
+    assert_eq!(seen, 4, "the folder, two tables and the manifest");
+    assert_eq!(wrong, Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&tmp).expect("dir").count(),
+        0,
+        "the staging folder is gone"
+    );
+}

@@ -608,3 +608,141 @@ fn an_unreachable_object_store_fails_on_one_line() {
     assert!(lines[0].contains("untouched, run again"), "{}", lines[0]);
     assert!(!run.stderr.contains(TOKEN));
 }
+
+/// The rows pyarrow (`pyarrow.dataset` on the folder) and DuckDB (`read_parquet('DIR/*.parquet')`)
+/// read from each folder, as `[pyarrow, duckdb]`.
+fn engine_counts(folders: &[&LocalPath]) -> Vec<[u64; 2]> {
+    const COUNT: &str = "
+import sys, duckdb, pyarrow.dataset as ds
+for folder in sys.argv[1:]:
+    arrow = ds.dataset(folder, format='parquet').count_rows()
+    duck = duckdb.execute('SELECT count(*) FROM read_parquet(?)', [folder + '/*.parquet']).fetchone()[0]
+    print(arrow, duck)
+";
+    let args: Vec<&str> = folders.iter().map(|f| f.to_str().expect("utf-8")).collect();
+    run_python(COUNT, &args)
+        .lines()
+        .map(|line| {
+            let counts: Vec<u64> = line
+                .split(' ')
+                .map(|n| n.parse().expect("a count"))
+                .collect();
+            [counts[0], counts[1]]
+        })
+        .collect()
+}
+
+/// The entries of a partition folder whose names an engine would skip or that look like a
+/// staging file (`.x`, `_x`, `x#1`), the partition manifest aside.
+fn hidden_or_staged(folder: &LocalPath) -> Vec<String> {
+    std::fs::read_dir(folder)
+        .expect("partition")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name != "_manifest.json"
+                && (name.starts_with('.') || name.starts_with('_') || name.contains('#'))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
+    // Regression (issue 15, finding 5): a run killed while publishing left
+    // `contact_inboxes-<run>.parquet#1` in the partition for good, and engines counted its
+    // rows on top of the manifest's. The test hook holds the run once its data files are
+    // complete under their temporary names, so the kill lands there every time.
+    let fake = Fake::with_contacts(300);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lake = dir.path().join("lake");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let file = dir.path().join("lake.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"{}\"\naccount_id = 1\n[fetch]\nconcurrency = 2\n\
+             [sink]\nformat = \"parquet\"\ndestination = \"{}\"\npath = \"{{table}}/account_id={{account_id}}\"\n",
+            fake.base_url(),
+            lake.display()
+        ),
+    )
+    .expect("write");
+    let partitions = [
+        lake.join("contacts/account_id=1"),
+        lake.join("contact_inboxes/account_id=1"),
+    ];
+    let folders: Vec<&LocalPath> = partitions.iter().map(|p| p.as_path()).collect();
+    let manifest_rows = || -> Vec<u64> {
+        ["contacts", "contact_inboxes"]
+            .iter()
+            .zip(&partitions)
+            .map(|(table, partition)| {
+                let text =
+                    std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest");
+                let manifest: Value = serde_json::from_str(&text).expect("json");
+                manifest["tables"][table]["rows"].as_u64().expect("rows")
+            })
+            .collect()
+    };
+    let tmpdir = tmp.to_str().expect("utf-8");
+    let env = [("CHATWOOT_API_TOKEN", TOKEN), ("TMPDIR", tmpdir)];
+    let args = ["run", file.to_str().expect("utf-8"), "--no-progress"];
+
+    let first = run_with_env(&args, &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let rows = manifest_rows();
+    assert_eq!(rows[0], 300);
+
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_chatwoot-export"))
+        .args(args)
+        .env("CHATWOOT_API_TOKEN", TOKEN)
+        .env("TMPDIR", &tmp)
+        .env("CHATWOOT_EXPORT_TEST_PUBLISH_PAUSE_MS", "60000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partitions.iter().any(|p| hidden_or_staged(p).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "no temporary file appeared within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Mid-publish, the engines still read exactly the first run.
+    let counts = engine_counts(&folders);
+    for (count, rows) in counts.iter().zip(&rows) {
+        assert_eq!(count, &[*rows, *rows], "the temporary file is read as data");
+    }
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaped");
+    for partition in &partitions {
+        let left = hidden_or_staged(partition);
+        assert!(
+            left.iter()
+                .all(|name| name.starts_with('.') && name.ends_with(".tmp")),
+            "{left:?}"
+        );
+    }
+
+    let next = run_with_env(&args, &env);
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    for partition in &partitions {
+        assert_eq!(
+            hidden_or_staged(partition),
+            Vec::<String>::new(),
+            "the next run removed the leftovers"
+        );
+    }
+    let rows = manifest_rows();
+    assert_eq!(rows[0], fake.truth().len() as u64);
+    for (count, rows) in engine_counts(&folders).iter().zip(&rows) {
+        assert_eq!(
+            count,
+            &[*rows, *rows],
+            "every engine reads the manifest's rows"
+        );
+    }
+}
