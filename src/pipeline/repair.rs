@@ -333,8 +333,7 @@ impl Repair<'_> {
                 self.report.rounds = 1;
                 progress.phase("repairing drift");
             }
-            if self.report.requests >= self.max_requests {
-                self.report.stopped = Some(bound_reached(self.max_requests));
+            if !self.affords(2) {
                 let rest: u64 = std::iter::once(part)
                     .chain(pending.iter().copied())
                     .map(|p| p.bound.saturating_sub(self.ours(p.range)).max(1))
@@ -365,6 +364,9 @@ impl Repair<'_> {
         }
         // The newest part: contacts are created there, so only a snapshot proves it, unless
         // nothing moved at all.
+        if !self.affords(1) {
+            return Ok(unresolved + 1);
+        }
         let now = match self.count(ledger.open).await {
             Ok(now) => now,
             Err(err) => return Err((unresolved + 1, err)),
@@ -382,6 +384,16 @@ impl Repair<'_> {
             Ok(false) => Ok(unresolved + self.count_gap(ledger.open, now)),
             Err(err) => Err((unresolved + self.count_gap(ledger.open, now), err)),
         }
+    }
+
+    /// Whether `requests` more fit in the bound, one kept for the final count; if not, the
+    /// repair stops and says why.
+    fn affords(&mut self, requests: u64) -> bool {
+        let fits = self.report.requests + requests < self.max_requests;
+        if !fits {
+            self.report.stopped = Some(bound_reached(self.max_requests));
+        }
+        fits
     }
 
     fn count_gap(&self, range: Range, count: u64) -> u64 {
@@ -445,25 +457,34 @@ impl Repair<'_> {
     /// have reached the bound. Returns whether the part is proven.
     async fn list_whole(&mut self, range: Range, bound: Option<u64>) -> Result<bool, FetchError> {
         for _ in 0..LISTING_TRIES {
-            let mut counts = BTreeSet::new();
+            let mut counts = Vec::new();
             let mut listed = BTreeSet::new();
             let mut page = 1;
             loop {
-                if self.report.requests >= self.max_requests {
-                    self.report.stopped = Some(bound_reached(self.max_requests));
+                if !self.affords(1) {
                     return Ok(false);
                 }
                 let answer = self.filter_page(range, page).await?;
                 self.keep(&answer.payload)?;
-                counts.insert(answer.meta.count);
+                counts.push(answer.meta.count);
                 listed.extend(answer.payload.iter().filter_map(contact_id));
                 if (answer.payload.len() as u64) < self.page_size {
                     break;
                 }
                 page += 1;
             }
-            let snapshot =
-                counts.len() == 1 && counts.first().copied().flatten() == Some(listed.len() as u64);
+            // A past part only loses contacts: a count that held still means none left during
+            // the listing. The newest part also gains them, at its end (ascending
+            // `created_at`), where they shift nothing: there a count that never fell is
+            // taken as no deletion (a deletion and a creation between the same two pages
+            // would cancel out; see the README).
+            let last = counts.last().copied().flatten();
+            let still = if bound.is_some() {
+                counts.windows(2).all(|pair| pair[0] == pair[1])
+            } else {
+                counts.windows(2).all(|pair| pair[0] <= pair[1])
+            };
+            let snapshot = still && last == Some(listed.len() as u64);
             if snapshot || bound.is_some_and(|bound| bound <= self.ours(range)) {
                 return Ok(true);
             }
@@ -480,8 +501,7 @@ impl Repair<'_> {
             let mut listed = BTreeSet::new();
             let mut page = 1;
             loop {
-                if self.report.requests >= self.max_requests {
-                    self.report.stopped = Some(bound_reached(self.max_requests));
+                if !self.affords(1) {
                     return Ok(last_gap);
                 }
                 self.report.requests += 1;
