@@ -165,6 +165,12 @@ impl Collector {
             .map_err(|source| spill_error(&self.paths[table], source))
     }
 
+    /// Whether contact `id` is held already (the repair skips those before flattening, so
+    /// what flattening counts, such as dropped inbox fields, counts each contact once).
+    pub fn holds(&self, id: i64) -> bool {
+        self.seen.contains(id)
+    }
+
     /// Distinct contacts so far.
     pub fn unique(&self) -> u64 {
         self.seen.len()

@@ -617,6 +617,9 @@ impl Repair<'_> {
 
     fn keep(&mut self, contacts: &Contacts) -> Result<(), FetchError> {
         for contact in contacts {
+            if contact_id(contact).is_some_and(|id| self.collector.holds(id)) {
+                continue;
+            }
             match self.collector.add(0, contact) {
                 Ok((true, _)) => self.report.recovered += 1,
                 Ok((false, _)) => {}

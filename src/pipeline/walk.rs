@@ -136,8 +136,9 @@ pub async fn walk(
         {
             // The pages sent with page 1 were answered before the ledger's counts: dropped,
             // and fetched again after them (at most `SPECULATIVE_START` requests).
+            // Awaited, not aborted: each was sent, and the request count must say so.
             for (_, task) in window.tasks.drain(..) {
-                task.abort();
+                let _ = task.await;
             }
             progress.phase("counting the account's parts");
             *ledger = repair::take_ledger(fetcher, options.sort, &first, state.planned_pages).await;
