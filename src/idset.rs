@@ -73,6 +73,16 @@ impl IdSet {
         new
     }
 
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: i64) -> bool {
+        let low = (id & 0xFFFF) as u16;
+        match self.chunks.get(&(id >> 16)) {
+            None => false,
+            Some(Chunk::Sparse(lows)) => lows.binary_search(&low).is_ok(),
+            Some(Chunk::Dense(bits)) => bits[usize::from(low) / 64] & (1 << (low % 64)) != 0,
+        }
+    }
+
     /// How many distinct ids were added.
     pub fn len(&self) -> u64 {
         self.len
@@ -87,6 +97,17 @@ impl IdSet {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn contains_what_was_inserted_sparse_or_dense() {
+        let mut set = IdSet::default();
+        for id in (0..5000).map(|i| i * 3) {
+            set.insert(id);
+        }
+        set.insert(-7);
+        assert!(set.contains(0) && set.contains(4_998 * 3) && set.contains(-7));
+        assert!(!set.contains(1) && !set.contains(70_000) && !set.contains(-8));
+    }
 
     #[test]
     fn answers_whether_an_id_is_new() {

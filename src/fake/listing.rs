@@ -14,6 +14,8 @@ use super::data::FakeAccount;
 pub struct Listing {
     created: u64,
     deleted: BTreeSet<u64>,
+    /// Drift rounds (`FakeServerConfig::drift_rounds`) already applied.
+    pub rounds_done: usize,
 }
 
 impl Listing {
@@ -21,6 +23,7 @@ impl Listing {
         Self {
             created: contacts,
             deleted: BTreeSet::new(),
+            rounds_done: 0,
         }
     }
 
@@ -39,6 +42,11 @@ impl Listing {
         if let Some(index) = self.index_at(position) {
             self.deleted.insert(index);
         }
+    }
+
+    /// Every deleted contact index, ascending.
+    pub fn deleted(&self) -> impl Iterator<Item = u64> + '_ {
+        self.deleted.iter().copied()
     }
 
     /// Every live contact index, ascending.

@@ -11,7 +11,7 @@ mod server;
 
 pub use data::FakeAccount;
 pub use faults::FaultConfig;
-pub use server::{FakeServer, FakeServerConfig};
+pub use server::{DriftRound, FakeServer, FakeServerConfig};
 
 use std::io::{self, Write};
 

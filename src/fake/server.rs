@@ -65,6 +65,13 @@ pub struct FakeServerConfig {
     pub drift_every: Option<u64>,
     /// Growth and drift happen only during this many first contact requests (None: always).
     pub drift_requests: Option<u64>,
+    /// Rounds of deletions and creations at given contact requests: agents merging duplicates
+    /// in bursts. "Behind" deletes contacts before the furthest list position served so far
+    /// (pages a walk has passed, so later pages shift back), "ahead" after it.
+    pub drift_rounds: Vec<DriftRound>,
+    /// Drift while the repair runs: after every this many filter requests, one contact is
+    /// deleted (anywhere) and one is created.
+    pub filter_drift_every: Option<u64>,
     pub faults: FaultConfig,
     /// Embeds the whole inbox, credentials included, in `contact_inboxes`, as Chatwoot did
     /// for admin tokens before PR #10888.
@@ -84,10 +91,25 @@ impl Default for FakeServerConfig {
             grow_every: None,
             drift_every: None,
             drift_requests: None,
+            drift_rounds: Vec::new(),
+            filter_drift_every: None,
             faults: FaultConfig::default(),
             legacy_inbox_secrets: false,
         }
     }
+}
+
+/// One burst of drift (see `FakeServerConfig::drift_rounds`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DriftRound {
+    /// Happens with the first contact request numbered this or higher that is answered.
+    pub at_request: u64,
+    /// Contacts deleted before the furthest list position served so far.
+    pub delete_behind: u64,
+    /// Contacts deleted at or after it.
+    pub delete_ahead: u64,
+    /// Contacts created (the newest `created_at`, so they sort last).
+    pub create: u64,
 }
 
 /// What the server has answered so far.
@@ -100,6 +122,8 @@ pub struct ServerStats {
     pub contact_requests: AtomicU64,
     /// Of those, answered 429.
     pub throttled: AtomicU64,
+    /// Filter requests answered: what `filter_drift_every` counts.
+    pub filter_requests: AtomicU64,
 }
 
 struct Shared {
@@ -117,6 +141,8 @@ struct Served {
     listing: Mutex<Listing>,
     /// Listing orders for sort keys other than created_at, built on first use.
     orders: Mutex<HashMap<String, Arc<Vec<u64>>>>,
+    /// The furthest list position any page served so far reached: where a walk stands.
+    frontier: AtomicU64,
 }
 
 impl Served {
@@ -154,6 +180,7 @@ impl FakeServer {
                     .with_legacy_inbox_secrets(config.legacy_inbox_secrets),
                 listing: Mutex::new(Listing::new(config.contacts)),
                 orders: Mutex::new(HashMap::new()),
+                frontier: AtomicU64::new(0),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -240,6 +267,16 @@ impl FakeServer {
                 .map(|i| served.account.contact(i))
                 .collect(),
         )
+    }
+
+    /// The ids of the first account's contacts deleted so far (by drift), ascending: they
+    /// existed when the run began or were created during it, and are listed no more.
+    pub fn deleted_ids(&self) -> Vec<i64> {
+        self.first()
+            .listing()
+            .deleted()
+            .map(FakeAccount::id_of)
+            .collect()
     }
 
     /// The custom attribute definitions the first account serves.
@@ -435,7 +472,10 @@ fn page_response(
     }
     let body = {
         let mut listing = served.listing();
-        drift(shared, &mut listing, contact_request);
+        drift(shared, served, &mut listing, contact_request);
+        if filter.is_some() {
+            filter_drift(shared, &mut listing);
+        }
         let sort = query.get("sort").map(String::as_str).unwrap_or("");
         let descending = sort.split(',').any(|key| key.trim() == "-created_at");
         let (total, payload) = match filter {
@@ -453,6 +493,9 @@ fn page_response(
                 } else {
                     listing_order(served, &listing, sort)
                 };
+                served
+                    .frontier
+                    .fetch_max(PAGE_SIZE.saturating_mul(page).min(total), Ordering::SeqCst);
                 let indices = page_of(total, page, |p| match &order {
                     Some(order) => order.get(p as usize).copied(),
                     None if descending => listing.index_at(total - 1 - p),
@@ -548,7 +591,8 @@ fn page_of(total: u64, page: u64, index_at: impl Fn(u64) -> Option<u64>) -> Vec<
 }
 
 /// Growth and drift, decided by the contact request's number.
-fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
+fn drift(shared: &Shared, served: &Served, listing: &mut Listing, request: u64) {
+    rounds(shared, served, listing, request);
     if shared
         .config
         .drift_requests
@@ -574,6 +618,51 @@ fn drift(shared: &Shared, listing: &mut Listing, request: u64) {
         .drift_every
         .is_some_and(|n| n > 0 && request % n == 1 % n)
     {
+        listing.create();
+    }
+}
+
+/// The drift rounds due by contact request `request` that have not happened yet. A round is
+/// tied to the first answered request at or past its number, so a failed request (5xx) does not
+/// skip it.
+fn rounds(shared: &Shared, served: &Served, listing: &mut Listing, request: u64) {
+    while let Some(round) = shared.config.drift_rounds.get(listing.rounds_done) {
+        if round.at_request > request {
+            return;
+        }
+        let mut rng = Rng::new(shared.config.seed ^ 0xB0B5_0000, listing.rounds_done as u64);
+        listing.rounds_done += 1;
+        for _ in 0..round.delete_behind {
+            let behind = served.frontier.load(Ordering::SeqCst).min(listing.len());
+            if behind > 0 {
+                listing.delete_at(rng.below(behind));
+            }
+        }
+        for _ in 0..round.delete_ahead {
+            let (len, frontier) = (listing.len(), served.frontier.load(Ordering::SeqCst));
+            if len > frontier {
+                listing.delete_at(frontier + rng.below(len - frontier));
+            }
+        }
+        for _ in 0..round.create {
+            listing.create();
+        }
+    }
+}
+
+/// Drift while the repair runs: every `filter_drift_every`-th filter request deletes one
+/// contact anywhere and creates one.
+fn filter_drift(shared: &Shared, listing: &mut Listing) {
+    let number = shared.stats.filter_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let Some(every) = shared.config.filter_drift_every.filter(|n| *n > 0) else {
+        return;
+    };
+    if number.is_multiple_of(every) {
+        let mut rng = Rng::new(shared.config.seed ^ 0xF117_0000, number);
+        let len = listing.len();
+        if len > 0 {
+            listing.delete_at(rng.below(len));
+        }
         listing.create();
     }
 }

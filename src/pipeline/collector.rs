@@ -19,22 +19,6 @@ use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
-/// Page notes are kept for this many pages (3.2 MB at most; 1,500,000 contacts).
-const MAX_PAGE_NOTES: usize = 100_000;
-
-/// What the walk saw of one page, for the drift repair. Kept for every page, so kept small
-/// (32 bytes; 64 with u64s and seconds, 2 MB more at 1,000,000 contacts).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PageNote {
-    /// The order its answer arrived in, among all pages (None: not fetched in this run).
-    pub arrival: Option<u32>,
-    /// Its `meta.count` (None if it had none, or beyond u32).
-    pub count: Option<u32>,
-    /// The `created_at` days (since the epoch, UTC) of its first and last contact.
-    pub first_day: Option<i32>,
-    pub last_day: Option<i32>,
-}
-
 /// Flattens, deduplicates and spills.
 pub struct Collector {
     pub flattener: Flattener,
@@ -43,7 +27,6 @@ pub struct Collector {
     seen: IdSet,
     /// Distinct contacts per `created_at` day (days since the epoch, UTC).
     days: BTreeMap<i64, u64>,
-    page_notes: Vec<PageNote>,
     spills: [SpillWriter; 2],
     paths: [PathBuf; 2],
     pub duplicates: u64,
@@ -66,7 +49,6 @@ impl Collector {
             flat: EncodedContact::default(),
             seen: IdSet::default(),
             days: BTreeMap::new(),
-            page_notes: Vec::new(),
             spills: [open(SPILL_NAMES[0])?, open(SPILL_NAMES[1])?],
             paths,
             duplicates: 0,
@@ -98,7 +80,6 @@ impl Collector {
             flat: EncodedContact::default(),
             seen: IdSet::default(),
             days: BTreeMap::new(),
-            page_notes: Vec::new(),
             spills,
             paths,
             duplicates: checkpoint.duplicates,
@@ -137,46 +118,14 @@ impl Collector {
         (shape.id_of("id"), shape.id_of("created_at"))
     }
 
-    /// Adds the contacts of page `number`, dropping ids already seen, and notes what the
-    /// repair needs to know about the page: when its answer came (`arrival`, an order among
-    /// all answers), the count it reported, and its first and last `created_at`.
-    pub fn add_page(
-        &mut self,
-        number: u64,
-        arrival: u64,
-        page: &ContactsPage,
-    ) -> Result<(), ExportError> {
+    /// Adds the contacts of page `number`, dropping ids already seen.
+    pub fn add_page(&mut self, number: u64, page: &ContactsPage) -> Result<(), ExportError> {
         self.pages += 1;
-        let (mut first_created, mut last_created) = (None, None);
-        for (index, contact) in page.payload.iter().enumerate() {
-            let (new, created_at) = self.add(number, contact)?;
+        for contact in &page.payload {
+            let (new, _) = self.add(number, contact)?;
             self.duplicates += u64::from(!new);
-            if index == 0 {
-                first_created = created_at;
-            }
-            last_created = created_at;
-        }
-        let index = usize::try_from(number).unwrap_or(usize::MAX);
-        if index < MAX_PAGE_NOTES {
-            if self.page_notes.len() <= index {
-                self.page_notes.resize(index + 1, PageNote::default());
-            }
-            let day = |secs: Option<i64>| {
-                secs.and_then(|secs| i32::try_from(secs.div_euclid(86_400)).ok())
-            };
-            self.page_notes[index] = PageNote {
-                arrival: u32::try_from(arrival).ok(),
-                count: page.meta.count.and_then(|count| u32::try_from(count).ok()),
-                first_day: day(first_created),
-                last_day: day(last_created),
-            };
         }
         Ok(())
-    }
-
-    /// What the walk noted about each page, by page number (not kept across `--resume`).
-    pub fn page_notes(&self) -> &[PageNote] {
-        &self.page_notes
     }
 
     /// Adds one contact (its JSON text, as the page holds it); returns whether it was new
@@ -214,6 +163,12 @@ impl Collector {
         self.spills[table]
             .write(rows)
             .map_err(|source| spill_error(&self.paths[table], source))
+    }
+
+    /// Whether contact `id` is held already (the repair skips those before flattening, so
+    /// what flattening counts, such as dropped inbox fields, counts each contact once).
+    pub fn holds(&self, id: i64) -> bool {
+        self.seen.contains(id)
     }
 
     /// Distinct contacts so far.

@@ -330,6 +330,14 @@ async fn run(
     // slow page does not hold back the requests behind it (about 15 KB a page).
     let lookahead = settings.fetch.concurrency.saturating_mul(4);
 
+    // The drift check's ledger: taken by a fresh walk of a large account, before it keeps any
+    // contact (not kept across --resume, where the check walks the list again instead).
+    let mut ledger = None;
+    let walk_options = walk::WalkOptions {
+        lookahead,
+        speculate: settings.speculate,
+        sort: &settings.client.sort,
+    };
     let stages = async {
         until_shutdown(
             walk::walk(
@@ -337,16 +345,22 @@ async fn run(
                 &mut collector,
                 &mut walk_state,
                 progress,
-                lookahead,
-                settings.speculate,
+                &walk_options,
+                &mut ledger,
                 &mut saver,
             ),
             &settings.out,
         )
         .await?;
-        let max_requests = (walk_state.planned_pages / 20).max(100);
         until_shutdown(
-            repair::repair(fetcher, &mut collector, &walk_state, max_requests, progress),
+            repair::repair(
+                fetcher,
+                &mut collector,
+                &walk_state,
+                ledger.as_ref(),
+                repair_max_requests(),
+                progress,
+            ),
             &settings.out,
         )
         .await
@@ -410,7 +424,9 @@ async fn run(
     )
     .map_err(resumable)?;
     let manifest = Manifest {
-        complete: true,
+        // Only a proven export is complete; otherwise the files hold every contact found, and
+        // the exit code is 5.
+        complete: drift.unresolved == 0,
         format: settings.format,
         expected_count: walk_state.expected_count,
         final_count: walk_state.final_count,
@@ -465,6 +481,14 @@ fn rate_report(governor: &GovernorStatus, share: f64) -> RateReport {
         paused_secs: (governor.paused.as_secs_f64() * 100.0).round() / 100.0,
         retry_after_seen: governor.retry_after_seen,
     }
+}
+
+/// The repair's request bound from `CHATWOOT_EXPORT_REPAIR_MAX_REQUESTS`, if set (tests and
+/// diagnosis; by default the bound follows the drift the check observes).
+fn repair_max_requests() -> Option<u64> {
+    std::env::var(repair::MAX_REQUESTS_ENV)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Saves a checkpoint after a failure or an interruption, so `--resume` can go on.

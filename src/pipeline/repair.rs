@@ -1,59 +1,82 @@
-//! Drift repair: find the contacts the walk missed while the account changed under it.
+//! Drift repair and the completeness proof: find the contacts the walk missed while the
+//! account changed under it, and prove that nothing else is missing before the manifest says
+//! `"complete": true`.
 //!
 //! With `sort=created_at`, new contacts land at the end (the walk goes on until an empty
 //! page), but a deletion shifts every later page back by one, so the contact at the boundary
-//! of the next page is skipped; imports with equal timestamps can also swap places between
-//! requests. After the walk, if the distinct contacts fall short of the account's `meta.count`
-//! (or duplicates showed that pages shifted), the repair compares counts per `created_at`
-//! range with `POST /contacts/filter` (day granularity, both bounds exclusive), bisects the
-//! ranges where the server has more than the export, and fetches the short ones whole,
-//! keeping contacts not seen yet. It stops when the counts agree or its request bound is
-//! spent, and reports what it recovered and what is still unresolved.
+//! of the next page is skipped. Counting alone cannot show that: a skipped contact and a
+//! deleted one in the same part of the account cancel out. So the proof rests on a ledger
+//! taken before the walk (`take_ledger`): the server's count of every part of the account
+//! (`POST /contacts/filter` by `created_at` day range), at a moment before any contact the
+//! export keeps was fetched.
 //!
-//! Receives the fetcher, the collector (with its per-day counts) and the walk's final count;
-//! emits recovered contacts into the collector and a `RepairReport`.
+//! The argument, for a part whose days all lie before the newest contact's day at the ledger
+//! (a "past" part): `created_at` cannot be set through the API, so contacts created later land
+//! on that day or after, never in a past part; a past part only loses contacts. Every contact
+//! the export holds there existed at the ledger, so the contacts missing now are at most the
+//! ledger's count minus the contacts held. A part is proven when that bound is 0. A part with
+//! a positive bound is bisected: counting both halves now bounds each half's own ledger count
+//! (the parent's bound minus what the other half had at least, its count or its held contacts,
+//! whichever is larger), and a half proven that way costs nothing more. A part of one day, or a
+//! small one, is listed whole: a listing whose count did not move between its first and last
+//! page is a snapshot, and every contact in it is then held. The newest part, where contacts
+//! are created, is proven by such a listing unless nothing moved at all.
+//!
+//! Without a ledger (a small account, where the walk needs no more than a few pages, or a
+//! resumed export), a walk whose count never moved, that saw no duplicate and that holds
+//! exactly that many contacts is taken as proof; otherwise the whole list is walked again until
+//! a listing is a snapshot.
+//!
+//! Receives the fetcher, the collector (with its per-day counts), the walk's final state and
+//! the ledger; emits recovered contacts into the collector and a `RepairReport` whose
+//! `unresolved` counts every contact the proof could not rule out (never 0 when the repair
+//! stopped early, for its request bound or because the server refused).
+
+use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::ExportError;
 use super::checkpoint::WalkState;
-use super::collector::{Collector, PageNote};
+use super::collector::Collector;
 use crate::progress::Progress;
-use crate::source::{Contacts, FetchError, Fetcher};
-use std::collections::BTreeSet;
+use crate::source::{Contacts, ContactsPage, FetchError, Fetcher};
 
-/// A range this small (in contacts on the server) is fetched whole instead of bisected.
+/// A part this small (in contacts, by its bound) is listed whole instead of bisected.
 const FETCH_WHOLE_PAGES: u64 = 4;
-/// Rounds of compare-and-repair before giving up on a moving account.
-const MAX_ROUNDS: u32 = 3;
-/// Parts the first round compares the account in.
-const SWEEP_RANGES: usize = 32;
+/// The ledger cuts the account into one part per this many planned pages...
+const PAGES_PER_PART: u64 = 25;
+/// ...and into at most this many parts.
+const MAX_PARTS: u64 = 32;
+/// Listings of one part before it is given up as moving too fast.
+const LISTING_TRIES: u32 = 3;
+/// Set to a number of requests to override the repair's bound (for tests and diagnosis).
+pub const MAX_REQUESTS_ENV: &str = "CHATWOOT_EXPORT_REPAIR_MAX_REQUESTS";
 
 /// What the repair did; part of the manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct RepairReport {
-    /// Compare-and-repair rounds run (0: the walk was already consistent).
+    /// Passes over parts that were not proven at once (0: nothing needed repair).
     pub rounds: u32,
-    /// Requests the repair sent.
+    /// Requests the ledger, the check and the repair sent.
     pub requests: u64,
     /// Contacts found by the repair that the walk had missed.
     pub recovered: u64,
-    /// Contacts the account lists that the export still lacks (0 when consistent).
+    /// Contacts the check could not rule out as missing: 0 only when completeness is proven.
     pub unresolved: u64,
     /// Contacts exported that the account no longer lists: deleted during the run.
     pub deleted_during_export: u64,
-    /// Why the repair stopped early, if it did (the filter endpoint refused, say).
+    /// Why the repair stopped early, if it did (its request bound, the filter endpoint
+    /// refused, ...).
     pub stopped: Option<String>,
 }
 
 /// A `created_at` range in days since the epoch: both bounds exclusive, either open.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Range {
     after: Option<i64>,
     before: Option<i64>,
-    /// How many contacts the server lists in it.
-    server: u64,
 }
 
 impl Range {
@@ -68,6 +91,132 @@ impl Range {
     }
 }
 
+/// A past part and an upper bound of how many contacts the server listed in it at the ledger.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    range: Range,
+    bound: u64,
+}
+
+/// The server's count of every part of the account, taken before the walk fetched anything it
+/// keeps.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    /// The parts before the newest contact's day, with their counts.
+    parts: Vec<Part>,
+    /// The newest day and after, where contacts are created, and its count.
+    open: Range,
+    open_count: u64,
+    /// Requests it took.
+    requests: u64,
+}
+
+/// Whether an export of `planned_pages` takes a ledger: a small account is checked by its walk.
+pub fn wants_ledger(planned_pages: u64, small: u64) -> bool {
+    planned_pages > small
+}
+
+/// Takes the ledger, given page 1 of the walk (its `meta.count` planned `planned_pages`):
+/// finds the oldest and newest `created_at` day (page 1 and the last page, when the list is
+/// sorted by `created_at`; otherwise the newest day is taken as yesterday, UTC), cuts the days
+/// between into parts and counts each. `None` when the server will not say (no filter
+/// endpoint): the repair then falls back on walking the list again.
+pub async fn take_ledger(
+    fetcher: &Fetcher,
+    sort: &str,
+    first: &ContactsPage,
+    planned_pages: u64,
+) -> Option<Ledger> {
+    let mut requests = 0;
+    let sorted = matches!(sort.trim(), "created_at" | "-created_at");
+    let mut days: Vec<i64> = first.payload.iter().filter_map(contact_day).collect();
+    if sorted {
+        requests += 1;
+        let last = fetcher.page(planned_pages).await.ok()?;
+        days.extend(last.payload.iter().filter_map(contact_day));
+    }
+    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
+    let (oldest, newest) = match (days.iter().min(), days.iter().max()) {
+        (Some(&oldest), Some(&newest)) if sorted => (Some(oldest), newest),
+        _ => (None, today - 1),
+    };
+    let pieces = (planned_pages / PAGES_PER_PART).clamp(1, MAX_PARTS);
+    let mut cuts: Vec<i64> = Vec::new();
+    if let Some(oldest) = oldest {
+        let span = newest - oldest;
+        for i in 1..pieces as i64 {
+            let cut = oldest + span * i / pieces as i64;
+            if cut > oldest && cut < newest && cuts.last() != Some(&cut) {
+                cuts.push(cut);
+            }
+        }
+    }
+    // Parts: days before cut 1, cut 1 to the day before cut 2, ..., up to the day before the
+    // newest; then the open part from the newest day on.
+    let mut ranges = Vec::with_capacity(cuts.len() + 2);
+    let mut after = None;
+    for cut in cuts.into_iter().chain([newest]) {
+        ranges.push(Range {
+            after,
+            before: Some(cut),
+        });
+        after = Some(cut - 1);
+    }
+    let open = Range {
+        after: Some(newest - 1),
+        before: None,
+    };
+    ranges.push(open);
+    requests += ranges.len() as u64;
+    let counts = futures::future::join_all(
+        ranges
+            .iter()
+            .map(|range| filter_request(fetcher, *range, 1)),
+    )
+    .await;
+    let mut parts = Vec::with_capacity(ranges.len());
+    for (range, answer) in ranges.into_iter().zip(counts) {
+        let bound = answer.ok()?.meta.count?;
+        parts.push(Part { range, bound });
+    }
+    let open_count = parts.pop()?.bound;
+    Some(Ledger {
+        parts,
+        open,
+        open_count,
+        requests,
+    })
+}
+
+/// The `created_at` day of a contact's JSON text (unix seconds, or RFC 3339 text in forks).
+fn contact_day(contact: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        created_at: serde_json::Value,
+    }
+    let created: Created = serde_json::from_str(contact).ok()?;
+    let secs = match created.created_at {
+        serde_json::Value::Number(n) => n.as_i64()?,
+        serde_json::Value::String(text) => chrono::DateTime::parse_from_rfc3339(&text)
+            .ok()?
+            .timestamp(),
+        _ => return None,
+    };
+    Some(secs.div_euclid(86_400))
+}
+
+async fn filter_request(
+    fetcher: &Fetcher,
+    range: Range,
+    page: u64,
+) -> Result<ContactsPage, FetchError> {
+    let after = range.after.map(day_text);
+    let before = range.before.map(day_text);
+    fetcher
+        .filter_page(page, after.as_deref(), before.as_deref())
+        .await
+}
+
 struct Repair<'a> {
     fetcher: &'a Fetcher,
     collector: &'a mut Collector,
@@ -76,168 +225,337 @@ struct Repair<'a> {
     report: RepairReport,
 }
 
-/// Runs the repair if the walk saw the account change: a `meta.count` that moved, duplicates
-/// (pages shifted), or a total that differs from the contacts exported. The first round
-/// compares every part of the account (deletions and creations can cancel out in the total);
-/// later rounds look only where the total says contacts are still missing.
+/// Why a bound was reached, for `stopped`.
+fn bound_reached(max: u64) -> String {
+    format!(
+        "the repair's request bound ({max} requests) was reached: run again, or raise it with {MAX_REQUESTS_ENV}"
+    )
+}
+
+/// Checks the export against the server and repairs what the walk missed (see the module
+/// header). Returns the report and the account's latest count.
 pub async fn repair(
     fetcher: &Fetcher,
     collector: &mut Collector,
     walk: &WalkState,
-    max_requests: u64,
+    ledger: Option<&Ledger>,
+    max_requests: Option<u64>,
     progress: &Progress,
 ) -> Result<(RepairReport, Option<u64>), ExportError> {
-    let Some(mut count) = walk.final_count else {
+    let Some(count) = walk.final_count else {
         return Ok((RepairReport::default(), None));
     };
-    let changed = walk.count_changed || collector.duplicates > 0 || collector.unique() != count;
+    let quiet = !walk.count_changed
+        && collector.duplicates == 0
+        && collector.unique() == count
+        && walk.expected_count == Some(count);
     let mut repair = Repair {
         fetcher,
         collector,
         page_size: walk.page_size.max(1),
-        max_requests,
+        max_requests: u64::MAX,
         report: RepairReport::default(),
     };
-    while changed && repair.report.rounds < MAX_ROUNDS {
-        let ours = repair.collector.unique();
-        let first = repair.report.rounds == 0;
-        let worth_it = first || ours < count;
-        if !worth_it || repair.report.requests >= max_requests || repair.report.stopped.is_some() {
-            break;
+    let (unresolved, fresh) = match ledger {
+        Some(ledger) => {
+            repair.report.requests = ledger.requests;
+            repair.max_requests = max_requests
+                .unwrap_or_else(|| ledger.requests + repair.allowance(ledger, walk.planned_pages));
+            let outcome = repair.prove(ledger, quiet, progress).await;
+            repair.settle(outcome, count).await
         }
-        repair.report.rounds += 1;
-        progress.phase(&format!("repairing drift (round {})", repair.report.rounds));
-        let outcome = match repair.pass(count, first).await {
-            Ok(()) => repair.recount().await,
-            Err(err) => Err(err),
-        };
-        match outcome {
-            Ok(fresh) => count = fresh.unwrap_or(count),
-            // A Chatwoot without the filter endpoint, or one that keeps failing: the export
-            // stays as the walk left it, and the report says why.
-            Err(err) => repair.report.stopped = Some(err.to_string()),
+        None if quiet => (0, Some(count)),
+        None => {
+            // Walked again whole: three times a small account, once a large one.
+            let pages = walk.planned_pages + 2;
+            repair.max_requests =
+                max_requests.unwrap_or(if pages <= 12 { 3 * pages } else { pages });
+            repair.report.rounds = 1;
+            progress.phase("checking the export against the account");
+            let outcome = repair.relist().await;
+            repair.settle(outcome, count).await
         }
-    }
+    };
+    let count = fresh.unwrap_or(count);
     let ours = repair.collector.unique();
-    repair.report.unresolved = count.saturating_sub(ours);
-    repair.report.deleted_during_export = ours.saturating_sub(count);
-    Ok((repair.report, Some(count)))
+    let mut report = repair.report;
+    report.unresolved = unresolved;
+    if report.stopped.is_some() {
+        // A repair that stopped early proved nothing it had not finished.
+        report.unresolved = report.unresolved.max(1);
+    }
+    report.deleted_during_export = ours.saturating_sub(count);
+    Ok((report, Some(count)))
 }
 
+/// What a check left unproven: contacts it could not rule out as missing.
+type Unproven = Result<u64, (u64, FetchError)>;
+
 impl Repair<'_> {
-    /// One bisection over `created_at` ranges: from a sweep of the whole account in
-    /// `SWEEP_RANGES` parts, or from the whole account as one range. The sweep starts by
-    /// fetching the days around page boundaries the walk crossed while contacts were deleted,
-    /// where a skipped contact hides even when the day's count does not show it (a deletion
-    /// and a creation on the same day cancel out).
-    async fn pass(&mut self, total: u64, sweep: bool) -> Result<(), FetchError> {
-        let mut pending = if sweep {
-            for (first, last) in suspect_days(self.collector.page_notes()) {
-                let range = Range {
-                    after: Some(first - 1),
-                    before: Some(last + 1),
-                    server: 0,
-                };
-                self.fetch_whole(range).await?;
+    /// The request bound: the ledger's, the newest part listed three times, and for every
+    /// contact a past part may lack (its bound minus its held contacts), a bisection down to a
+    /// day and that day's listing, at most three listings of the part.
+    fn allowance(&self, ledger: &Ledger, planned_pages: u64) -> u64 {
+        let ps = self.page_size;
+        let open = LISTING_TRIES as u64 * (ledger.open_count / ps + 2);
+        let mut drift = 0;
+        for part in &ledger.parts {
+            let ours = self.ours(part.range);
+            let slack = part.bound.saturating_sub(ours);
+            if slack == 0 {
+                continue;
             }
-            self.sweep().await?
-        } else {
-            vec![Range {
-                after: None,
-                before: None,
-                server: total,
-            }]
+            let pages = part.bound / ps + 1;
+            let days = self.days_with_contacts(part.range).max(1);
+            let day_pages = (pages / days + 1).max(FETCH_WHOLE_PAGES);
+            let depth = 64 - u64::from(pages.leading_zeros());
+            let per_contact = 2 * depth + 2 * day_pages;
+            drift += (slack * per_contact).min(LISTING_TRIES as u64 * pages);
+        }
+        // Past parts that had drift get at most three listings each; never more than three
+        // walks of the account.
+        (4 + open + drift).min(3 * (planned_pages + 2) + open)
+    }
+
+    /// The ledger's proof: every past part, then the open part.
+    async fn prove(&mut self, ledger: &Ledger, quiet: bool, progress: &Progress) -> Unproven {
+        let mut pending: Vec<Part> = ledger.parts.clone();
+        pending.reverse();
+        let mut unresolved = 0;
+        let mut announced = false;
+        while let Some(part) = pending.pop() {
+            let ours = self.ours(part.range);
+            if part.bound == ours {
+                continue;
+            }
+            if !announced {
+                announced = true;
+                self.report.rounds = 1;
+                progress.phase("repairing drift");
+            }
+            if !self.affords(2) {
+                let rest: u64 = std::iter::once(part)
+                    .chain(pending.iter().copied())
+                    .map(|p| p.bound.saturating_sub(self.ours(p.range)).max(1))
+                    .sum();
+                return Ok(unresolved + rest);
+            }
+            let (low, high) = part.range.days();
+            let single_day = low >= high || self.pivot(part.range).is_none();
+            // More held than the ledger counted: a contact appeared with an old created_at
+            // (say, an anonymous contact that gained an email), which the bound cannot cover.
+            let appeared = ours > part.bound;
+            if single_day || appeared || part.bound <= FETCH_WHOLE_PAGES * self.page_size {
+                match self.list_whole(part.range, Some(part.bound)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        unresolved += part.bound.saturating_sub(self.ours(part.range)).max(1)
+                    }
+                    Err(err) => {
+                        return Err((unresolved + self.rest(&pending, part), err));
+                    }
+                }
+                continue;
+            }
+            match self.split(part).await {
+                Ok(halves) => pending.extend(halves),
+                Err(err) => return Err((unresolved + self.rest(&pending, part), err)),
+            }
+        }
+        // The newest part: contacts are created there, so only a snapshot proves it, unless
+        // nothing moved at all.
+        if !self.affords(1) {
+            return Ok(unresolved + 1);
+        }
+        let now = match self.count(ledger.open).await {
+            Ok(now) => now,
+            Err(err) => return Err((unresolved + 1, err)),
         };
-        while let Some(range) = pending.pop() {
-            if self.report.requests >= self.max_requests {
-                break;
-            }
-            let ours = self.ours(range);
-            if range.server == ours {
-                continue;
-            }
-            let pivot = self.pivot(range);
-            if range.server < ours && pivot.is_none() {
-                // Only deletions can explain it, and the range cannot be split further.
-                continue;
-            }
-            let Some(pivot) = pivot.filter(|_| range.server > FETCH_WHOLE_PAGES * self.page_size)
-            else {
-                self.fetch_whole(range).await?;
-                continue;
-            };
-            // Left: up to and including the pivot day; its count costs one request, whose
-            // first page is kept too. Right: the rest, by difference.
-            let left = Range {
-                after: range.after,
-                before: Some(pivot + 1),
-                server: 0,
-            };
-            let first = self.filter_page(left, 1).await?;
-            let left_count = first.meta.count.unwrap_or(0);
-            self.keep(&first.payload)?;
-            pending.push(Range {
-                after: Some(pivot),
-                before: range.before,
-                server: range.server.saturating_sub(left_count),
-            });
-            if left_count > self.page_size {
-                pending.push(Range {
-                    server: left_count,
-                    ..left
-                });
-            }
+        let ours = self.ours(ledger.open);
+        if quiet && now == ledger.open_count && now == ours {
+            return Ok(unresolved);
         }
-        Ok(())
+        if !announced {
+            self.report.rounds = 1;
+            progress.phase("repairing drift");
+        }
+        match self.list_whole(ledger.open, None).await {
+            Ok(true) => Ok(unresolved),
+            Ok(false) => Ok(unresolved + self.count_gap(ledger.open, now)),
+            Err(err) => Err((unresolved + self.count_gap(ledger.open, now), err)),
+        }
     }
 
-    /// Cuts the account into up to `SWEEP_RANGES` ranges holding about as many of our
-    /// contacts each, and asks the server how many it lists in each.
-    async fn sweep(&mut self) -> Result<Vec<Range>, FetchError> {
-        let days: Vec<(i64, u64)> = self
-            .collector
-            .days()
-            .iter()
-            .map(|(d, n)| (*d, *n))
-            .collect();
-        let total: u64 = days.iter().map(|(_, n)| n).sum();
-        let pieces = (SWEEP_RANGES as u64).min(days.len() as u64).max(1);
-        let mut cuts = Vec::new();
-        let mut seen = 0;
-        for (day, n) in &days {
-            seen += n;
-            if (cuts.len() as u64) + 1 < pieces && seen * pieces >= (cuts.len() as u64 + 1) * total
-            {
-                cuts.push(*day);
-            }
+    /// Whether `requests` more fit in the bound, one kept for the final count; if not, the
+    /// repair stops and says why.
+    fn affords(&mut self, requests: u64) -> bool {
+        let fits = self.report.requests + requests < self.max_requests;
+        if !fits {
+            self.report.stopped = Some(bound_reached(self.max_requests));
         }
-        let mut ranges = Vec::with_capacity(cuts.len() + 1);
-        let mut after = None;
-        for cut in cuts.into_iter().map(Some).chain([None]) {
-            let mut range = Range {
-                after,
-                before: cut.map(|day| day + 1),
-                server: 0,
-            };
-            let first = self.filter_page(range, 1).await?;
-            range.server = first.meta.count.unwrap_or(0);
-            self.keep(&first.payload)?;
-            ranges.push(range);
-            after = cut;
-        }
-        Ok(ranges)
+        fits
     }
 
-    /// A fresh `meta.count` (page 1 of the list; its contacts are kept too).
-    async fn recount(&mut self) -> Result<Option<u64>, FetchError> {
-        self.report.requests += 1;
-        let page = self.fetcher.page(1).await?;
-        self.keep(&page.payload)
-            .map_err(|err| FetchError::InvalidPage {
-                page: 1,
-                detail: err.to_string(),
+    fn count_gap(&self, range: Range, count: u64) -> u64 {
+        count.saturating_sub(self.ours(range)).max(1)
+    }
+
+    /// What the parts left unchecked may lack, when the repair cannot go on.
+    fn rest(&self, pending: &[Part], current: Part) -> u64 {
+        std::iter::once(current)
+            .chain(pending.iter().copied())
+            .map(|p| p.bound.saturating_sub(self.ours(p.range)).max(1))
+            .sum::<u64>()
+            + 1 // the open part, not checked either
+    }
+
+    /// Splits a part at the day that halves our contacts in it and counts both halves (their
+    /// first pages are kept too). Each half's ledger count is at most the parent's bound less
+    /// what the other half had at least at the ledger: its count now or its held contacts
+    /// (both only shrink or stay since then), whichever is larger.
+    async fn split(&mut self, part: Part) -> Result<Vec<Part>, FetchError> {
+        let pivot = self
+            .pivot(part.range)
+            .ok_or_else(|| FetchError::InvalidPage {
+                page: 0,
+                detail: "a part of one day cannot be split".into(),
             })?;
-        Ok(page.meta.count)
+        let left = Range {
+            after: part.range.after,
+            before: Some(pivot + 1),
+        };
+        let right = Range {
+            after: Some(pivot),
+            before: part.range.before,
+        };
+        let left_now = self.count(left).await?;
+        let right_now = self.count(right).await?;
+        let left_least = left_now.max(self.ours(left));
+        let right_least = right_now.max(self.ours(right));
+        Ok(vec![
+            Part {
+                range: right,
+                bound: part.bound.saturating_sub(left_least).max(self.ours(right)),
+            },
+            Part {
+                range: left,
+                bound: part.bound.saturating_sub(right_least).max(self.ours(left)),
+            },
+        ])
+    }
+
+    /// The count of `range` now (page 1; its contacts are kept).
+    async fn count(&mut self, range: Range) -> Result<u64, FetchError> {
+        let page = self.filter_page(range, 1).await?;
+        self.keep(&page.payload)?;
+        Ok(page.meta.count.unwrap_or(0))
+    }
+
+    /// Lists `range` whole, keeping every contact, until a listing is a snapshot (its count
+    /// the same on every page, and as many distinct contacts as that count) or the tries run
+    /// out. For a past part (`bound` given) a listing also proves it when the held contacts
+    /// have reached the bound. Returns whether the part is proven.
+    async fn list_whole(&mut self, range: Range, bound: Option<u64>) -> Result<bool, FetchError> {
+        for _ in 0..LISTING_TRIES {
+            let mut counts = Vec::new();
+            let mut listed = BTreeSet::new();
+            let mut page = 1;
+            loop {
+                if !self.affords(1) {
+                    return Ok(false);
+                }
+                let answer = self.filter_page(range, page).await?;
+                self.keep(&answer.payload)?;
+                counts.push(answer.meta.count);
+                listed.extend(answer.payload.iter().filter_map(contact_id));
+                if (answer.payload.len() as u64) < self.page_size {
+                    break;
+                }
+                page += 1;
+            }
+            // A past part only loses contacts: a count that held still means none left during
+            // the listing. The newest part also gains them, at its end (ascending
+            // `created_at`), where they shift nothing: there a count that never fell is
+            // taken as no deletion (a deletion and a creation between the same two pages
+            // would cancel out; see the README).
+            let last = counts.last().copied().flatten();
+            let still = if bound.is_some() {
+                counts.windows(2).all(|pair| pair[0] == pair[1])
+            } else {
+                counts.windows(2).all(|pair| pair[0] <= pair[1])
+            };
+            let snapshot = still && last == Some(listed.len() as u64);
+            if snapshot || bound.is_some_and(|bound| bound <= self.ours(range)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Without a ledger: walks the list again (as the export sorts it), keeping every contact,
+    /// until a walk is a snapshot; then every contact listed is held.
+    async fn relist(&mut self) -> Unproven {
+        let mut last_gap = 1;
+        for _ in 0..LISTING_TRIES {
+            let mut counts = BTreeSet::new();
+            let mut listed = BTreeSet::new();
+            let mut page = 1;
+            loop {
+                if !self.affords(1) {
+                    return Ok(last_gap);
+                }
+                self.report.requests += 1;
+                let answer = match self.fetcher.page(page).await {
+                    Ok(answer) => answer,
+                    Err(err) => return Err((last_gap, err)),
+                };
+                self.keep(&answer.payload).map_err(|err| (last_gap, err))?;
+                counts.insert(answer.meta.count);
+                let before = listed.len();
+                listed.extend(answer.payload.iter().filter_map(contact_id));
+                if answer.payload.is_empty() || listed.len() == before {
+                    break;
+                }
+                page += 1;
+            }
+            let count = counts.first().copied().flatten();
+            if counts.len() == 1 && count == Some(listed.len() as u64) {
+                return Ok(0);
+            }
+            last_gap = count
+                .unwrap_or(0)
+                .saturating_sub(listed.len() as u64)
+                .max(1);
+        }
+        Ok(last_gap)
+    }
+
+    /// Turns the outcome into (unresolved, fresh count): a fresh `meta.count` from page 1 of
+    /// the list (its contacts are kept too), unless the repair already failed.
+    async fn settle(&mut self, outcome: Unproven, count: u64) -> (u64, Option<u64>) {
+        let unresolved = match outcome {
+            Ok(unresolved) => unresolved,
+            Err((unresolved, err)) => {
+                // A Chatwoot without the filter endpoint, or one that keeps failing: the
+                // export stays as it is, and the report says why.
+                self.report.stopped = Some(err.to_string());
+                return (unresolved.max(1), None);
+            }
+        };
+        self.report.requests += 1;
+        match self.fetcher.page(1).await {
+            Ok(page) => match self.keep(&page.payload) {
+                Ok(()) => (unresolved, page.meta.count.or(Some(count))),
+                Err(err) => {
+                    self.report.stopped = Some(err.to_string());
+                    (unresolved.max(1), None)
+                }
+            },
+            Err(err) => {
+                self.report.stopped = Some(err.to_string());
+                (unresolved.max(1), None)
+            }
+        }
     }
 
     /// Contacts the export holds in `range`.
@@ -251,6 +569,15 @@ impl Repair<'_> {
             .range(low..=high)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Days in `range` on which the export holds contacts.
+    fn days_with_contacts(&self, range: Range) -> u64 {
+        let (low, high) = range.days();
+        if low > high {
+            return 0;
+        }
+        self.collector.days().range(low..=high).count() as u64
     }
 
     /// The day that splits our contacts in `range` in half, if the range spans several days.
@@ -283,35 +610,16 @@ impl Repair<'_> {
         Some(last - 1)
     }
 
-    /// Fetches every page of `range`, keeping unseen contacts.
-    async fn fetch_whole(&mut self, range: Range) -> Result<(), FetchError> {
-        let mut page = 1;
-        while self.report.requests < self.max_requests {
-            let answer = self.filter_page(range, page).await?;
-            self.keep(&answer.payload)?;
-            if (answer.payload.len() as u64) < self.page_size {
-                break;
-            }
-            page += 1;
-        }
-        Ok(())
-    }
-
-    async fn filter_page(
-        &mut self,
-        range: Range,
-        page: u64,
-    ) -> Result<crate::source::ContactsPage, FetchError> {
+    async fn filter_page(&mut self, range: Range, page: u64) -> Result<ContactsPage, FetchError> {
         self.report.requests += 1;
-        let after = range.after.map(day_text);
-        let before = range.before.map(day_text);
-        self.fetcher
-            .filter_page(page, after.as_deref(), before.as_deref())
-            .await
+        filter_request(self.fetcher, range, page).await
     }
 
     fn keep(&mut self, contacts: &Contacts) -> Result<(), FetchError> {
         for contact in contacts {
+            if contact_id(contact).is_some_and(|id| self.collector.holds(id)) {
+                continue;
+            }
             match self.collector.add(0, contact) {
                 Ok((true, _)) => self.report.recovered += 1,
                 Ok((false, _)) => {}
@@ -327,45 +635,13 @@ impl Repair<'_> {
     }
 }
 
-/// Day ranges (first, last; inclusive) around the page boundaries the walk crossed while the
-/// account's count went down. A deletion before the walk's position shifts the list back by
-/// one, so the contact just after the last page fetched moves onto that page and is skipped:
-/// it lies between that page's last contact and the next page's first.
-fn suspect_days(notes: &[PageNote]) -> Vec<(i64, i64)> {
-    let mut arrivals: Vec<(u32, usize)> = notes
-        .iter()
-        .enumerate()
-        .filter_map(|(page, note)| note.arrival.map(|arrival| (arrival, page)))
-        .collect();
-    arrivals.sort_unstable();
-    let mut suspect = BTreeSet::new();
-    for pair in arrivals.windows(2) {
-        let (before, after) = (&notes[pair[0].1], &notes[pair[1].1]);
-        if let (Some(then), Some(now)) = (before.count, after.count)
-            && now < then
-        {
-            suspect.extend([pair[0].1, pair[1].1]);
-        }
+/// A contact's id from its JSON text.
+fn contact_id(contact: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: i64,
     }
-    let mut ranges: Vec<(i64, i64)> = Vec::new();
-    for page in suspect {
-        for (left, right) in [(page.saturating_sub(1), page), (page, page + 1)] {
-            let last = notes.get(left).and_then(|n| n.last_day);
-            let first = notes.get(right).and_then(|n| n.first_day);
-            if let (Some(last), Some(first)) = (last, first) {
-                ranges.push((i64::from(last.min(first)), i64::from(last.max(first))));
-            }
-        }
-    }
-    ranges.sort_unstable();
-    let mut merged: Vec<(i64, i64)> = Vec::new();
-    for (first, last) in ranges {
-        match merged.last_mut() {
-            Some(previous) if first <= previous.1 + 1 => previous.1 = previous.1.max(last),
-            _ => merged.push((first, last)),
-        }
-    }
-    merged
+    serde_json::from_str::<Id>(contact).ok().map(|c| c.id)
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01).
@@ -382,35 +658,23 @@ fn day_text(day: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::day_text;
-
-    #[test]
-    fn boundaries_around_a_falling_count_are_suspect() {
-        use super::{PageNote, suspect_days};
-        let note = |arrival, count, first, last| PageNote {
-            arrival: Some(arrival),
-            count: Some(count),
-            first_day: Some(first),
-            last_day: Some(last),
-        };
-        let mut notes = vec![PageNote::default()];
-        notes.push(note(0, 100, 1, 1));
-        notes.push(note(1, 100, 2, 3));
-        notes.push(note(2, 99, 5, 6)); // a deletion between pages 2 and 3
-        notes.push(note(3, 99, 9, 9));
-        notes.push(note(4, 99, 20, 20));
-        // Around pages 2 and 3: boundaries 1|2, 2|3 and 3|4: days 1-2, 3-5 and 6-9, merged.
-        assert_eq!(suspect_days(&notes), vec![(1, 9)]);
-        for note in notes.iter_mut().skip(1) {
-            note.count = Some(100);
-        }
-        assert_eq!(suspect_days(&notes), Vec::<(i64, i64)>::new());
-    }
+    use super::{contact_day, day_text};
 
     #[test]
     fn day_numbers_become_dates() {
         assert_eq!(day_text(0), "1970-01-01");
         assert_eq!(day_text(18_518), "2020-09-13");
         assert_eq!(day_text(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn created_at_days_from_seconds_or_text() {
+        assert_eq!(contact_day(r#"{"id":1,"created_at":86400}"#), Some(1));
+        assert_eq!(contact_day(r#"{"created_at":86399}"#), Some(0));
+        assert_eq!(
+            contact_day(r#"{"created_at":"1970-01-03T10:00:00Z"}"#),
+            Some(2)
+        );
+        assert_eq!(contact_day(r#"{"id":1}"#), None);
     }
 }

@@ -16,16 +16,21 @@
 //! - the first page past the plan, usually the empty one that ends the walk, goes out with
 //!   the last planned pages instead of after them;
 //! - past the plan, one page at a time: each non-empty one allows the next.
+//!
+//! An account of more than `SPECULATIVE_START` pages gets a ledger before the walk keeps any
+//! contact (see `repair`): once page 1 has given the plan, the pages sent with it are dropped,
+//! the ledger counts every part of the account, and the walk starts again from page 1, so every
+//! contact kept was fetched after the counts the completeness proof rests on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::task::JoinHandle;
 
 use super::ExportError;
 use super::checkpoint::WalkState;
 use super::collector::Collector;
+use super::repair::{self, Ledger};
 use super::saver::Saver;
 use crate::progress::Progress;
 use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
@@ -34,12 +39,11 @@ use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
 /// concurrency starts with).
 const SPECULATIVE_START: u64 = 8;
 
-type Fetched = (u64, Result<ContactsPage, FetchError>);
+type Fetched = Result<ContactsPage, FetchError>;
 
 /// Page fetches in flight, in page order.
 struct Window {
     fetcher: Arc<Fetcher>,
-    arrivals: Arc<AtomicU64>,
     tasks: VecDeque<(u64, JoinHandle<Fetched>)>,
     /// The next page number to request.
     next: u64,
@@ -52,22 +56,19 @@ impl Window {
     fn fill(&mut self, last: u64) {
         while self.next <= last && self.tasks.len() < self.lookahead {
             let number = self.next;
-            let (fetcher, arrivals) = (Arc::clone(&self.fetcher), Arc::clone(&self.arrivals));
-            let task = tokio::spawn(async move {
-                let page = fetcher.page(number).await;
-                (arrivals.fetch_add(1, Ordering::SeqCst), page)
-            });
+            let fetcher = Arc::clone(&self.fetcher);
+            let task = tokio::spawn(async move { fetcher.page(number).await });
             self.tasks.push_back((number, task));
             self.next += 1;
         }
     }
 
-    /// The oldest page requested: its number, its arrival order and the page.
-    async fn next_page(&mut self) -> Option<Result<(u64, u64, ContactsPage), ExportError>> {
+    /// The oldest page requested: its number and the page.
+    async fn next_page(&mut self) -> Option<Result<(u64, ContactsPage), ExportError>> {
         let (number, task) = self.tasks.pop_front()?;
         Some(match task.await {
-            Ok((arrival, Ok(page))) => Ok((number, arrival, page)),
-            Ok((_, Err(error))) => Err(error.into()),
+            Ok(Ok(page)) => Ok((number, page)),
+            Ok(Err(error)) => Err(error.into()),
             Err(error) => Err(error.into()),
         })
     }
@@ -82,22 +83,29 @@ impl Drop for Window {
     }
 }
 
+/// How the walk goes: pages in flight, and what it needs for the drift check.
+pub struct WalkOptions<'a> {
+    pub lookahead: usize,
+    pub speculate: bool,
+    /// The list's sort key (the ledger reads the oldest and newest days from it).
+    pub sort: &'a str,
+}
+
 pub async fn walk(
     fetcher: &Arc<Fetcher>,
     collector: &mut Collector,
     state: &mut WalkState,
     progress: &Progress,
-    lookahead: usize,
-    speculate: bool,
+    options: &WalkOptions<'_>,
+    ledger: &mut Option<Ledger>,
     saver: &mut Saver,
 ) -> Result<(), ExportError> {
+    let (lookahead, speculate) = (options.lookahead, options.speculate);
     if state.done {
         return Ok(());
     }
     let mut window = Window {
         fetcher: Arc::clone(fetcher),
-        // The order answers arrive in, for the repair's notes.
-        arrivals: Arc::new(AtomicU64::new(0)),
         tasks: VecDeque::new(),
         next: state.next_page.max(1),
         lookahead: lookahead.max(1),
@@ -114,7 +122,7 @@ pub async fn walk(
         if first.is_err() {
             definitions.abort();
         }
-        let (_, arrival, first) = first?;
+        let (_, first) = first?;
         state.attribute_definitions = declare_definitions(collector, definitions.await?);
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
@@ -123,7 +131,22 @@ pub async fn walk(
             Some(count) if state.page_size > 0 => count.div_ceil(state.page_size).max(1),
             _ => 1,
         };
-        collector.add_page(1, arrival, &first)?;
+        if state.expected_count.is_some()
+            && repair::wants_ledger(state.planned_pages, SPECULATIVE_START)
+        {
+            // The pages sent with page 1 were answered before the ledger's counts: dropped,
+            // and fetched again after them (at most `SPECULATIVE_START` requests).
+            // Awaited, not aborted: each was sent, and the request count must say so.
+            for (_, task) in window.tasks.drain(..) {
+                let _ = task.await;
+            }
+            progress.phase("counting the account's parts");
+            *ledger = repair::take_ledger(fetcher, options.sort, &first, state.planned_pages).await;
+            window.next = 1;
+            progress.plan(state.planned_pages, state.expected_count, 0, 0);
+            return walk_pages(&mut window, collector, state, progress, saver).await;
+        }
+        collector.add_page(1, &first)?;
         state.next_page = 2;
         state.done = first.payload.is_empty();
         progress.plan(
@@ -145,18 +168,29 @@ pub async fn walk(
         );
     }
 
+    walk_pages(&mut window, collector, state, progress, saver).await
+}
+
+/// The walk from `state.next_page` to the empty page past the plan.
+async fn walk_pages(
+    window: &mut Window,
+    collector: &mut Collector,
+    state: &mut WalkState,
+    progress: &Progress,
+    saver: &mut Saver,
+) -> Result<(), ExportError> {
     // The planned pages and the first one past the plan; past it, one more per non-empty page.
     let mut last_wanted = (state.planned_pages + 1).max(state.next_page);
     loop {
         window.fill(last_wanted);
-        let (number, arrival, page) = window.next_page().await.unwrap_or_else(no_page)?;
+        let (number, page) = window.next_page().await.unwrap_or_else(no_page)?;
         state.saw_count(page.meta.count);
         if page.payload.is_empty() && number > state.planned_pages {
             collector.pages += 1;
             state.done = true;
             break;
         }
-        collector.add_page(number, arrival, &page)?;
+        collector.add_page(number, &page)?;
         state.next_page = number + 1;
         last_wanted = last_wanted.max(number + 1);
         progress.page_done(collector.unique());

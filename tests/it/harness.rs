@@ -55,6 +55,12 @@ impl Fake {
         self.server().live_truth()
     }
 
+    /// The ids of the contacts deleted while the fake ran (drift): they existed at some point of
+    /// the run and are listed no more.
+    pub fn deleted_ids(&self) -> Vec<i64> {
+        self.server().deleted_ids()
+    }
+
     /// The ground truth of another account the fake serves (`FakeServerConfig::accounts`).
     pub fn truth_of(&self, account_id: u64) -> Vec<Value> {
         self.server()
