@@ -192,7 +192,7 @@ def start_nginx(processes: Processes, row: Row, upstream: str, work: Path) -> tu
         location = (f"        location @limited {{ add_header Retry-After {row.retry_after_secs}"
                     f" always; return {row.status} \"Retry later\\n\"; }}")
     conf = (LIMITERS / "nginx.conf.in").read_text()
-    for name, value in [("PORT", str(port)), ("ACCESS_LOG", "access.log limiters"),
+    for name, value in [("PORT", str(port)),
                         ("UPSTREAM", upstream), ("RATE", row.rate),
                         ("BURST", f"{row.burst}{' nodelay' if row.nodelay else ''}"),
                         ("STATUS", str(row.status)), ("RETRY_AFTER_LOCATION", location),

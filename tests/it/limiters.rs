@@ -71,6 +71,54 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// One request as a limiter logged it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// When it arrived (rack-attack, by the limiter's own clock) or was answered (nginx), in
+    /// epoch seconds.
+    pub at: f64,
+    pub status: u16,
+    /// Its `X-Client` header; the exporter sends none and is "export".
+    pub client: String,
+}
+
+impl Entry {
+    pub fn rejected(&self) -> bool {
+        matches!(self.status, 429 | 503)
+    }
+}
+
+/// Reads a limiter's log: lines of "<epoch seconds> <status> <X-Client>", where nginx writes
+/// a missing header as "-" and the rack-attack app as "export".
+fn read_log(path: &Path) -> Vec<Entry> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [at, status, client] = fields[..] else {
+                panic!("{}: a line {line:?}", path.display());
+            };
+            Entry {
+                at: at.parse().expect("epoch seconds"),
+                status: status.parse().expect("a status"),
+                client: if client == "-" { "export" } else { client }.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// What an export needs to know of the limiter in front of the fake server.
+pub trait Limiter {
+    fn url(&self) -> &str;
+    /// Every request it answered, rejected or not.
+    fn log(&self) -> Vec<Entry>;
+    /// The rate it sustains, per second.
+    fn rate_per_sec(&self) -> f64;
+    /// Its fixed window, if it has one (rack-attack), whose budget other clients may have
+    /// used before the exporter's first request.
+    fn period_secs(&self) -> Option<u64>;
+}
+
 /// A server process this test started, killed by its PID when dropped.
 struct Process(Child);
 
@@ -201,26 +249,16 @@ impl RackAttack {
         }
     }
 
-    /// Requests of `client` that passed the throttle (any status but 429), by the limiter's
-    /// window number (its own clock's epoch seconds divided by the period, as rack-attack
-    /// keys its counters).
+    /// Requests of `client` that passed the throttle, by the limiter's window number (its own
+    /// clock's epoch seconds divided by the period, as rack-attack keys its counters).
     pub fn served_by_window(&self, client: &str) -> BTreeMap<u64, u64> {
-        let text = std::fs::read_to_string(&self.request_log).unwrap_or_default();
         let mut windows = BTreeMap::new();
-        for line in text.lines() {
-            let mut fields = line.split(' ');
-            let (Some(time), Some(status), Some(who)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                panic!("a requests.log line: {line:?}");
-            };
-            if who != client || status == "429" {
-                continue;
+        for entry in self.log() {
+            if entry.client == client && !entry.rejected() {
+                *windows
+                    .entry(entry.at as u64 / self.config.period_secs)
+                    .or_insert(0) += 1;
             }
-            let seconds: f64 = time.parse().expect("epoch seconds");
-            *windows
-                .entry(seconds as u64 / self.config.period_secs)
-                .or_insert(0) += 1;
         }
         windows
     }
@@ -238,9 +276,23 @@ impl RackAttack {
             .filter(|&(_, served)| served * 2 < self.config.limit)
             .collect()
     }
+}
+
+impl Limiter for RackAttack {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn log(&self) -> Vec<Entry> {
+        read_log(&self.request_log)
+    }
 
     fn rate_per_sec(&self) -> f64 {
         self.config.limit as f64 / self.config.period_secs as f64
+    }
+
+    fn period_secs(&self) -> Option<u64> {
+        Some(self.config.period_secs)
     }
 }
 
@@ -261,6 +313,7 @@ pub struct Nginx {
     _process: Process,
     pub url: String,
     pub config: NginxConfig,
+    access_log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -289,8 +342,6 @@ impl Nginx {
         };
         let conf = template
             .replace("@PORT@", &port.to_string())
-            // The tests count what reached the fake server instead.
-            .replace("@ACCESS_LOG@", "off")
             .replace(
                 "@UPSTREAM@",
                 upstream
@@ -319,8 +370,27 @@ impl Nginx {
             _process: process,
             url: format!("http://127.0.0.1:{port}"),
             config,
+            access_log: dir.path().join("access.log"),
             _dir: dir,
         }
+    }
+}
+
+impl Limiter for Nginx {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn log(&self) -> Vec<Entry> {
+        read_log(&self.access_log)
+    }
+
+    fn rate_per_sec(&self) -> f64 {
+        self.config.per_sec as f64
+    }
+
+    fn period_secs(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -348,8 +418,6 @@ fn get_page_one(base_url: &str, client: &str) -> Option<u16> {
 pub struct Counts {
     pub sent: u64,
     pub rejected: u64,
-    /// Answered 200: these reached the fake server.
-    pub served: u64,
 }
 
 impl Counts {
@@ -357,7 +425,7 @@ impl Counts {
         self.sent += 1;
         match status {
             Some(429 | 503) => self.rejected += 1,
-            Some(200) => self.served += 1,
+            Some(200) => {}
             other => panic!("the other client got {other:?}"),
         }
     }
@@ -473,133 +541,192 @@ fn export_within(base_url: &str, out: &Path, extra: &[&str], deadline: Duration)
     (run, wall)
 }
 
-/// What one export through a limiter measured.
+/// What one export through a limiter measured, from the limiter's own log.
 #[derive(Debug)]
 struct Outcome {
+    /// The export process's wall time, start to exit.
     wall_secs: f64,
-    /// Requests the exporter sent (the manifest's `requests`).
+    /// Requests the exporter sent that the limiter saw.
     requests: u64,
-    /// Of those, the ones the limiter let through to the fake server.
-    served: u64,
-    /// The limiter's sustainable rate left to the exporter, per second.
+    /// Of those, rejected (429 or 503).
+    rejected: u64,
+    /// From the exporter's first request to its last, as the limiter saw them.
+    fetch_secs: f64,
+    /// Requests of other clients the limiter let through from the start of the exporter's
+    /// first window (rack-attack) or first request (nginx) to its last: budget they took.
+    others: u64,
+    /// The limiter's sustainable rate, per second.
     rate_per_sec: f64,
 }
 
 impl Outcome {
+    /// `period_secs`: the fixed window of a rack-attack limiter, whose budget other clients
+    /// may have used before the exporter's first request.
+    fn measure(log: &[Entry], wall_secs: f64, rate_per_sec: f64, period_secs: Option<u64>) -> Self {
+        let export: Vec<&Entry> = log.iter().filter(|e| e.client == "export").collect();
+        let first = export.iter().map(|e| e.at).fold(f64::INFINITY, f64::min);
+        let last = export
+            .iter()
+            .map(|e| e.at)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let from = period_secs.map_or(first, |p| (first / p as f64).floor() * p as f64);
+        let others = log
+            .iter()
+            .filter(|e| e.client != "export" && !e.rejected() && (from..=last).contains(&e.at))
+            .count() as u64;
+        Self {
+            wall_secs,
+            requests: export.len() as u64,
+            rejected: export.iter().filter(|e| e.rejected()).count() as u64,
+            fetch_secs: (last - first).max(0.0),
+            others,
+            rate_per_sec,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.requests - self.rejected
+    }
+
     fn rejected_share(&self) -> f64 {
-        self.requests.saturating_sub(self.served) as f64 / self.requests.max(1) as f64
+        self.rejected as f64 / self.requests.max(1) as f64
     }
 
-    /// Served requests per second over the run, against the limiter's sustainable rate.
+    /// The budget used while fetching (the exporter's served requests and what other clients
+    /// took meanwhile) against the limiter's sustainable rate: N requests take N slots of
+    /// 1/rate, so perfect pacing from the first request to the last scores 100%, and a
+    /// limiter's initial burst can lift it above. Process start-up and the final file writes
+    /// are left out: they are not the limiter's, and on a 10 s run in a debug build they would
+    /// weigh as much as the governor does. On Chatwoot's 60 s windows and runs of minutes, the
+    /// budget other clients take from a 2 s window here would be lost in the noise; counting
+    /// it keeps the short test fair.
     fn throughput_share(&self) -> f64 {
-        self.served as f64 / self.wall_secs / self.rate_per_sec
+        let slots = self.fetch_secs + 1.0 / self.rate_per_sec;
+        (self.served() + self.others) as f64 / slots / self.rate_per_sec
     }
 
-    /// The least time in which the limiter's sustainable rate lets `served` requests through.
+    /// The least time in which the sustainable rate lets those requests through.
     fn ideal_secs(&self) -> f64 {
-        self.served as f64 / self.rate_per_sec
+        (self.served() + self.others) as f64 / self.rate_per_sec
     }
 }
 
-/// Exports the fake's account through `limiter_url` and checks the result against the ground
-/// truth; `others_served` stops any client that ran during the export and says how many of
-/// its requests got through to the fake meanwhile, and
-/// `rate_per_sec` the limiter's sustainable rate left to the exporter.
+/// Exports the fake's account through `limiter` and checks the result against the ground
+/// truth; `stop_others` stops any client that ran during the export, before the limiter's
+/// log is read.
 fn export_through(
     name: &str,
     fake: &Fake,
-    limiter_url: &str,
+    limiter: &impl Limiter,
     extra: &[&str],
-    rate_per_sec: f64,
-    others_served: impl FnOnce() -> u64,
+    stop_others: impl FnOnce(),
 ) -> Outcome {
-    let before = fake.requests();
+    let rate_per_sec = limiter.rate_per_sec();
     let dir = tempfile::tempdir().expect("temp dir");
     // Three times the ideal: long enough to measure a slow run, short enough that a collapse
     // fails the test in seconds rather than minutes.
     let deadline = Duration::from_secs_f64(3.0 * NEEDED as f64 / rate_per_sec + 5.0);
-    let (run, wall_secs) = export_within(limiter_url, dir.path(), extra, deadline);
-    // Other clients first: a second client stops here, before the fake's count is read.
-    let others = others_served();
-    let served = fake.requests() - before - others;
-    let manifest = manifest(dir.path());
-    let requests = manifest
-        .as_ref()
-        .and_then(|m| m["requests"].as_u64())
-        .unwrap_or(0);
-    let outcome = Outcome {
+    let (run, wall_secs) = export_within(limiter.url(), dir.path(), extra, deadline);
+    stop_others();
+    let outcome = Outcome::measure(
+        &limiter.log(),
         wall_secs,
-        requests,
-        served,
         rate_per_sec,
-    };
+        limiter.period_secs(),
+    );
+    let manifest = manifest(dir.path());
     eprintln!(
-        "limiters: {name}: exit {}, {} requests, {} served, {:.1}% rejected, {:.2} s wall vs \
-         {:.2} s ideal, {:.1}% of the sustainable rate, manifest throttled {}",
+        "limiters: {name}: exit {}, {} requests, {} rejected ({:.1}%), {} served to others, \
+         fetching {:.2} s vs {:.2} s ideal ({:.1}% of the sustainable rate), wall {:.2} s, \
+         manifest requests {} throttled {}",
         run.code,
         outcome.requests,
-        outcome.served,
+        outcome.rejected,
         100.0 * outcome.rejected_share(),
-        outcome.wall_secs,
+        outcome.others,
+        outcome.fetch_secs,
         outcome.ideal_secs(),
         100.0 * outcome.throughput_share(),
+        outcome.wall_secs,
+        manifest
+            .as_ref()
+            .map_or("-".into(), |m| m["requests"].to_string()),
         manifest
             .as_ref()
             .map_or("-".into(), |m| m["throttled"].to_string()),
     );
     assert!(
         run.code != -1,
-        "{name}: the export did not finish in {:.0} s (the limiter allows {:.1} s): {served} \
-         requests served; stderr:\n{}",
+        "{name}: the export did not finish in {:.0} s (the limiter allows {NEEDED} requests in \
+         {:.1} s): {} of its requests served, {} rejected; stderr:\n{}",
         deadline.as_secs_f64(),
         NEEDED as f64 / rate_per_sec,
+        outcome.served(),
+        outcome.rejected,
         run.stderr
     );
     assert_eq!(run.code, 0, "{name}: {}", run.stderr);
     assert_export_matches(dir.path(), "ndjson", &fake.truth(), &fake.definitions());
     assert_no_token(&run, dir.path());
-    assert!(
-        manifest.is_some_and(|m| m["requests"].as_u64() == Some(requests)),
-        "{name}: the manifest counts requests"
+    let manifest = manifest.expect("manifest");
+    assert_eq!(
+        manifest["requests"].as_u64(),
+        Some(outcome.requests),
+        "{name}: the manifest counts every request the limiter saw"
     );
     outcome
 }
 
-/// The issue's targets on rejections and throughput.
-fn assert_targets(name: &str, outcome: &Outcome, min_throughput_share: f64) {
+/// The issue's targets on rejections and throughput that `outcome` misses, described.
+fn missed_targets(outcome: &Outcome, min_throughput_share: f64) -> Vec<String> {
+    let mut missed = Vec::new();
+    if outcome.rejected_share() >= MAX_REJECTED_SHARE {
+        missed.push(format!(
+            "{:.1}% of the exporter's requests were rejected (target < {:.0}%)",
+            100.0 * outcome.rejected_share(),
+            100.0 * MAX_REJECTED_SHARE
+        ));
+    }
+    if outcome.throughput_share() < min_throughput_share {
+        missed.push(format!(
+            "{:.1}% of the limiter's sustainable rate (target >= {:.0}%): {:.2} s from the \
+             first request to the last for {} served, {:.2} s at the sustainable rate",
+            100.0 * outcome.throughput_share(),
+            100.0 * min_throughput_share,
+            outcome.fetch_secs,
+            outcome.served(),
+            outcome.ideal_secs()
+        ));
+    }
+    missed
+}
+
+/// The target on windows, if missed: never served less than half the budget for more than
+/// one window.
+fn collapse(limiter: &RackAttack) -> Option<String> {
+    let collapsed = limiter.collapsed_windows();
+    (collapsed.len() > 1).then(|| {
+        format!(
+            "served less than half of {} in {} windows (window, served): {collapsed:?}; all \
+             windows: {:?}",
+            limiter.config.limit,
+            collapsed.len(),
+            limiter.served_by_window("export")
+        )
+    })
+}
+
+/// Fails with every missed target at once, so one run shows all that a governor misses.
+fn assert_met(name: &str, outcome: &Outcome, missed: &[String]) {
     // The 2% target is for runs of 300 requests or more; this one must be one.
     assert!(
-        outcome.served >= NEEDED,
+        outcome.served() >= NEEDED,
         "{name}: {outcome:?} needed {NEEDED} requests"
     );
     assert!(
-        outcome.rejected_share() < MAX_REJECTED_SHARE,
-        "{name}: {:.1}% of the exporter's requests were rejected (target < {:.0}%): {outcome:?}",
-        100.0 * outcome.rejected_share(),
-        100.0 * MAX_REJECTED_SHARE
-    );
-    assert!(
-        outcome.throughput_share() >= min_throughput_share,
-        "{name}: {:.1}% of the limiter's sustainable rate (target >= {:.0}%): {:.2} s for \
-         {} requests, {:.2} s at the sustainable rate: {outcome:?}",
-        100.0 * outcome.throughput_share(),
-        100.0 * min_throughput_share,
-        outcome.wall_secs,
-        outcome.served,
-        outcome.ideal_secs()
-    );
-}
-
-/// The target on windows: never served less than half the budget for more than one window.
-fn assert_no_collapse(name: &str, limiter: &RackAttack) {
-    let collapsed = limiter.collapsed_windows();
-    assert!(
-        collapsed.len() <= 1,
-        "{name}: served less than half of {} in {} windows (window, served): {collapsed:?}; \
-         all windows: {:?}",
-        limiter.config.limit,
-        collapsed.len(),
-        limiter.served_by_window("export")
+        missed.is_empty(),
+        "{name}: missed the issue's targets:\n- {}\n{outcome:?}",
+        missed.join("\n- ")
     );
 }
 
@@ -613,32 +740,34 @@ fn account() -> Fake {
 /// 60 requests per 2 s window: 30 a second, 300 requests in about 10 s.
 const LIMIT: u64 = 60;
 const PERIOD_SECS: u64 = 2;
-const LIMIT_ARG: &str = "60";
 const PERIOD_ARG: &str = "2";
-const TOLD: [&str; 4] = ["--rate-limit", LIMIT_ARG, "--rate-window-secs", PERIOD_ARG];
+/// What the exporter is told in most scenarios: the window's length, as Chatwoot's 60 s is
+/// the exporter's default, and not the budget, which it learns (the issue's measurements ran
+/// with the defaults against 60 s windows; this is the same with 2 s ones).
+const WINDOW_TOLD: [&str; 2] = ["--rate-window-secs", PERIOD_ARG];
 
 /// An export through rack-attack told `extra`, checked against every target.
 fn rack_attack_scenario(
     name: &str,
     config: RackAttackConfig,
     extra: &[&str],
-    before: impl FnOnce(&RackAttack),
+    before: impl FnOnce(&RackAttack) -> u64,
     min_throughput_share: f64,
 ) {
     let fake = account();
     let limiter = RackAttack::start(&fake.base_url(), config);
-    // Whatever another client did before is not counted: the fake's count starts after it.
-    before(&limiter);
-    let outcome = export_through(
-        name,
-        &fake,
-        &limiter.url,
-        extra,
-        limiter.rate_per_sec(),
-        || 0,
+    // What another client did just before: requests that must land in the exporter's first
+    // window, or the scenario is not the one it says.
+    let used = before(&limiter);
+    let outcome = export_through(name, &fake, &limiter, extra, || {});
+    assert!(
+        outcome.others >= used,
+        "{name}: the {used} requests sent before did not all land in the export's first \
+         window: {outcome:?}"
     );
-    assert_targets(name, &outcome, min_throughput_share);
-    assert_no_collapse(name, &limiter);
+    let mut missed = missed_targets(&outcome, min_throughput_share);
+    missed.extend(collapse(&limiter));
+    assert_met(name, &outcome, &missed);
 }
 
 #[test]
@@ -646,8 +775,8 @@ fn rack_attack_from_a_clean_window() {
     rack_attack_scenario(
         "rack-attack, clean window",
         RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS),
-        &TOLD,
-        |_| {},
+        &WINDOW_TOLD,
+        |_| 0,
         MIN_THROUGHPUT_SHARE_RACK_ATTACK_CLEAN,
     );
 }
@@ -659,7 +788,7 @@ fn rack_attack_window_already_used_by_another_client() {
     rack_attack_scenario(
         "rack-attack, window used by another client",
         RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS),
-        &TOLD,
+        &WINDOW_TOLD,
         |limiter| {
             // At a window's start, so that the whole burst lands in the export's first window.
             sleep_until_window_start(PERIOD_SECS);
@@ -668,6 +797,7 @@ fn rack_attack_window_already_used_by_another_client() {
                 counts.rejected, 0,
                 "the burst fits in the window: {counts:?}"
             );
+            counts.sent
         },
         MIN_THROUGHPUT_SHARE,
     );
@@ -683,8 +813,8 @@ fn rack_attack_server_clock_ahead_without_date() {
             clock_offset_secs: 21.0,
             ..RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS)
         },
-        &TOLD,
-        |_| {},
+        &WINDOW_TOLD,
+        |_| 0,
         MIN_THROUGHPUT_SHARE,
     );
 }
@@ -698,8 +828,8 @@ fn rack_attack_server_clock_ahead_with_date() {
             send_date: true,
             ..RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS)
         },
-        &TOLD,
-        |_| {},
+        &WINDOW_TOLD,
+        |_| 0,
         MIN_THROUGHPUT_SHARE,
     );
 }
@@ -712,7 +842,7 @@ fn rack_attack_window_the_exporter_was_not_told() {
         "rack-attack, defaults (window not told)",
         RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS),
         &[],
-        |_| {},
+        |_| 0,
         MIN_THROUGHPUT_SHARE,
     );
 }
@@ -727,7 +857,7 @@ fn rack_attack_with_retry_after() {
             ..RackAttackConfig::chatwoot(LIMIT, PERIOD_SECS)
         },
         &[],
-        |_| {},
+        |_| 0,
         MIN_THROUGHPUT_SHARE,
     );
 }
@@ -745,13 +875,9 @@ fn rack_attack_shared_with_a_second_client() {
     let client = SecondClient::start(&limiter.url, every);
     let counts = std::cell::Cell::new(Counts::default());
     let mut client = Some(client);
-    // The exporter's fair rate is what the client leaves of the budget.
-    let rate = limiter.rate_per_sec() - 1.0 / every.as_secs_f64();
     let name = "rack-attack, a second client every 500 ms";
-    let outcome = export_through(name, &fake, &limiter.url, &TOLD, rate, || {
-        let stopped = client.take().expect("running").stop();
-        counts.set(stopped);
-        stopped.served
+    let outcome = export_through(name, &fake, &limiter, &WINDOW_TOLD, || {
+        counts.set(client.take().expect("running").stop());
     });
     let counts = counts.get();
     eprintln!(
@@ -764,31 +890,30 @@ fn rack_attack_shared_with_a_second_client() {
         counts.sent >= 10,
         "the client ran during the export: {counts:?}"
     );
-    assert!(
-        counts.rejected_share() < MAX_SECOND_CLIENT_REJECTED_SHARE,
-        "{name}: the second client got {} of its {} requests rejected ({:.1}%, target < {:.0}%)",
-        counts.rejected,
-        counts.sent,
-        100.0 * counts.rejected_share(),
-        100.0 * MAX_SECOND_CLIENT_REJECTED_SHARE
-    );
-    assert_targets(name, &outcome, MIN_THROUGHPUT_SHARE);
-    assert_no_collapse(name, &limiter);
+    let mut missed = missed_targets(&outcome, MIN_THROUGHPUT_SHARE);
+    missed.extend(collapse(&limiter));
+    if counts.rejected_share() >= MAX_SECOND_CLIENT_REJECTED_SHARE {
+        missed.push(format!(
+            "the second client got {} of its {} requests rejected ({:.1}%, target < {:.0}%)",
+            counts.rejected,
+            counts.sent,
+            100.0 * counts.rejected_share(),
+            100.0 * MAX_SECOND_CLIENT_REJECTED_SHARE
+        ));
+    }
+    assert_met(name, &outcome, &missed);
 }
 
 /// An export through nginx `limit_req` at 30 r/s, nothing told, checked against every target.
 fn nginx_scenario(name: &str, config: NginxConfig) {
     let fake = account();
     let limiter = Nginx::start(&fake.base_url(), config);
-    let outcome = export_through(
+    let outcome = export_through(name, &fake, &limiter, &[], || {});
+    assert_met(
         name,
-        &fake,
-        &limiter.url,
-        &[],
-        limiter.config.per_sec as f64,
-        || 0,
+        &outcome,
+        &missed_targets(&outcome, MIN_THROUGHPUT_SHARE),
     );
-    assert_targets(name, &outcome, MIN_THROUGHPUT_SHARE);
 }
 
 #[test]
