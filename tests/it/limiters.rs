@@ -6,10 +6,12 @@
 //! server clock that is off), what the exporter is told, and whether a second client shares the
 //! IP. Runs the debug binary through the limiter with a deadline, so a governor that collapses
 //! fails in seconds instead of hanging. Every scenario ends with the exact ground truth, then
-//! asserts the targets on what the servers themselves counted: the share of the
-//! exporter's requests the limiter rejected, its throughput against the limiter's sustainable
-//! rate, windows in which it was served less than half the budget, and the second client's
-//! rejected share. Each run prints one `limiters:` line with those numbers (`--nocapture`).
+//! asserts the targets on what the limiter itself logged (rack-attack's app and nginx
+//! log every request with its status and an `X-Client` tag): the share of the exporter's
+//! requests the limiter rejected, its throughput while fetching against the limiter's
+//! sustainable rate, windows in which it was served less than half the budget, and the second
+//! client's rejected share. A run that misses targets fails with all of them listed; each run
+//! prints one `limiters:` line with its numbers (`cargo test --test it limiters -- --nocapture`).
 //!
 //! The windows are 2 s instead of Chatwoot's 60 s and the runs 300 requests, so that each
 //! scenario takes about 10 s; `benches/limiters.py` runs the same limiters with the real periods.
