@@ -397,7 +397,7 @@ impl Limiter for Nginx {
 }
 
 /// Sends one `GET` of page 1 with the token through `base_url`, tagged `X-Client: client`
-/// (which the rack-attack app logs); returns the status, or None if no answer came.
+/// (which both limiters log); returns the status, or None if no answer came.
 fn get_page_one(base_url: &str, client: &str) -> Option<u16> {
     let authority = base_url.strip_prefix("http://").expect("an http:// URL");
     let mut stream = TcpStream::connect(authority).ok()?;
