@@ -28,6 +28,14 @@ if ! cmp -s tests/package-lock.json "$node_dir/package-lock.json" \
 fi
 export AZURITE="$PWD/$node_dir/node_modules/.bin/azurite-blob"
 
+# The real rate limiters of tests/it/limiters.rs, from Debian's packages (.ci/run installs them).
+for program in redis-server puma nginx; do
+    if ! PATH="$PATH:/usr/sbin" command -v "$program" >/dev/null; then
+        echo "tests/run.sh: $program is needed for the rate limiter tests: apt-get install ruby-rack-attack puma redis-server ruby-redis nginx" >&2
+        exit 1
+    fi
+done
+
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

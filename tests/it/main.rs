@@ -11,6 +11,7 @@ mod files;
 mod harness;
 mod inbox_secrets;
 mod lake;
+mod limiters;
 mod loopback;
 mod pipelines;
 mod python;
