@@ -16,6 +16,7 @@
 use serde_json::{Map, Value};
 
 use super::inbox_secrets::InboxSecrets;
+use super::number::number_cell;
 use super::schema::{ColumnType, TableShape, parse_timestamp};
 use super::spill::RowBuffer;
 use super::stream::{StreamState, Walk};
@@ -285,12 +286,8 @@ pub fn cell_of(value: &Value) -> Option<Cell> {
     Some(match value {
         Value::Null => return None,
         Value::Bool(b) => Cell::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.is_f64()) {
-            (Some(i), _) => Cell::Int(i),
-            (None, true) => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
-            // An integer beyond i64: exact only as text.
-            (None, false) => Cell::Json(n.to_string()),
-        },
+        // serde_json keeps the number's text (`arbitrary_precision`): the cell holds it exactly.
+        Value::Number(n) => number_cell(n.as_str()).into_cell(),
         Value::String(s) => Cell::Str(s.clone()),
         Value::Array(_) | Value::Object(_) => Cell::Json(value.to_string()),
     })
@@ -600,5 +597,70 @@ mod tests {
             Some(Cell::Json("18446744073709551615".into()))
         );
         assert_eq!(cell_of(&json!(null)), None);
+    }
+
+    /// Issue 15: `9007199254740993` was written as `9007199254740992.0` and
+    /// `123456789012345678.5` lost its last digits; the text the server sent is kept.
+    #[test]
+    fn numbers_no_f64_holds_keep_their_digits_on_both_paths() {
+        let parsed = |text: &str| cell_of(&serde_json::from_str(text).expect("json"));
+        assert_eq!(
+            parsed("9007199254740993"),
+            Some(Cell::Int(9_007_199_254_740_993))
+        );
+        for text in [
+            "123456789012345678.5",
+            "18446744073709551616",
+            "0.30000000000000001",
+        ] {
+            assert_eq!(parsed(text), Some(Cell::Json(text.into())), "{text}");
+        }
+        let texts: Vec<String> = [
+            r#"{"id":1,"custom_attributes":{"a":123456789012345678.5,"b":0.1,"c":{"n":1.00000000000000000001}},"additional_attributes":{"x":18446744073709551616,"y":[9007199254740993.0]},"top":-1.5e-400}"#,
+            r#"{"id":2,"id2":1,"custom_attributes":{"a":1,"a":2.5}}"#,
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let fast = assert_paths_agree(&texts);
+        let mut out = EncodedContact::default();
+        fast_cells(&mut Flattener::default(), &texts[0], &mut out, |cells| {
+            assert!(cells.contains(&(
+                "custom_attributes__a".into(),
+                Cell::Json("123456789012345678.5".into())
+            )));
+            assert!(cells.contains(&(
+                "custom_attributes__c".into(),
+                Cell::Json(r#"{"n":1.00000000000000000001}"#.into())
+            )));
+            assert!(cells.contains(&(
+                "additional_attributes__y".into(),
+                Cell::Json("[9007199254740993.0]".into())
+            )));
+            assert!(cells.contains(&("custom_attributes__b".into(), Cell::Float(0.1))));
+        });
+        assert_eq!(
+            fast.general_path_contacts(),
+            1,
+            "only the duplicate key falls back"
+        );
+    }
+
+    /// Runs `text` through the fast path and hands its contact row, by column name, to `check`.
+    fn fast_cells(
+        flattener: &mut Flattener,
+        text: &str,
+        out: &mut EncodedContact,
+        check: impl FnOnce(&[(String, Cell)]),
+    ) {
+        flattener.flatten_json(text, out).expect("flattens");
+        let row = out
+            .contact
+            .rows_iter()
+            .next()
+            .expect("a row")
+            .to_row()
+            .expect("decodes");
+        check(&by_name(&flattener.contacts, &row));
     }
 }
