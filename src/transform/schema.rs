@@ -240,6 +240,17 @@ impl TableShape {
         }
     }
 
+    /// Whether column `name` has a declared type other than text, so that `observe` counts a
+    /// value kept as text there.
+    pub fn has_typed_floor(&self, name: &str) -> bool {
+        self.id_of(name).is_some_and(|id| {
+            !matches!(
+                self.floors[id as usize],
+                ColumnType::Null | ColumnType::String
+            )
+        })
+    }
+
     /// Values met so far that did not fit their column's declared type (a definition's, or the
     /// contract's for API fields), so were kept as text.
     pub fn kept_as_text(&self) -> u64 {
