@@ -3,6 +3,7 @@
 
 mod csv_safe;
 mod errors;
+mod exact;
 mod expected;
 mod export;
 mod faults;
