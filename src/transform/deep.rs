@@ -81,10 +81,10 @@ pub fn keep_deep_values_as_text(text: &str) -> Option<Shallow> {
                 if let Some(parent) = stack.last_mut() {
                     parent.deepest = parent.deepest.max(closed.deepest);
                 }
-                if closed.deepest > MAX_DEPTH {
-                    if let Some(column) = column_of(text, &stack, &closed) {
-                        replace.push((closed.start, end, column));
-                    }
+                if closed.deepest > MAX_DEPTH
+                    && let Some(column) = column_of(text, &stack, &closed)
+                {
+                    replace.push((closed.start, end, column));
                 }
                 pending_key = None;
             }
