@@ -200,18 +200,19 @@ mod tests {
         ])
         .with_precision_and_scale(PRECISION, SCALE)
         .expect("valid");
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "d",
-            decimals.data_type().clone(),
-            true,
-        )]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(decimals)]).expect("batch");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("d", decimals.data_type().clone(), true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let ids = Int64Array::from(vec![1, 2, 3, 4]);
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(decimals), Arc::new(ids)]).expect("batch");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("d.csv");
         let mut sink = CsvSink::create(BufWriter::new(File::create(&path).expect("create")), true);
         sink.write(&batch).expect("write");
         drop(sink.finish().expect("finish").into_inner().expect("flush"));
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, "d\n-9223372036854775808\n1234.5\n\n0.1\n");
+        assert_eq!(text, "d,n\n-9223372036854775808,1\n1234.5,2\n,3\n0.1,4\n");
     }
 }
