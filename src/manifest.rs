@@ -51,6 +51,12 @@ pub struct Manifest {
     /// Values left out of `contact_inboxes` because their field looks like a credential, by
     /// the column they would have had. Names and counts only, never values.
     pub inbox_fields_dropped: BTreeMap<String, u64>,
+    /// Values kept whole as JSON text in their column instead of being taken apart or typed:
+    /// nested deeper than the flattener parses (127 levels), or not valid as their column's
+    /// declared type (`"soon"` in a date attribute, `"1,234"` in a number one). The export goes
+    /// on; 0 on a clean account.
+    #[serde(default)]
+    pub values_kept_as_text: u64,
     /// Whether CSV text cells that start like a formula got a leading `'` (`--csv-safe`).
     pub csv_safe: bool,
     /// Parquet: the pages' codec (`zstd:1`, `snappy`, `none`); null for CSV and NDJSON.

@@ -133,6 +133,9 @@ pub struct Checkpoint {
     /// Inbox fields left out so far, by column name (see `inbox_secrets`).
     #[serde(default)]
     pub inbox_fields_dropped: std::collections::BTreeMap<String, u64>,
+    /// Values kept as text so far (see `Manifest::values_kept_as_text`).
+    #[serde(default)]
+    pub values_kept_as_text: u64,
 }
 
 /// Why a checkpoint could not be used.
@@ -228,6 +231,7 @@ mod tests {
                 vec![],
             ],
             inbox_fields_dropped: [("inbox__imap_password".to_owned(), 2)].into(),
+            values_kept_as_text: 3,
         };
         assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
         checkpoint.save(dir.path()).expect("save");

@@ -67,6 +67,7 @@ impl Collector {
         let mut flattener = Flattener::default();
         inbox_secrets.restore_dropped(checkpoint.inbox_fields_dropped.clone());
         flattener.inbox_secrets = inbox_secrets;
+        flattener.restore_values_kept_as_text(checkpoint.values_kept_as_text);
         flattener.contacts.restore(&checkpoint.shapes[0]);
         flattener.inboxes.restore(&checkpoint.shapes[1]);
         let open = |index: usize| {

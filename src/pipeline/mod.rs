@@ -446,6 +446,7 @@ async fn run(
         resumes,
         keep_inbox_secrets: settings.keep_inbox_secrets,
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
+        values_kept_as_text: flattener.values_kept_as_text(),
         csv_safe: settings.csv_safe,
         compression: (settings.format == Format::Parquet).then_some(settings.compression),
         tables,

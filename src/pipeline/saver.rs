@@ -69,6 +69,7 @@ impl Saver {
             spills,
             shapes,
             inbox_fields_dropped: collector.flattener.inbox_secrets.dropped().clone(),
+            values_kept_as_text: collector.flattener.values_kept_as_text(),
         };
         checkpoint
             .save(&self.work)

@@ -1,6 +1,6 @@
 //! CSV: a header line, RFC 4180 quoting (fields with commas, quotes or newlines are quoted,
 //! quotes doubled), UTF-8, an empty field for null. Lossless by default: a cell is written as
-//! it came.
+//! it came, and a decimal with the digits it has (`1234.5`, not Arrow's `1234.500000000000000000`).
 //!
 //! With `safe` (`--csv-safe`), text cells and header names that a spreadsheet would run as a
 //! formula (starting with `=`, `+`, `-`, `@`, tab or carriage return: the OWASP CSV injection
@@ -46,7 +46,8 @@ impl CsvSink {
         } else {
             batch
         };
-        Ok(self.writer.write(&batch)?)
+        // After neutralising: a number is never a formula, whatever its sign.
+        Ok(self.writer.write(&decimals_as_text(&batch)?)?)
     }
 
     pub fn finish(self) -> Result<BufWriter<File>, SinkError> {
@@ -61,6 +62,47 @@ pub fn neutralise(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
+}
+
+/// The batch with its Decimal128 columns as text with the digits each value has: CSV has no
+/// types, and Arrow's writer pads every value to the column's scale.
+fn decimals_as_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow::datatypes::Decimal128Type;
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Decimal128(..)))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    let mut text = String::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match column.data_type() {
+            DataType::Decimal128(_, scale) if *scale == crate::transform::number::SCALE => {
+                let printed: StringArray = column
+                    .as_primitive::<Decimal128Type>()
+                    .iter()
+                    .map(|units| {
+                        units.map(|units| {
+                            text.clear();
+                            crate::transform::number::write_decimal(units, &mut text);
+                            text.clone()
+                        })
+                    })
+                    .collect();
+                fields.push(Field::new(field.name(), DataType::Utf8, true));
+                columns.push(Arc::new(printed));
+            }
+            _ => {
+                fields.push(field.as_ref().clone());
+                columns.push(Arc::clone(column));
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 /// The batch with its text cells and column names neutralised; other columns as they are.
@@ -143,5 +185,34 @@ mod tests {
         drop(sink.finish().expect("finish").into_inner().expect("flush"));
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, "n,t,'=evil\n-5,'-5,ok\n,,'@x\n");
+    }
+
+    #[test]
+    fn decimals_print_their_digits_and_are_never_neutralised() {
+        use crate::transform::number::{PRECISION, SCALE, decimal_in_text};
+        use arrow::array::Decimal128Array;
+        let units = |text| decimal_in_text(text).flatten().expect("a decimal");
+        let decimals = Decimal128Array::from(vec![
+            Some(units("-9223372036854775808")),
+            Some(units("1234.50")),
+            None,
+            Some(units("0.1")),
+        ])
+        .with_precision_and_scale(PRECISION, SCALE)
+        .expect("valid");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("d", decimals.data_type().clone(), true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let ids = Int64Array::from(vec![1, 2, 3, 4]);
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(decimals), Arc::new(ids)]).expect("batch");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("d.csv");
+        let mut sink = CsvSink::create(BufWriter::new(File::create(&path).expect("create")), true);
+        sink.write(&batch).expect("write");
+        drop(sink.finish().expect("finish").into_inner().expect("flush"));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "d,n\n-9223372036854775808,1\n1234.5,2\n,3\n0.1,4\n");
     }
 }

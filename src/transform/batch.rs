@@ -3,21 +3,24 @@
 //! Receives rows (encoded, straight from the spill, or as `Row`s) and the table's final
 //! `TableSchema`; emits record batches of at most `BATCH_ROWS` rows. Each cell is converted to
 //! its column's final type without loss:
-//! ints into float columns as floats, unix seconds into timestamps, and any value into a string
-//! column as its JSON text (strings as themselves).
+//! ints into float columns as floats (only ints float64 holds reach one), numbers into a
+//! `number` attribute's Decimal128 column exactly, unix seconds into timestamps, and any value
+//! into a string column as its JSON text (strings as themselves, numbers with the digits sent).
 
 use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringArray,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder,
+    StringArray, TimestampMicrosecondBuilder,
 };
+use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::schema::{ColumnType, TableSchema, number_in_text, parse_timestamp, secs_to_micros};
+use super::number::{PRECISION, SCALE, decimal_of_cell};
+use super::schema::{ColumnType, TableSchema, parse_timestamp, secs_to_micros};
 use super::spill::{EncodedRow, RawCell, RowBuffer};
 use super::{CellRef, Row};
 
@@ -29,6 +32,7 @@ enum ColumnBuilder {
     Bool(BooleanBuilder),
     Int(Int64Builder),
     Float(Float64Builder),
+    Decimal(Decimal128Builder),
     Timestamp(TimestampMicrosecondBuilder),
     /// Text collected as bytes and checked to be UTF-8 once, in `finish`: the spill's text
     /// came from `&str`s, and one check over the column is far cheaper than one per value.
@@ -39,10 +43,14 @@ impl ColumnBuilder {
     fn new(ty: ColumnType) -> Self {
         match ty {
             ColumnType::Bool => Self::Bool(BooleanBuilder::with_capacity(BATCH_ROWS)),
-            ColumnType::Int => Self::Int(Int64Builder::with_capacity(BATCH_ROWS)),
-            ColumnType::Float | ColumnType::Number => {
-                Self::Float(Float64Builder::with_capacity(BATCH_ROWS))
+            ColumnType::Int | ColumnType::LargeInt => {
+                Self::Int(Int64Builder::with_capacity(BATCH_ROWS))
             }
+            ColumnType::Float => Self::Float(Float64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Number => Self::Decimal(
+                Decimal128Builder::with_capacity(BATCH_ROWS)
+                    .with_data_type(DataType::Decimal128(PRECISION, SCALE)),
+            ),
             ColumnType::Timestamp | ColumnType::DateText => Self::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
             ),
@@ -59,14 +67,13 @@ impl ColumnBuilder {
             (Self::Bool(b), Some(RawCell::Bool(v))) => b.append_value(v),
             (Self::Int(b), Some(RawCell::Int(v))) => b.append_value(v),
             (Self::Float(b), Some(RawCell::Float(v))) => b.append_value(v),
+            // Only ints float64 holds exactly reach a float column (`ColumnType::widen`).
             (Self::Float(b), Some(RawCell::Int(v))) => b.append_value(v as f64),
-            // Only a `Number` column holds text, and only text `number_in_text` reads.
-            (Self::Float(b), Some(RawCell::Str(s))) => b.append_option(
-                std::str::from_utf8(s)
-                    .ok()
-                    .and_then(number_in_text)
-                    .flatten(),
-            ),
+            // Numbers, and the text that holds one, that `decimal_of_cell` read when it typed
+            // the column; blank text is null.
+            (Self::Decimal(b), Some(cell)) => {
+                b.append_option(cell.checked().ok().and_then(decimal_of_cell).flatten())
+            }
             (Self::Timestamp(b), Some(RawCell::Int(secs))) => b.append_option(secs_to_micros(secs)),
             (Self::Timestamp(b), Some(RawCell::Str(s))) => {
                 b.append_option(std::str::from_utf8(s).ok().and_then(parse_timestamp))
@@ -84,6 +91,7 @@ impl ColumnBuilder {
             (Self::Bool(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
             (Self::Float(b), _) => b.append_null(),
+            (Self::Decimal(b), None) => b.append_null(),
             (Self::Timestamp(b), _) => b.append_null(),
             (Self::Str(b), None) => b.append_null(),
         }
@@ -94,6 +102,7 @@ impl ColumnBuilder {
             Self::Bool(b) => b.append_nulls(n),
             Self::Int(b) => b.append_nulls(n),
             Self::Float(b) => b.append_nulls(n),
+            Self::Decimal(b) => b.append_nulls(n),
             Self::Timestamp(b) => b.append_nulls(n),
             Self::Str(b) => b.append_nulls(n),
         }
@@ -104,6 +113,7 @@ impl ColumnBuilder {
             Self::Bool(b) => Arc::new(b.finish()),
             Self::Int(b) => Arc::new(b.finish()),
             Self::Float(b) => Arc::new(b.finish()),
+            Self::Decimal(b) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
             Self::Str(b) => Arc::new(StringArray::try_from_binary(b.finish())?),
         })
@@ -236,7 +246,7 @@ mod tests {
     use crate::transform::Cell;
     use crate::transform::schema::TableShape;
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use arrow::datatypes::{Decimal128Type, Float64Type, Int64Type, TimestampMicrosecondType};
 
     #[test]
     fn cells_become_values_of_the_final_type() {
@@ -245,6 +255,7 @@ mod tests {
             &[],
         );
         let (mixed, score) = (shape.intern("mixed"), shape.intern("score"));
+        let big = shape.intern("big");
         shape.declare("price", ColumnType::Number);
         let price = shape.id_of("price").expect("declared");
         let rows: Vec<Row> = vec![
@@ -267,6 +278,12 @@ mod tests {
                 (mixed, Cell::Bool(true)),
                 (price, Cell::Str(" ".into())),
             ],
+            vec![
+                (0, Cell::Int(4)),
+                (big, Cell::Int(i64::MIN)),
+                (price, Cell::Json("18446744073709551616".into())),
+            ],
+            vec![(0, Cell::Int(5)), (price, Cell::Float(0.1))],
         ];
         for row in &rows {
             for (id, cell) in row {
@@ -283,30 +300,40 @@ mod tests {
             builder.push_encoded(row).expect("decodes");
         }
         assert_eq!(builder.finish().expect("valid batch"), batch);
-        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.num_rows(), 5);
         let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(at.value(0), 1_700_000_000_000_000);
         assert!(at.is_null(1));
         assert_eq!(at.value(2), 1_704_067_200_500_000);
-        let mixed = batch.column(2).as_string::<i32>();
+        let mixed = batch.column(3).as_string::<i32>();
         assert_eq!(
             (mixed.value(0), mixed.value(1), mixed.value(2)),
             ("5", "A-1", "true")
         );
-        // Output order: declared, then by name (mixed, price, score).
-        let score = batch.column(4).as_primitive::<Float64Type>();
+        // Output order: declared, then by name (big, mixed, price, score).
+        let big = batch.column(2).as_primitive::<Int64Type>();
+        assert_eq!(big.value(3), i64::MIN, "an int beyond 2^53 stays exact");
+        let score = batch.column(5).as_primitive::<Float64Type>();
         assert_eq!((score.value(0), score.value(1)), (2.0, 2.5));
         assert!(score.is_null(2));
-        let price = batch.column(3).as_primitive::<Float64Type>();
-        assert_eq!((price.value(0), price.value(1)), (1234.56, 7.0));
+        let price = batch.column(4).as_primitive::<Decimal128Type>();
+        let unit = 10i128.pow(18);
+        assert_eq!(
+            (price.value(0), price.value(1)),
+            (123_456 * unit / 100, 7 * unit)
+        );
         assert!(price.is_null(2), "blank text in a number column is null");
+        assert_eq!(
+            (price.value(3), price.value(4)),
+            (18_446_744_073_709_551_616 * unit, unit / 10)
+        );
         assert_eq!(
             batch
                 .column(0)
                 .as_primitive::<Int64Type>()
                 .values()
                 .to_vec(),
-            [1, 2, 3]
+            [1, 2, 3, 4, 5]
         );
     }
 }

@@ -12,10 +12,14 @@
 //! written out; `flatten_json` takes the contact's JSON text and the export uses it: it runs the
 //! fast path in `stream` (no `Value`, no allocation per value) and, for any contact that path
 //! does not cover, rolls the shapes back and runs `flatten`, so both give the same tables.
+//! A contact nested deeper than either path parses has its too-deep values kept as JSON text
+//! (`deep`) and goes on; every value kept as text instead of its declared type is counted.
 
 use serde_json::{Map, Value};
 
+use super::deep::keep_deep_values_as_text;
 use super::inbox_secrets::InboxSecrets;
+use super::number::number_cell;
 use super::schema::{ColumnType, TableShape, parse_timestamp};
 use super::spill::RowBuffer;
 use super::stream::{StreamState, Walk};
@@ -105,6 +109,8 @@ pub struct Flattener {
     stream: StreamState,
     /// Contacts `flatten_json` handed to the general path.
     general_path_contacts: u64,
+    /// Values nested too deep to take apart, kept as text, plus those counted before a resume.
+    kept_as_text: u64,
 }
 
 impl Default for Flattener {
@@ -118,6 +124,7 @@ impl Default for Flattener {
             inbox_secrets: InboxSecrets::default(),
             name: String::new(),
             general_path_contacts: 0,
+            kept_as_text: 0,
         }
     }
 }
@@ -182,9 +189,23 @@ impl Flattener {
         self.stream.forget_columns(self.contacts.len());
         out.contact.clear();
         out.inboxes.clear();
+        // Too deep for serde_json (and so for both paths): keep the deep values as text.
+        let shallow = keep_deep_values_as_text(contact);
+        let text = shallow
+            .as_ref()
+            .map_or(contact, |shallow| shallow.text.as_str());
         let value: Value =
-            serde_json::from_str(contact).map_err(|err| FlattenError::Json(err.to_string()))?;
+            serde_json::from_str(text).map_err(|err| FlattenError::Json(err.to_string()))?;
         let flat = self.flatten(&value)?;
+        if let Some(shallow) = &shallow {
+            // A value in a column with a declared type was counted there already.
+            let counted = |column: &Option<String>| {
+                column
+                    .as_deref()
+                    .is_some_and(|name| self.contacts.has_typed_floor(name))
+            };
+            self.kept_as_text += shallow.columns.iter().filter(|c| !counted(c)).count() as u64;
+        }
         out.id = flat.id;
         out.created_at = value
             .get("created_at")
@@ -195,6 +216,17 @@ impl Flattener {
             out.inboxes.push_row(row);
         }
         Ok(())
+    }
+
+    /// Values kept as JSON text instead of being taken apart or typed: nested too deep, or not
+    /// valid as their column's declared type (the manifest's `values_kept_as_text`).
+    pub fn values_kept_as_text(&self) -> u64 {
+        self.kept_as_text + self.contacts.kept_as_text() + self.inboxes.kept_as_text()
+    }
+
+    /// Adds what a checkpoint counted before an interruption.
+    pub fn restore_values_kept_as_text(&mut self, count: u64) {
+        self.kept_as_text += count;
     }
 
     /// How many contacts `flatten_json` passed to the general path (for tests and benchmarks:
@@ -285,12 +317,8 @@ pub fn cell_of(value: &Value) -> Option<Cell> {
     Some(match value {
         Value::Null => return None,
         Value::Bool(b) => Cell::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.is_f64()) {
-            (Some(i), _) => Cell::Int(i),
-            (None, true) => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
-            // An integer beyond i64: exact only as text.
-            (None, false) => Cell::Json(n.to_string()),
-        },
+        // serde_json keeps the number's text (`arbitrary_precision`): the cell holds it exactly.
+        Value::Number(n) => number_cell(n.as_str()).into_cell(),
         Value::String(s) => Cell::Str(s.clone()),
         Value::Array(_) | Value::Object(_) => Cell::Json(value.to_string()),
     })
@@ -580,8 +608,8 @@ mod tests {
             0,
             "whitespace is no reason to fall back"
         );
-        // Nesting past what either parser takes: the same error (or rows) either way.
-        for depth in [90, 101, 127, 130, 500] {
+        // Nesting up to what both parsers take: the same rows either way.
+        for depth in [90, 101, 124, 125] {
             texts.push(format!(
                 r#"{{"id":1,"additional_attributes":{}{}}}"#,
                 r#"{"a":"#.repeat(depth),
@@ -589,6 +617,44 @@ mod tests {
             ));
         }
         assert_paths_agree(&texts);
+    }
+
+    /// Issue 15: a contact nested 200 levels deep ended the export with `recursion limit
+    /// exceeded`. Its deep value is kept, as the text sent, in its column, and counted.
+    #[test]
+    fn values_nested_too_deep_are_kept_as_text_and_counted() {
+        let mut flattener = Flattener::default();
+        flattener.declare_custom_attributes([("score", "number")]);
+        let mut out = EncodedContact::default();
+        for depth in [126, 300, 100_000] {
+            let deep = format!("{}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            let text = format!(
+                r#"{{"id":1,"name":"n","additional_attributes":{{"city":"x","deep":{deep}}},"custom_attributes":{{"score":[{deep}]}}}}"#
+            );
+            let before = flattener.values_kept_as_text();
+            fast_cells(&mut flattener, &text, &mut out, |cells| {
+                let cell = |name: &str| cells.iter().find(|(n, _)| n == name).map(|(_, c)| c);
+                assert_eq!(cell("name"), Some(&Cell::Str("n".into())));
+                assert_eq!(
+                    cell("additional_attributes__city"),
+                    Some(&Cell::Str("x".into()))
+                );
+                assert_eq!(
+                    cell("additional_attributes__deep"),
+                    Some(&Cell::Str(deep.clone())),
+                    "{depth}"
+                );
+                assert_eq!(
+                    cell("custom_attributes__score"),
+                    Some(&Cell::Str(format!("[{deep}]")))
+                );
+            });
+            assert_eq!(
+                flattener.values_kept_as_text() - before,
+                2,
+                "each deep value counted once, the typed one included"
+            );
+        }
     }
 
     #[test]
@@ -600,5 +666,70 @@ mod tests {
             Some(Cell::Json("18446744073709551615".into()))
         );
         assert_eq!(cell_of(&json!(null)), None);
+    }
+
+    /// Issue 15: `9007199254740993` was written as `9007199254740992.0` and
+    /// `123456789012345678.5` lost its last digits; the text the server sent is kept.
+    #[test]
+    fn numbers_no_f64_holds_keep_their_digits_on_both_paths() {
+        let parsed = |text: &str| cell_of(&serde_json::from_str(text).expect("json"));
+        assert_eq!(
+            parsed("9007199254740993"),
+            Some(Cell::Int(9_007_199_254_740_993))
+        );
+        for text in [
+            "123456789012345678.5",
+            "18446744073709551616",
+            "0.30000000000000001",
+        ] {
+            assert_eq!(parsed(text), Some(Cell::Json(text.into())), "{text}");
+        }
+        let texts: Vec<String> = [
+            r#"{"id":1,"custom_attributes":{"a":123456789012345678.5,"b":0.1,"c":{"n":1.00000000000000000001}},"additional_attributes":{"x":18446744073709551616,"y":[9007199254740993.0]},"top":-1.5e-400}"#,
+            r#"{"id":2,"id2":1,"custom_attributes":{"a":1,"a":2.5}}"#,
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let fast = assert_paths_agree(&texts);
+        let mut out = EncodedContact::default();
+        fast_cells(&mut Flattener::default(), &texts[0], &mut out, |cells| {
+            assert!(cells.contains(&(
+                "custom_attributes__a".into(),
+                Cell::Json("123456789012345678.5".into())
+            )));
+            assert!(cells.contains(&(
+                "custom_attributes__c".into(),
+                Cell::Json(r#"{"n":1.00000000000000000001}"#.into())
+            )));
+            assert!(cells.contains(&(
+                "additional_attributes__y".into(),
+                Cell::Json("[9007199254740993.0]".into())
+            )));
+            assert!(cells.contains(&("custom_attributes__b".into(), Cell::Float(0.1))));
+        });
+        assert_eq!(
+            fast.general_path_contacts(),
+            1,
+            "only the duplicate key falls back"
+        );
+    }
+
+    /// Runs `text` through the fast path and hands its contact row, by column name, to `check`.
+    fn fast_cells(
+        flattener: &mut Flattener,
+        text: &str,
+        out: &mut EncodedContact,
+        check: impl FnOnce(&[(String, Cell)]),
+    ) {
+        flattener.flatten_json(text, out).expect("flattens");
+        let row = out
+            .contact
+            .rows_iter()
+            .next()
+            .expect("a row")
+            .to_row()
+            .expect("decodes");
+        check(&by_name(&flattener.contacts, &row));
     }
 }

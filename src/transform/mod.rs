@@ -9,8 +9,10 @@
 //! text straight to spill-encoded rows, with no `serde_json::Value` in between.
 
 pub mod batch;
+pub mod deep;
 pub mod flatten;
 pub mod inbox_secrets;
+pub mod number;
 pub mod schema;
 pub mod spill;
 mod stream;
@@ -22,7 +24,8 @@ pub enum Cell {
     Int(i64),
     Float(f64),
     Str(String),
-    /// An object, an array or a number outside i64, kept as its JSON text.
+    /// An object, an array, or a number that neither i64 nor f64 holds exactly, kept as its
+    /// JSON text (for a number: the digits the server sent).
     Json(String),
 }
 

@@ -4,16 +4,20 @@
 //! and, at the end, the final `TableSchema`: columns in their contract order (the declared API
 //! fields first, then the rest grouped by prefix and sorted by name) with one type each.
 //! Invariant: a column's type only widens (null -> bool/int/timestamp -> float -> string), so
-//! every value seen can be written losslessly in the final type. A column can also start from a
-//! floor that a custom attribute's definition sets (`declare`); `Number` (float64 that also
-//! takes numbers written as text) and `DateText` (a timestamp from text only) exist only as
-//! such floors.
+//! every value seen can be written losslessly in the final type: an int column that met an
+//! integer beyond 2^53 (`LargeInt`) becomes text rather than float64, and floats are only ever
+//! floats whose shortest form is the number sent (`number::number_cell`). A column can also
+//! start from a floor that a custom attribute's definition sets (`declare`); `Number`
+//! (Decimal128(38, 18) that also takes numbers written as text) and `DateText` (a timestamp from
+//! text only) exist only as such floors. A value that does not fit a declared floor widens its
+//! column to text and is counted (`kept_as_text`), for the manifest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use super::number::{PRECISION, SCALE, decimal_of_cell};
 use super::{Cell, CellRef};
 
 /// The type of an output column.
@@ -24,12 +28,19 @@ pub enum ColumnType {
     Null,
     Bool,
     Int,
+    /// int64 holding an integer beyond ±2^53, which float64 cannot hold: a float makes the
+    /// column text instead of float64.
+    #[serde(rename = "largeint")]
+    LargeInt,
     Float,
     /// Unix seconds or RFC 3339 text; UTC timestamps in Parquet, ISO 8601 text elsewhere.
     Timestamp,
-    /// float64 for a custom attribute defined as number, currency or percent: JSON numbers and
-    /// text that holds one (`"1234.56"`, as the dashboard saves currency and percent; blank
-    /// text is null). Only a definition starts a column here; other text widens it to String.
+    /// Decimal128(38, 18) for a custom attribute defined as number, currency or percent: JSON
+    /// numbers and text that holds one (`"1234.56"`, as the dashboard saves currency and
+    /// percent; blank text is null), each exactly. A fixed type whatever the values, so the
+    /// schema is the same every night. Only a definition starts a column here; anything it
+    /// cannot hold exactly (other text, 21 digits before the point, 19 after it) widens it to
+    /// String.
     Number,
     /// A timestamp for a custom attribute defined as date: RFC 3339 text only, as the
     /// dashboard saves it. A number is not guessed at (seconds? milliseconds? 20250301?) and
@@ -54,14 +65,15 @@ impl ColumnType {
             (T::Timestamp, C::Int(secs)) if secs_to_micros(secs).is_some() => T::Timestamp,
             (T::Timestamp, C::Str(text)) if parse_timestamp(text).is_some() => T::Timestamp,
             (T::Timestamp, _) => T::String,
-            (T::Number, C::Int(_) | C::Float(_)) => T::Number,
-            (T::Number, C::Str(text)) if number_in_text(text).is_some() => T::Number,
+            (T::Number, cell) if decimal_of_cell(cell).is_some() => T::Number,
             (T::Number, _) => T::String,
             (T::DateText, C::Str(text)) if parse_timestamp(text).is_some() => T::DateText,
             (T::DateText, _) => T::String,
             (T::Null | T::Bool, C::Bool(_)) => T::Bool,
-            (T::Null | T::Int, C::Int(_)) => T::Int,
-            (T::Null | T::Int | T::Float, C::Int(_) | C::Float(_)) => T::Float,
+            (T::Null | T::Int, C::Int(int)) if f64_holds(int) => T::Int,
+            (T::Null | T::Int | T::LargeInt, C::Int(_)) => T::LargeInt,
+            (T::Null | T::Int | T::Float, C::Float(_)) => T::Float,
+            (T::Float, C::Int(int)) if f64_holds(int) => T::Float,
             _ => T::String,
         }
     }
@@ -70,8 +82,9 @@ impl ColumnType {
         match self {
             ColumnType::Null | ColumnType::String => DataType::Utf8,
             ColumnType::Bool => DataType::Boolean,
-            ColumnType::Int => DataType::Int64,
-            ColumnType::Float | ColumnType::Number => DataType::Float64,
+            ColumnType::Int | ColumnType::LargeInt => DataType::Int64,
+            ColumnType::Float => DataType::Float64,
+            ColumnType::Number => DataType::Decimal128(PRECISION, SCALE),
             ColumnType::Timestamp | ColumnType::DateText => {
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
             }
@@ -83,8 +96,9 @@ impl ColumnType {
         match self {
             ColumnType::Null | ColumnType::String => "string",
             ColumnType::Bool => "boolean",
-            ColumnType::Int => "int64",
-            ColumnType::Float | ColumnType::Number => "float64",
+            ColumnType::Int | ColumnType::LargeInt => "int64",
+            ColumnType::Float => "float64",
+            ColumnType::Number => "decimal(38,18)",
             ColumnType::Timestamp | ColumnType::DateText => "timestamp",
         }
     }
@@ -104,23 +118,9 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-/// The number a `Number` column holds for `text`: `Some(None)` for blank text (null),
-/// `Some(Some(x))` for a finite decimal number, surrounding spaces allowed; `None` for anything
-/// else (`"1,234"`, `"NaN"`, `"12 USD"`), which makes the column text.
-pub fn number_in_text(text: &str) -> Option<Option<f64>> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Some(None);
-    }
-    // Rust also parses "inf" and "nan"; JSON numbers and spreadsheets' decimals only.
-    let decimal = text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
-    let value: f64 = text
-        .parse()
-        .ok()
-        .filter(|v: &f64| decimal && v.is_finite())?;
-    Some(Some(value))
+/// Whether float64 holds `int` exactly (|int| <= 2^53), so an int column may become float64.
+fn f64_holds(int: i64) -> bool {
+    int.unsigned_abs() <= 1 << 53
 }
 
 /// The columns one table has met so far.
@@ -128,12 +128,18 @@ pub fn number_in_text(text: &str) -> Option<Option<f64>> {
 pub struct TableShape {
     names: Vec<String>,
     types: Vec<ColumnType>,
+    /// The type each column was declared with (`Null`: none); a value that does not fit it is
+    /// counted in `kept_as_text`.
+    floors: Vec<ColumnType>,
+    /// Values that did not fit their column's declared type, so were kept as text.
+    kept_as_text: u64,
     ids: HashMap<String, u32>,
     /// How many leading columns are declared API fields, kept in declared order.
     declared: usize,
     /// The state `rollback` returns to: the column count and the types at `mark`.
     marked_len: usize,
     marked_types: Vec<ColumnType>,
+    marked_kept_as_text: u64,
     /// Name prefixes that group the other columns, in output order; a name matching none
     /// comes before all groups.
     group_prefixes: &'static [&'static str],
@@ -145,15 +151,19 @@ impl TableShape {
         let mut shape = Self {
             names: Vec::new(),
             types: Vec::new(),
+            floors: Vec::new(),
+            kept_as_text: 0,
             ids: HashMap::new(),
             declared: declared.len(),
             marked_len: 0,
             marked_types: Vec::new(),
+            marked_kept_as_text: 0,
             group_prefixes,
         };
         for (name, ty) in declared {
             let id = shape.intern(name);
             shape.types[id as usize] = *ty;
+            shape.floors[id as usize] = *ty;
         }
         shape
     }
@@ -166,17 +176,24 @@ impl TableShape {
         let id = self.names.len() as u32;
         self.names.push(name.to_owned());
         self.types.push(ColumnType::Null);
+        self.floors.push(ColumnType::Null);
         self.ids.insert(name.to_owned(), id);
         id
     }
 
     /// Registers column `name` with type `floor` if it is new (a definition says what the
-    /// column holds before any value does); a column already met keeps its type.
+    /// column holds before any value does); a column already met (or restored from a
+    /// checkpoint) keeps its type. Either way values that miss `floor` are counted from now on.
     pub fn declare(&mut self, name: &str, floor: ColumnType) {
-        if self.id_of(name).is_none() {
-            let id = self.intern(name);
-            self.types[id as usize] = floor;
-        }
+        let id = match self.id_of(name) {
+            Some(id) => id,
+            None => {
+                let id = self.intern(name);
+                self.types[id as usize] = floor;
+                id
+            }
+        };
+        self.floors[id as usize] = floor;
     }
 
     /// The columns met so far, in id order (what a checkpoint saves).
@@ -213,12 +230,38 @@ impl TableShape {
     pub fn observe_ref(&mut self, id: u32, cell: CellRef<'_>) {
         let ty = &mut self.types[id as usize];
         *ty = ty.widen_ref(cell);
+        if *ty == ColumnType::String {
+            let floor = self.floors[id as usize];
+            if !matches!(floor, ColumnType::Null | ColumnType::String)
+                && floor.widen_ref(cell) == ColumnType::String
+            {
+                self.kept_as_text += 1;
+            }
+        }
+    }
+
+    /// Whether column `name` has a declared type other than text, so that `observe` counts a
+    /// value kept as text there.
+    pub fn has_typed_floor(&self, name: &str) -> bool {
+        self.id_of(name).is_some_and(|id| {
+            !matches!(
+                self.floors[id as usize],
+                ColumnType::Null | ColumnType::String
+            )
+        })
+    }
+
+    /// Values met so far that did not fit their column's declared type (a definition's, or the
+    /// contract's for API fields), so were kept as text.
+    pub fn kept_as_text(&self) -> u64 {
+        self.kept_as_text
     }
 
     /// Remembers the columns and types as they are now, for `rollback`.
     pub fn mark(&mut self) {
         self.marked_len = self.names.len();
         self.marked_types.clone_from(&self.types);
+        self.marked_kept_as_text = self.kept_as_text;
     }
 
     /// Forgets every column registered and every widening done since `mark`: flatten's fast
@@ -228,7 +271,9 @@ impl TableShape {
         for name in self.names.drain(self.marked_len..) {
             self.ids.remove(&name);
         }
+        self.floors.truncate(self.marked_len);
         self.types.clone_from(&self.marked_types);
+        self.kept_as_text = self.marked_kept_as_text;
     }
 
     /// The name of column `id`.
@@ -328,12 +373,34 @@ mod tests {
             (T::Timestamp, s(), T::String),
             (T::Timestamp, Cell::Float(1.5), T::String),
             (T::Number, Cell::Int(3), T::Number),
+            (T::Number, Cell::Int(i64::MIN), T::Number),
             (T::Number, Cell::Float(2.5), T::Number),
             (T::Number, Cell::Str(" 1234.56 ".into()), T::Number),
             (T::Number, Cell::Str("".into()), T::Number),
+            (
+                T::Number,
+                Cell::Json("18446744073709551616".into()),
+                T::Number,
+            ),
             (T::Number, Cell::Str("1,234".into()), T::String),
             (T::Number, Cell::Str("NaN".into()), T::String),
             (T::Number, Cell::Bool(true), T::String),
+            // Held by no Decimal128(38, 18): text rather than rounded.
+            (T::Number, Cell::Float(1e25), T::String),
+            (
+                T::Number,
+                Cell::Str("0.1234567890123456789".into()),
+                T::String,
+            ),
+            (T::Number, Cell::Json("{}".into()), T::String),
+            // Integers beyond 2^53 never meet a float64 column.
+            (T::Null, Cell::Int(9_007_199_254_740_993), T::LargeInt),
+            (T::Int, Cell::Int(-9_007_199_254_740_993), T::LargeInt),
+            (T::LargeInt, Cell::Int(1), T::LargeInt),
+            (T::LargeInt, Cell::Float(1.5), T::String),
+            (T::Float, Cell::Int(9_007_199_254_740_992), T::Float),
+            (T::Float, Cell::Int(9_007_199_254_740_993), T::String),
+            (T::Int, Cell::Json("9223372036854775808".into()), T::String),
             (
                 T::DateText,
                 Cell::Str("2025-03-01T00:00:00.000Z".into()),
@@ -348,13 +415,24 @@ mod tests {
     }
 
     #[test]
-    fn number_text_is_a_finite_decimal_or_blank() {
-        assert_eq!(number_in_text("12.50"), Some(Some(12.5)));
-        assert_eq!(number_in_text("-3e2"), Some(Some(-300.0)));
-        assert_eq!(number_in_text("  "), Some(None));
-        for not_a_number in ["inf", "nan", "1e999", "12 USD", "1,5", "0x10", "--1"] {
-            assert_eq!(number_in_text(not_a_number), None, "{not_a_number}");
-        }
+    fn values_that_miss_a_declared_type_are_counted() {
+        let mut shape = TableShape::new(&[("blocked", ColumnType::Bool)], &[]);
+        shape.declare("price", ColumnType::Number);
+        let (blocked, price) = (0, shape.id_of("price").expect("declared"));
+        let free = shape.intern("free");
+        shape.observe(blocked, &Cell::Bool(true));
+        shape.observe(price, &Cell::Str("12.50".into()));
+        shape.observe(free, &Cell::Int(1));
+        shape.observe(free, &Cell::Str("x".into()));
+        assert_eq!(shape.kept_as_text(), 0, "inferred columns widen silently");
+        shape.mark();
+        shape.observe(price, &Cell::Str("soon".into()));
+        shape.observe(price, &Cell::Int(3));
+        shape.observe(price, &Cell::Str("later".into()));
+        shape.observe(blocked, &Cell::Str("yes".into()));
+        assert_eq!(shape.kept_as_text(), 3);
+        shape.rollback();
+        assert_eq!(shape.kept_as_text(), 0, "a rollback forgets them");
     }
 
     #[test]

@@ -23,12 +23,13 @@ use std::fmt;
 
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::value::SeqAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::CellRef;
 use super::flatten::created_at_secs;
+use super::number::number_cell;
 // The documented fields of a `contact_inboxes` item and of its `inbox`: the ones the secret
 // filter always keeps, so a link with only these needs no filtering.
 use super::inbox_secrets::{INBOX_FIELDS as INBOX_KEYS, LINK_FIELDS as LINK_KEYS};
@@ -45,6 +46,10 @@ const NO_COLUMN: u32 = u32::MAX;
 const ROOT: u32 = 0;
 /// No node (no guess yet).
 const NO_NODE: u32 = u32::MAX;
+/// What `KeySeed` returns for serde_json's number marker: with `arbitrary_precision`, a number
+/// that is not an i64 or u64 reaches a visitor as a map of this one key to the number's text.
+const NUMBER_KEY: u32 = u32::MAX - 1;
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// How a path's value is flattened (see `flatten.rs` for the rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -342,6 +347,15 @@ impl ValueSeed<'_, '_> {
         self.scalar(Some(CellRef::Int(value)))
     }
 
+    /// A number other than an i64 or u64, as its text: the cell that holds it exactly.
+    fn number<E: de::Error>(self, text: &str) -> Result<(), E> {
+        match (self.kind(), number_cell(text)) {
+            (Kind::Id, CellRef::Int(id)) => self.int(id),
+            (Kind::Id, _) => Err(fallback("an id that is not an i64")),
+            (_, cell) => self.scalar(Some(cell)),
+        }
+    }
+
     fn scalar<E: de::Error>(self, cell: Option<CellRef<'_>>) -> Result<(), E> {
         match self.kind() {
             Kind::Root => Err(fallback("a contact that is not an object")),
@@ -421,19 +435,46 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         match self.kind() {
-            Kind::Root => {
-                self.walk.contact.begin_row();
-                entries(self.walk, ROOT, &mut map)?;
-                self.walk.contact.end_row();
-                Ok(())
+            Kind::Root | Kind::Additional | Kind::Nested | Kind::Custom | Kind::Id => {
+                let first = map.next_key_seed(KeySeed {
+                    walk: &mut *self.walk,
+                    parent: self.node,
+                    previous: NO_NODE,
+                })?;
+                if first == Some(NUMBER_KEY) {
+                    let text: String = map.next_value()?;
+                    return self.number(&text);
+                }
+                match self.kind() {
+                    Kind::Root => {
+                        self.walk.contact.begin_row();
+                        entries(self.walk, ROOT, first, &mut map)?;
+                        self.walk.contact.end_row();
+                        Ok(())
+                    }
+                    Kind::Id => Err(fallback("an id that is an object")),
+                    _ => entries(self.walk, self.node, first, &mut map),
+                }
             }
-            Kind::Additional | Kind::Nested | Kind::Custom => {
-                entries(self.walk, self.node, &mut map)
-            }
-            Kind::Id => Err(fallback("an id that is an object")),
             Kind::Field | Kind::Inboxes => {
-                let value = Value::deserialize(MapAccessDeserializer::new(map))?;
-                self.json_text(&value)
+                // Read as `Value` reads a map (the last of two equal keys wins), so that the
+                // text is the one the general path prints; a number comes as the marker map.
+                let Some(first) = map.next_key::<String>()? else {
+                    return self.json_text(&Value::Object(serde_json::Map::new()));
+                };
+                if first == NUMBER_TOKEN {
+                    let text: String = map.next_value()?;
+                    return self.number(&text);
+                }
+                if first.starts_with("$serde_json::private::") {
+                    return Err(fallback("a key serde_json treats specially"));
+                }
+                let mut object = serde_json::Map::new();
+                object.insert(first, map.next_value()?);
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    object.insert(key, value);
+                }
+                self.json_text(&Value::Object(object))
             }
         }
     }
@@ -452,23 +493,25 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 }
 
-/// The entries of an object whose keys are children of `parent`.
+/// The entries of an object whose keys are children of `parent`, its first key (`first`)
+/// already read.
 fn entries<'de, A: MapAccess<'de>>(
     walk: &mut Walk<'_>,
     parent: u32,
+    first: Option<u32>,
     map: &mut A,
 ) -> Result<(), A::Error> {
-    let mut previous = NO_NODE;
-    while let Some(node) = map.next_key_seed(KeySeed {
-        walk: &mut *walk,
-        parent,
-        previous,
-    })? {
+    let mut key = first;
+    while let Some(node) = key {
         map.next_value_seed(ValueSeed {
             walk: &mut *walk,
             node,
         })?;
-        previous = node;
+        key = map.next_key_seed(KeySeed {
+            walk: &mut *walk,
+            parent,
+            previous: node,
+        })?;
     }
     Ok(())
 }
@@ -497,6 +540,9 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<u32, E> {
+        if self.previous == NO_NODE && key == NUMBER_TOKEN {
+            return Ok(NUMBER_KEY);
+        }
         let state = &mut *self.walk.state;
         let node = state.next_child(self.parent, self.previous, key);
         let node_ref = &mut state.nodes[node as usize];
@@ -685,5 +731,15 @@ impl<'de> Visitor<'de> for ScalarSeed<'_, '_> {
 
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
         self.cell(None)
+    }
+
+    /// Only a number other than an i64 or u64 (serde_json's marker map); a real object in a
+    /// link field is the general path's business.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if map.next_key::<String>()?.as_deref() != Some(NUMBER_TOKEN) {
+            return Err(fallback("an object in a contact_inboxes field"));
+        }
+        let text: String = map.next_value()?;
+        self.cell(Some(number_cell(&text)))
     }
 }

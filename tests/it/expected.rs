@@ -11,6 +11,8 @@ pub enum Kind {
     Bool,
     Int,
     Float,
+    /// A number attribute's Decimal128(38, 18); values are compared as `decimal_key` text.
+    Decimal,
     Timestamp,
     Str,
 }
@@ -49,7 +51,8 @@ fn normalize(raw: &Value, kind: Kind) -> Value {
     match (raw, kind) {
         (Value::Null, _) => Value::Null,
         // Text in a number or date attribute's column (only a definition allows it).
-        (Value::String(s), Kind::Float) => number_text(s).map_or(Value::Null, Value::from),
+        (Value::String(s), Kind::Decimal) => decimal_key(s).map_or(Value::Null, Value::from),
+        (Value::Number(n), Kind::Decimal) => Value::from(decimal_key(n.as_str()).expect("fits")),
         (Value::String(s), Kind::Timestamp) => Value::from(rfc3339_seconds(s).expect("a date")),
         (Value::String(s), Kind::Str) => Value::String(s.clone()),
         (other, Kind::Str) => Value::String(other.to_string()),
@@ -86,7 +89,7 @@ const INBOX_COLUMNS: [(&str, Kind); 8] = [
 /// The kind a custom attribute's display type gives its column before any value is seen.
 fn defined_kind(display_type: &str) -> Option<Kind> {
     Some(match display_type {
-        "number" | "currency" | "percent" => Kind::Float,
+        "number" | "currency" | "percent" => Kind::Decimal,
         "checkbox" => Kind::Bool,
         "date" => Kind::Timestamp,
         "text" | "link" | "list" => Kind::Str,
@@ -99,22 +102,44 @@ fn defined_kind(display_type: &str) -> Option<Kind> {
 fn fits(kind: Kind, value: &Value) -> bool {
     match (kind, value) {
         (_, Value::Null) | (Kind::Str, _) | (Kind::Bool, Value::Bool(_)) => true,
-        (Kind::Float, Value::Number(_)) => true,
-        (Kind::Float, Value::String(s)) => s.trim().is_empty() || number_text(s).is_some(),
+        (Kind::Decimal, Value::Number(n)) => decimal_key(n.as_str()).is_some(),
+        (Kind::Decimal, Value::String(s)) => s.trim().is_empty() || decimal_key(s).is_some(),
         (Kind::Timestamp, Value::String(s)) => rfc3339_seconds(s).is_some(),
         _ => false,
     }
 }
 
-/// A decimal number written as text (`" 12.50 "`); blank text and anything else: None.
-fn number_text(text: &str) -> Option<f64> {
+/// A decimal number's exact value as comparable text, `[-]DIGITSeEXP` with no leading or
+/// trailing zeros in DIGITS (`"1234.50"` -> `"12345e-1"`, `"0"` -> `"0"`), when Decimal128(38, 18)
+/// holds it (at most 20 digits before the point and 18 after); blank text and anything else:
+/// None. Works on the text, never through a float.
+pub fn decimal_key(text: &str) -> Option<String> {
     let text = text.trim();
-    let decimal = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
-    let value: f64 = text.parse().ok()?;
-    (decimal && value.is_finite()).then_some(value)
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = format!("{whole}{fraction}");
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut exponent = exponent - fraction.len() as i64;
+    let trimmed = digits.trim_start_matches('0');
+    if trimmed.is_empty() {
+        return Some("0".into());
+    }
+    let significant = trimmed.trim_end_matches('0');
+    exponent += (trimmed.len() - significant.len()) as i64;
+    if -exponent > 18 || significant.len() as i64 + exponent > 20 {
+        return None;
+    }
+    let sign = if negative { "-" } else { "" };
+    Some(format!("{sign}{significant}e{exponent}"))
 }
 
 fn rfc3339_seconds(text: &str) -> Option<i64> {

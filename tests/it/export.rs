@@ -311,6 +311,13 @@ fn custom_columns(dir: &std::path::Path) -> Vec<(String, String, Vec<Value>)> {
                 .map(|row| match f.data_type() {
                     _ if column.is_null(row) => Value::Null,
                     DataType::Float64 => column.as_primitive::<Float64Type>().value(row).into(),
+                    // Exact, as the decimal's text (`decimal_key`).
+                    DataType::Decimal128(_, scale) => {
+                        let units = column.as_primitive::<arrow::datatypes::Decimal128Type>();
+                        crate::expected::decimal_key(&format!("{}e-{scale}", units.value(row)))
+                            .expect("a decimal")
+                            .into()
+                    }
                     DataType::Int64 => column.as_primitive::<Int64Type>().value(row).into(),
                     DataType::Boolean => column.as_boolean().value(row).into(),
                     DataType::Utf8 => column.as_string::<i32>().value(row).into(),
@@ -347,6 +354,7 @@ fn custom_attributes_are_typed_by_their_definitions() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
     let ts = "Timestamp(µs, \"UTC\")";
+    const DEC: &str = "Decimal128(38, 18)";
     let got = custom_columns(dir.path());
     let want: Vec<(String, String, Vec<Value>)> = [
         // "soon" is not a date: the column falls back to text and keeps both values.
@@ -355,8 +363,8 @@ fn custom_attributes_are_typed_by_their_definitions() {
             "Utf8",
             vec!["soon".into(), "2025-01-01T00:00:00Z".into()],
         ),
-        // Text that holds a number is a number; blank text is null.
-        ("price", "Float64", vec![1234.5.into(), Value::Null]),
+        // Text that holds a number is a number, exactly; blank text is null.
+        ("price", DEC, vec!["12345e-1".into(), Value::Null]),
         // A conversation attribute's definition does not type the contact's key.
         ("priority", "Int64", vec![2.into(), Value::Null]),
         (
@@ -364,12 +372,12 @@ fn custom_attributes_are_typed_by_their_definitions() {
             ts,
             vec!["2025-03-01T00:00:00Z".into(), Value::Null],
         ),
-        // All integers tonight, float64 all the same: the type does not depend on the values.
-        ("seats", "Float64", vec![3.0.into(), 4.0.into()]),
+        // All integers tonight, decimal all the same: the type does not depend on the values.
+        ("seats", DEC, vec!["3e0".into(), "4e0".into()]),
         // A number in a date attribute is not taken for unix seconds: the column is text.
         ("since", "Utf8", vec!["20250301".into(), Value::Null]),
         // Defined, set on no contact yet: still a column.
-        ("unset yet", "Float64", vec![Value::Null, Value::Null]),
+        ("unset yet", DEC, vec![Value::Null, Value::Null]),
         ("vip", "Boolean", vec![true.into(), false.into()]),
     ]
     .into_iter()
@@ -378,6 +386,8 @@ fn custom_attributes_are_typed_by_their_definitions() {
     assert_eq!(got, want);
     let manifest = manifest(dir.path()).expect("manifest");
     assert_eq!(manifest["custom_attribute_definitions"], 7);
+    // "soon" and 20250301 in date attributes: kept as text, and counted.
+    assert_eq!(manifest["values_kept_as_text"], 2);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod csv_safe;
 mod drift;
 mod errors;
+mod exact;
 mod expected;
 mod export;
 mod faults;

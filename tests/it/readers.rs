@@ -6,11 +6,13 @@ use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-use crate::expected::{Kind, Table};
+use crate::expected::{Kind, Table, decimal_key};
 
 /// A table as read back: column names in file order and normalized rows.
 pub struct ReadBack {
@@ -75,6 +77,7 @@ fn read_parquet(path: &Path, expected: &Table) -> ReadBack {
                 Kind::Bool => DataType::Boolean,
                 Kind::Int => DataType::Int64,
                 Kind::Float => DataType::Float64,
+                Kind::Decimal => DataType::Decimal128(38, 18),
                 Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                 Kind::Str => DataType::Utf8,
             };
@@ -94,6 +97,11 @@ fn read_parquet(path: &Path, expected: &Table) -> ReadBack {
                         }
                         DataType::Float64 => {
                             Value::from(array.as_primitive::<Float64Type>().value(row))
+                        }
+                        DataType::Decimal128(_, scale) => {
+                            let units = array.as_primitive::<Decimal128Type>().value(row);
+                            let text = format!("{units}e-{scale}");
+                            Value::from(decimal_key(&text).expect("a decimal"))
                         }
                         DataType::Timestamp(..) => {
                             let micros =
@@ -133,6 +141,7 @@ fn from_text(text: &str, kind: Kind) -> Value {
         }),
         Kind::Int => Value::from(text.parse::<i64>().expect("int")),
         Kind::Float => Value::from(text.parse::<f64>().expect("float")),
+        Kind::Decimal => Value::from(decimal_key(text).expect("decimal text")),
         Kind::Timestamp => Value::from(iso_seconds(text)),
         Kind::Str => Value::from(text),
     }
@@ -176,6 +185,9 @@ fn read_ndjson(path: &Path, expected: &Table) -> ReadBack {
                     let value = match (expected.kind(&name), value) {
                         (Kind::Timestamp, Value::String(s)) => Value::from(iso_seconds(&s)),
                         (Kind::Float, Value::Number(n)) => Value::from(n.as_f64().expect("number")),
+                        (Kind::Decimal, Value::Number(n)) => {
+                            Value::from(decimal_key(n.as_str()).expect("a decimal"))
+                        }
                         (_, value) => value,
                     };
                     (name, value)

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 
 try:
     import duckdb
@@ -46,9 +47,11 @@ CONTACT_TYPES = {"id": "int64", "blocked": "boolean", "conversations_count": "in
 INBOX_COLS = ["contact_id", "source_id", "inbox__id", "inbox__avatar_url",
               "inbox__channel_id", "inbox__name", "inbox__channel_type", "inbox__provider"]
 NESTED = ("additional_attributes", "custom_attributes", "contact_inboxes")
-ARROW_TYPES = {"int64": "int64", "float64": "double", "boolean": "bool",
+DECIMAL = "decimal(38,18)"
+ARROW_TYPES = {"int64": "int64", "float64": "double", DECIMAL: "decimal128(38, 18)", "boolean": "bool",
                "timestamp": "timestamp[us, tz=UTC]", "string": "string"}
-POLARS_TYPES = {"int64": polars.Int64, "float64": polars.Float64, "boolean": polars.Boolean,
+POLARS_TYPES = {"int64": polars.Int64, "float64": polars.Float64, DECIMAL: polars.Decimal(38, 18),
+                "boolean": polars.Boolean,
                 "timestamp": polars.Datetime("us", "UTC"), "string": polars.String}
 MAX_REPORT = 20
 MISSING = object()
@@ -95,7 +98,7 @@ def infer_type(values):
     return "string"
 
 
-DEFINED_TYPES = {"number": "float64", "currency": "float64", "percent": "float64",
+DEFINED_TYPES = {"number": DECIMAL, "currency": DECIMAL, "percent": DECIMAL,
                  "checkbox": "boolean", "date": "timestamp",
                  "text": "string", "link": "string", "list": "string"}
 NUMBER_CHARS = set("0123456789+-.eE")
@@ -111,6 +114,26 @@ def number_text(text):
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def exact_decimal(v):
+    """The exact value of a number or of number text as Decimal(38, 18) holds it, else None
+    (blank text too). Floats come from the truth as Python's shortest repr, which is the text
+    the fake server sent."""
+    if isinstance(v, bool):
+        return None
+    try:
+        d = Decimal(v.strip()) if isinstance(v, str) else Decimal(str(v))
+    except InvalidOperation:
+        return None
+    if isinstance(v, str) and number_text(v) is None:
+        return None
+    if not d.is_finite():
+        return None
+    sign, digits, exp = d.normalize().as_tuple() if d else (0, (0,), 0)
+    if -exp > 18 or len(digits) + exp > 20:
+        return None
+    return d
 
 
 def iso_time(text):
@@ -129,9 +152,8 @@ def fits(t, v):
         return False
     if t == "boolean":
         return isinstance(v, bool)
-    if t == "float64":
-        return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
-            isinstance(v, str) and (not v.strip() or number_text(v) is not None))
+    if t == DECIMAL:
+        return (isinstance(v, str) and not v.strip()) or exact_decimal(v) is not None
     if t == "timestamp":  # text only: a number in a date attribute is not guessed at
         return isinstance(v, str) and iso_time(v) is not None
     return False
@@ -167,8 +189,8 @@ def build_table(rows, first_cols, fixed_types, later_cols):
                 out[c] = datetime.fromtimestamp(v, timezone.utc)
             elif t == "timestamp" and isinstance(v, str):
                 out[c] = iso_time(v).astimezone(timezone.utc)
-            elif t == "float64" and isinstance(v, str):
-                out[c] = number_text(v)  # blank text in a number attribute is null
+            elif t == DECIMAL:
+                out[c] = exact_decimal(v)  # blank text in a number attribute is null
             elif t == "float64":
                 out[c] = float(v)
             elif t == "string" and not isinstance(v, (str, Json)):
@@ -233,8 +255,12 @@ def same_typed(exp, got, typ):
         return exp is None and got is None
     if isinstance(exp, Json):
         return isinstance(got, str) and strict_eq(parse_json(got), exp.value)
-    if typ == "float64":
-        return isinstance(got, (int, float)) and not isinstance(got, bool) and float(got) == exp
+    if typ == DECIMAL:  # exact: compared as decimals, never through a float
+        return (isinstance(got, (int, Decimal)) or (isinstance(got, str) and got)) and \
+            not isinstance(got, bool) and Decimal(got) == exp
+    if typ == "float64":  # NDJSON is read with Decimal floats
+        return isinstance(got, (int, float, Decimal)) and not isinstance(got, bool) and \
+            float(got) == exp
     if typ == "timestamp" and isinstance(got, str):
         return got == exp.strftime("%Y-%m-%dT%H:%M:%SZ")
     return type(got) is type(exp) and got == exp
@@ -248,6 +274,11 @@ def same_text(exp, got, typ):
         return False
     if isinstance(exp, Json):
         return strict_eq(parse_json(got), exp.value)
+    if typ == DECIMAL:
+        try:
+            return Decimal(got) == exp
+        except InvalidOperation:
+            return False
     if typ == "float64":
         try:
             return float(got) == exp
@@ -361,7 +392,8 @@ def read_ndjson(chk, paths, name, cols, types, expected):
     rows = []
     for p in paths:
         with open(p, encoding="utf-8") as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+            # parse_float=Decimal: a decimal column's digits, not a float's.
+            rows += [json.loads(line, parse_float=Decimal) for line in f if line.strip()]
     bad = [i for i, r in enumerate(rows) if list(r) != cols]
     if bad:
         chk.fail(f"ndjson {name}: {len(bad)} lines (first: line {bad[0] + 1}) do not have "
