@@ -267,6 +267,7 @@ mod tests {
             spills: [SpillMark::default(); 2],
             shapes: [vec![], vec![]],
             inbox_fields_dropped: Default::default(),
+            values_kept_as_text: 0,
         };
         checkpoint.save(dir.path()).expect("save");
         let mode = fs::metadata(dir.path().join(CHECKPOINT_FILE))
