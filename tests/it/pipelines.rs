@@ -332,7 +332,8 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
     // Retry-After past that. Each account needs 9 requests (the attribute definitions, 7 pages
     // and the empty one after). With a budget per account, the three would send up to 3 x 8 =
     // 24 requests in the first window and the server would answer 16 of them 429; with the
-    // one shared budget the run sends at most 8 a window, and the server never throttles.
+    // one shared pace (0.9 of 8 a second) the run sends 7 or 8 a window, as the pace's phase
+    // falls, and the server never throttles.
     const LIMIT: u64 = 8;
     let fake = Fake::start(FakeServerConfig {
         contacts: 105,
@@ -366,10 +367,10 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
     let elapsed = clock.elapsed();
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(fake.throttled(), 0, "no 429 across the accounts together");
-    assert_eq!(
-        fake.busiest_window(),
-        LIMIT,
-        "the accounts together wanted more than the limit, and got exactly that"
+    assert!(
+        (LIMIT - 1..=LIMIT).contains(&fake.busiest_window()),
+        "the accounts together wanted more than the limit, and got their share of it: {}",
+        fake.busiest_window()
     );
     let report: Value = serde_json::from_str(&run.stdout).expect("JSON report");
     let accounts = report["accounts"].as_array().expect("accounts");
@@ -380,7 +381,7 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
         .map(|a| a["requests"].as_u64().expect("requests"))
         .sum();
     assert_eq!(requests, fake.requests(), "{report}");
-    // 27 requests at 8 a window need four windows: three turns, more than two seconds.
+    // 27 requests at 7.2 a second take more than three seconds; at 8 a window, more than two.
     assert!(elapsed > std::time::Duration::from_secs(2), "{elapsed:?}");
     for account in accounts {
         let id = account["account_id"].as_u64().expect("id");
