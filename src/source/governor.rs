@@ -85,6 +85,8 @@ struct Pause {
     next_probe: Instant,
     probe_out: bool,
     probe_sent: Instant,
+    /// Whether the quick first probe was scheduled (its failure says little).
+    quick: bool,
     failed_probes: u32,
     refusals: u32,
 }
@@ -109,6 +111,8 @@ struct State {
     reopenings: VecDeque<Reopening>,
     started: Option<Instant>,
     accepted: u64,
+    /// When the latest requests were accepted, to count those of the last window.
+    accepted_log: VecDeque<Instant>,
     /// Outcomes of the latest answers, true for a refusal, to tell a limit from stray errors.
     recent: VecDeque<bool>,
     /// When the rate last went down or was last raised: raises wait for a quiet spell.
@@ -125,6 +129,12 @@ struct State {
     sent: u64,
     throttled: u64,
     retry_after_seen: bool,
+    /// Where the server's window turned at the last reopening after a limit's pause (server
+    /// clock seconds, as far as we know it): later probes count whole steps from there.
+    anchor: Option<f64>,
+    /// Whether the last limit's pause ended at a stepped probe (a window's turn), not at the
+    /// quick one (a bucket's room).
+    window_like: bool,
     /// Bounds on (server clock - local clock), in seconds, from `Date` headers.
     offset_low: f64,
     offset_high: f64,
@@ -158,6 +168,8 @@ const RECENT: usize = 64;
 const RECENT_REFUSALS: usize = 4;
 /// Reopenings remembered (weak ones included) to find where the last full cycle began.
 const CYCLES_KEPT: usize = 16;
+/// Acceptances remembered: a 60 s window at 3,000 a minute, and room to spare.
+const ACCEPTED_KEPT: usize = 8192;
 /// A probe not answered in this long is taken as lost (its task ended): another may go.
 const PROBE_LOST: Duration = Duration::from_secs(120);
 /// A raise after this many cycles (or this long, whichever is more) without a refusal...
@@ -173,8 +185,8 @@ const LONG_CALM_CYCLES: f64 = 30.0;
 const LONG_CALM_MIN: Duration = Duration::from_secs(60);
 /// The long calm, when the server sends `Retry-After`: this many shortest cycles.
 const RETRY_AFTER_CALM_CYCLES: f64 = 5.0;
-/// A lone refusal at a learned pace lowers it this much.
-const STRAY_STEP: f64 = 0.97;
+/// A lone refusal lowers the pace this much.
+const STRAY_STEP: f64 = 0.9;
 
 impl RateGovernor {
     /// `limit` requests per `window` told (None: none told; the rate is learned if the server
@@ -210,6 +222,7 @@ impl RateGovernor {
                 reopenings: VecDeque::new(),
                 started: None,
                 accepted: 0,
+                accepted_log: VecDeque::new(),
                 recent: VecDeque::with_capacity(RECENT),
                 calm_since: base,
                 pace_bound: false,
@@ -220,6 +233,8 @@ impl RateGovernor {
                 sent: 0,
                 throttled: 0,
                 retry_after_seen: false,
+                anchor: None,
+                window_like: false,
                 offset_low: f64::NEG_INFINITY,
                 offset_high: f64::INFINITY,
                 rng: Rng::from_entropy(),
@@ -320,6 +335,10 @@ impl RateGovernor {
         let mut state = self.lock();
         let now = Instant::now();
         state.accepted += 1;
+        if state.accepted_log.len() == ACCEPTED_KEPT {
+            state.accepted_log.pop_front();
+        }
+        state.accepted_log.push_back(now);
         remember(&mut state.recent, false);
         if ticket.probe && ticket.epoch == state.epoch && state.pause.is_some() {
             self.reopen(&mut state, now);
@@ -349,6 +368,7 @@ impl RateGovernor {
                 next_probe: now,
                 probe_out: false,
                 probe_sent: now,
+                quick: false,
                 failed_probes: 0,
                 refusals: 0,
             });
@@ -376,16 +396,32 @@ impl RateGovernor {
         let Some(pause) = &state.pause else {
             return now;
         };
-        if pause.failed_probes == 0 && pause.refusals == 0 {
-            let jitter = self.jitter(state, Duration::from_millis(50));
-            return now + FIRST_PROBE + jitter;
-        }
-        // The quick first probe failed (or never went, for a refusal that said nothing): from
-        // here on, whole seconds, then larger steps.
-        let steps = pause.failed_probes.saturating_sub(1) as usize;
-        let step = PROBE_STEPS[steps.min(PROBE_STEPS.len() - 1)];
+        let first = pause.failed_probes == 0 && pause.refusals == 0;
+        // Once a pause has ended at a window's turn, the next goes straight to the turn: after
+        // the window's length when it is known, else from whole seconds on. Otherwise (a
+        // bucket, or nothing known yet) a quick probe first, then whole seconds and larger steps.
+        let window = (state.window_like && state.anchor.is_some())
+            .then(|| state.cycle.map(|cycle| cycle.as_secs_f64().round()))
+            .map(|known| known.filter(|length| *length >= 1.0));
+        let step = match (first, window) {
+            (true, Some(Some(length))) => length,
+            (true, Some(None)) => PROBE_STEPS[0],
+            (true, None) => {
+                let jitter = self.jitter(state, Duration::from_millis(50));
+                state.pause.as_mut().expect("paused").quick = true;
+                return now + FIRST_PROBE + jitter;
+            }
+            (false, _) => {
+                let steps = pause.failed_probes.saturating_sub(u32::from(pause.quick));
+                PROBE_STEPS[(steps as usize).min(PROBE_STEPS.len() - 1)]
+            }
+        };
         let server = self.wall(now) + self.offset(state);
-        let boundary = ((server + 1e-3) / step).ceil() * step;
+        // Windows turn at whole multiples of their length from the epoch of the server's clock,
+        // which is ours less an offset that `Date` may never tell: after one reopening, count
+        // from where it turned instead.
+        let anchor = state.anchor.unwrap_or(0.0);
+        let boundary = anchor + ((server - anchor + 1e-3) / step).ceil() * step;
         let jitter = self.jitter(state, Duration::from_millis(50));
         now + Duration::from_secs_f64(boundary - server + PROBE_GUARD) + jitter
     }
@@ -406,15 +442,22 @@ impl RateGovernor {
             strong,
         };
         state.reopenings.push_back(reopening);
+        if strong {
+            // The probe went a guard after a whole step; the window turned before it.
+            state.anchor = Some(self.wall(pause.probe_sent) + self.offset(state) - PROBE_GUARD);
+            state.window_like = !pause.quick || pause.failed_probes > 0;
+        }
         if state.reopenings.len() > CYCLES_KEPT {
             state.reopenings.pop_front();
         }
         if !strong {
             // One refusal, and the next request accepted: a stray error, or a pace just over
-            // a bucket's leak. A small step down settles the second and costs the first little.
-            if state.mode == RateMode::Learned {
-                state.limit = state.limit.map(|limit| limit * STRAY_STEP);
+            // a bucket's leak. A step down settles the second in a few refusals; the calm
+            // after a stray raises the pace back within seconds (to the rate told or learned).
+            if state.learned.is_none() {
+                state.learned = state.limit;
             }
+            state.limit = state.limit.map(|limit| limit * STRAY_STEP);
             state.calm_since = now;
             state.pace_bound = false;
             return;
@@ -427,17 +470,31 @@ impl RateGovernor {
             return;
         };
         let cycle = now - from.at;
+        // The shortest full cycle is a fixed window's length; longer ones span several.
+        let shortest = state.cycle.map_or(cycle, |shortest| shortest.min(cycle));
         for before in earlier {
             if now - from.at >= AVERAGED_SPAN {
                 break;
             }
             from = *before;
         }
-        let span = (now - from.at).as_secs_f64();
+        // Only the last window was surely full: a cycle of several windows (the pace had been
+        // under the limit until a raise or someone else's burst) is measured over its last
+        // one, or the rate learned would sink a little with every refusal.
+        let start = from
+            .at
+            .max(now - shortest.max(AVERAGED_SPAN.min(now - from.at)));
+        let span = (now - start).as_secs_f64();
         if span <= 0.0 {
             return;
         }
-        let accepted = (reopening.accepted_before - from.accepted_before) as f64;
+        let accepted = if start == from.at {
+            reopening.accepted_before - from.accepted_before
+        } else {
+            let log = &state.accepted_log;
+            // The probe's own acceptance is the last entry: the cycle ends before it.
+            (log.len() - 1 - log.partition_point(|at| *at < start)) as u64
+        } as f64;
         let rate = (accepted / span).max(1.0 / span);
         state.limit = Some(match self.told {
             Some(told) => rate.min(told),
@@ -446,15 +503,14 @@ impl RateGovernor {
         state.mode = RateMode::Learned;
         state.learned = state.limit;
         state.learned_at = now;
-        // The shortest full cycle is a fixed window's length; longer ones span several.
-        state.cycle = Some(state.cycle.map_or(cycle, |shortest| shortest.min(cycle)));
+        state.cycle = Some(shortest);
         state.calm_since = now;
         state.pace_bound = false;
     }
 
     /// After a quiet spell at full pace, try a little faster, up to the rate told.
     fn maybe_raise(&self, state: &mut State, now: Instant) {
-        if state.pause.is_some() || !state.pace_bound || state.mode != RateMode::Learned {
+        if state.pause.is_some() || !state.pace_bound || state.learned.is_none() {
             return;
         }
         let Some(limit) = state.limit else { return };
@@ -479,8 +535,8 @@ impl RateGovernor {
             .max(least);
         let learned = state.learned.unwrap_or(limit);
         let raised = if limit < learned {
-            // Back up to the rate learned, quickly (after lone refusals stepped it down).
-            (limit * RAISE).min(learned)
+            // Back up to the rate learned, a lone refusal's step at a time.
+            (limit / STRAY_STEP).min(learned)
         } else if now - state.learned_at >= long_calm {
             // Past it only after a long calm, when others on the IP may have left room; a
             // refusal then teaches the rate again.
