@@ -43,9 +43,9 @@ fn wait_until_listening(port: u16, what: &str) {
 }
 
 /// moto's S3 server on 127.0.0.1, killed by its PID when dropped.
-struct Moto {
+pub(crate) struct Moto {
     _child: Server,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 /// moto's server behind a WSGI wrapper that lets it answer GCS's XML API (S3's, with bearer
@@ -66,7 +66,7 @@ run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)
 ";
 
 impl Moto {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::launch(|port| {
             vec![
                 "-m".into(),
@@ -104,7 +104,7 @@ impl Moto {
         moto
     }
 
-    fn env(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("CHATWOOT_API_TOKEN", TOKEN),
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -115,7 +115,7 @@ impl Moto {
         ]
     }
 
-    fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(BUCKET)
@@ -229,7 +229,7 @@ impl Drop for Server {
 }
 
 /// Every object under `prefix`, sorted, with its bytes.
-fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -258,7 +258,7 @@ fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)>
 
 /// Writes a partition's objects to `dir` under the names the readers expect
 /// (`contacts-<run>.parquet` -> `contacts.parquet`) and returns its manifest.
-fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
+pub(crate) fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
     let mut manifest = None;
     for (name, bytes) in objects {
         let Some(file) = name.strip_prefix(&format!("{partition}/")) else {
@@ -276,7 +276,7 @@ fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> 
 }
 
 /// `contacts --base-url BASE --account-id 1 --out URL --no-progress EXTRA...`
-fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "contacts",
         "--base-url",
