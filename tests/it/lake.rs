@@ -589,12 +589,14 @@ fn an_unreachable_object_store_fails_on_one_line() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let fake = Fake::with_contacts(20);
     let base = fake.base_url();
+    let cache = tempfile::tempdir().expect("temp dir");
     let run = run_with_env(
         &contacts_to(&base, "az://lake/one", &[]),
         &[
             ("CHATWOOT_API_TOKEN", TOKEN),
             ("AZURE_STORAGE_USE_EMULATOR", "true"),
             ("AZURITE_BLOB_STORAGE_URL", &url),
+            ("XDG_CACHE_HOME", cache.path().to_str().expect("utf-8")),
         ],
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -606,6 +608,17 @@ fn an_unreachable_object_store_fails_on_one_line() {
         lines[0]
     );
     assert!(lines[0].contains("untouched, run again"), "{}", lines[0]);
+    // The export itself finished: it is kept for --resume to publish, not fetched again.
+    let kept = format!(
+        "the finished export is kept in {}/chatwoot-export/staging/",
+        cache.path().display()
+    );
+    assert!(
+        lines[0].contains(&kept)
+            && lines[0].ends_with(": run the same command with --resume to publish it"),
+        "{}",
+        lines[0]
+    );
     assert!(!run.stderr.contains(TOKEN));
 }
 
@@ -685,7 +698,14 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
             .collect()
     };
     let tmpdir = tmp.to_str().expect("utf-8");
-    let env = [("CHATWOOT_API_TOKEN", TOKEN), ("TMPDIR", tmpdir)];
+    // The staging places live in the test's own cache folder.
+    let cache = dir.path().join("cache");
+    let cache_dir = cache.to_str().expect("utf-8");
+    let env = [
+        ("CHATWOOT_API_TOKEN", TOKEN),
+        ("TMPDIR", tmpdir),
+        ("XDG_CACHE_HOME", cache_dir),
+    ];
     let args = ["run", file.to_str().expect("utf-8"), "--no-progress"];
 
     let first = run_with_env(&args, &env);
@@ -697,6 +717,7 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         .args(args)
         .env("CHATWOOT_API_TOKEN", TOKEN)
         .env("TMPDIR", &tmp)
+        .env("XDG_CACHE_HOME", &cache)
         .env("CHATWOOT_EXPORT_TEST_PUBLISH_PAUSE_MS", "60000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -727,8 +748,21 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         );
     }
 
-    let next = run_with_env(&args, &env);
+    // The killed run's export was finished and is kept in its staging folder (its lock, left
+    // by the kill, is stale): a rerun refuses to discard it, and --resume publishes it without
+    // a request to Chatwoot.
+    let refused = run_with_env(&args, &env);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--restart"), "{}", refused.stderr);
+    let before = fake.requests();
+    let resume_args = [args[0], args[1], args[2], "--resume"];
+    let next = run_with_env(&resume_args, &env);
     assert_eq!(next.code, 0, "{}", next.stderr);
+    assert_eq!(
+        fake.requests(),
+        before,
+        "the kept export was published as it was"
+    );
     for partition in &partitions {
         assert_eq!(
             hidden_or_staged(partition),
