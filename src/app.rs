@@ -34,7 +34,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 /// `run FILE`: validate the whole file first (exit 2 on any problem), then run it.
 async fn run_file(args: RunArgs) -> Result<(), Error> {
     let pipeline = load_pipeline(&args.file, &args.sets)?;
-    let report = runner::run_pipeline(&pipeline, !args.no_progress && !args.json).await?;
+    let kept = runner::KeptWork::from_flags(args.resume, args.restart, true);
+    let report = runner::run_pipeline(&pipeline, !args.no_progress && !args.json, kept).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|err| Error::Usage(format!("cannot encode the run report: {err}")))?;
@@ -128,13 +129,18 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         governor: None,
         speculate: true,
     };
+    let kept = runner::KeptWork::from_flags(args.output.resume, args.output.restart, false);
     if let Some(url) = object_store_url(&settings) {
-        if settings.resume {
-            return Err(Error::Usage(
-                "--resume works with a local --out folder only: run again without --resume".into(),
-            ));
-        }
-        return export_to_object_store(settings, url).await;
+        return export_to_object_store(settings, url, kept).await;
+    }
+    // A rerun must not silently throw away what an interrupted run fetched.
+    if kept == runner::KeptWork::Refuse
+        && matches!(crate::store::OutputDir::reopen(&settings.out), Ok(Some(_)))
+    {
+        return Err(runner::kept_work_refusal(&[(
+            settings.client.account_id,
+            settings.out.clone(),
+        )]));
     }
     let summary = export(&settings).await?;
     print_summary(&summary);
@@ -148,16 +154,20 @@ fn object_store_url(settings: &ExportSettings) -> Option<String> {
     is_url(out).then(|| out.to_owned())
 }
 
-/// Exports into a local staging folder, then uploads it to `url` with the manifest last
-/// (and prints the summary).
-async fn export_to_object_store(settings: ExportSettings, url: String) -> Result<(), Error> {
+/// Exports into the job's staging place, then uploads it to `url` with the manifest last
+/// (and prints the summary); `kept` says what to do with work an earlier run kept there.
+async fn export_to_object_store(
+    settings: ExportSettings,
+    url: String,
+    kept: runner::KeptWork,
+) -> Result<(), Error> {
     let target = runner::Target {
         destination: url,
         path: None,
     };
     let nonce = crate::rng::Rng::from_entropy().next_u64();
     let vars = RunVars::now(settings.client.account_id, chrono::Utc::now(), nonce);
-    runner::export_to(settings, &target, &vars)
+    runner::export_to(settings, &target, &vars, kept)
         .await
         .map(|_| ())
         .map_err(|(error, _)| error)
@@ -211,7 +221,8 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         speculate: true,
     };
     if let Some(url) = object_store_url(&settings) {
-        let result = export_to_object_store(settings, url.clone()).await;
+        // A demo has nothing worth keeping: it starts over.
+        let result = export_to_object_store(settings, url.clone(), runner::KeptWork::Restart).await;
         server.shutdown().await;
         result?;
         println!("files: {url}");

@@ -100,6 +100,15 @@ pub struct RunArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Continue every account whose last run failed or was interrupted (its work is kept in
+    /// its staging folder, or in its output folder) without fetching its finished pages again;
+    /// the other accounts start afresh. The pipeline must be the same.
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Discard the work failed or interrupted runs kept and start every account over (without
+    /// --resume or --restart, kept work stops the run: exit 2).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,9 +159,14 @@ pub struct OutputArgs {
     #[arg(long)]
     pub no_progress: bool,
     /// Continue the interrupted export in --out (after Ctrl-C, a crash or a failure) without
-    /// fetching its finished pages again. The other options must be the same.
-    #[arg(long)]
+    /// fetching its finished pages again. The other options must be the same. With an object
+    /// store --out, the work is kept in a staging folder under ~/.cache/chatwoot-export/staging.
+    #[arg(long, conflicts_with = "restart")]
     pub resume: bool,
+    /// Discard the work an interrupted or failed export kept for --resume and start over
+    /// (without either flag, kept work stops the run: exit 2).
+    #[arg(long)]
+    pub restart: bool,
     /// CSV only: prefix text cells starting with = + - @ tab or CR with ' so spreadsheets do
     /// not run them as formulas (not lossless: -5 in a text column becomes '-5).
     #[arg(long)]

@@ -20,7 +20,10 @@ use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::rng::Rng;
 use crate::secret::ApiToken;
 use crate::source::{ClientOptions, RateGovernor};
-use crate::store::{Destination, Published, RunVars, is_url};
+use crate::store::{
+    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url,
+    remove_old_staging, staging_root,
+};
 
 /// How many contacts each account of the built-in fake server holds.
 const BUILTIN_FAKE_CONTACTS: u64 = 1500;
@@ -105,7 +108,13 @@ pub struct Target {
 }
 
 /// Runs every account of the pipeline and reports on each.
-pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunReport, Error> {
+/// `kept`: what to do with the work earlier failed runs kept (refuse, resume, restart); with
+/// `Refuse`, any account's kept work stops the run before it starts.
+pub async fn run_pipeline(
+    pipeline: &Pipeline,
+    progress: bool,
+    kept: KeptWork,
+) -> Result<RunReport, Error> {
     let clock = Instant::now();
     let started = chrono::Utc::now();
     let nonce = Rng::from_entropy().next_u64();
@@ -186,10 +195,33 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
             };
-            let vars = RunVars::now(account_id, started, nonce);
-            let target = target.clone();
-            async move { account(settings, &target, &vars).await }
-        });
+            (settings, RunVars::now(account_id, started, nonce))
+        })
+        .collect::<Vec<_>>();
+    if kept == KeptWork::Refuse {
+        let kept_work: Vec<(u64, std::path::PathBuf)> = jobs
+            .iter()
+            .filter_map(|(settings, vars)| {
+                let folder = if is_direct(&target) {
+                    has_kept_work(&settings.out).then(|| settings.out.clone())
+                } else {
+                    let place = staging_place(settings, &target);
+                    place.has_kept_work().then_some(place.folder)
+                };
+                folder.map(|folder| (vars.account_id, folder))
+            })
+            .collect();
+        if !kept_work.is_empty() {
+            for server in servers {
+                server.shutdown().await;
+            }
+            return Err(kept_work_refusal(&kept_work));
+        }
+    }
+    let jobs = jobs.into_iter().map(|(settings, vars)| {
+        let target = target.clone();
+        async move { account(settings, &target, &vars, kept).await }
+    });
     let accounts = futures::future::join_all(jobs).await;
     for server in servers {
         server.shutdown().await;
@@ -209,11 +241,16 @@ pub async fn run_pipeline(pipeline: &Pipeline, progress: bool) -> Result<RunRepo
 }
 
 /// Exports one account to its target and reports, whatever happened.
-pub async fn account(settings: ExportSettings, target: &Target, vars: &RunVars) -> AccountReport {
+pub async fn account(
+    settings: ExportSettings,
+    target: &Target,
+    vars: &RunVars,
+    kept: KeptWork,
+) -> AccountReport {
     let clock = Instant::now();
     let account_id = settings.client.account_id;
     tracing::info!(account_id, run_id = %vars.run_id, destination = %target.destination, "account started");
-    let result = export_to(settings, target, vars).await;
+    let result = export_to(settings, target, vars, kept).await;
     let elapsed = clock.elapsed();
     let report = account_report(account_id, result, elapsed);
     // Counts, names and messages only: errors are already scrubbed of the token.
@@ -301,15 +338,82 @@ fn report(
 
 type Exported = (ExportSummary, Published);
 
+/// What to do with the work a failed or interrupted run kept for this job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeptWork {
+    /// Refuse to start while work is kept (a rerun must not silently throw it away).
+    #[default]
+    Refuse,
+    /// Continue it; having none is an error (`contacts --resume`).
+    Resume,
+    /// Continue it where there is some, else start (`run --resume`, for every account).
+    ResumeIfAny,
+    /// Discard it and start over (`--restart`).
+    Restart,
+}
+
+impl KeptWork {
+    /// From the `--resume` and `--restart` flags; `any`: a missing kept export is no error.
+    pub fn from_flags(resume: bool, restart: bool, any: bool) -> Self {
+        match (resume, restart) {
+            (true, _) if any => Self::ResumeIfAny,
+            (true, _) => Self::Resume,
+            (false, true) => Self::Restart,
+            (false, false) => Self::Refuse,
+        }
+    }
+}
+
+/// The one-line refusal for a rerun that would discard kept work: `(account, folder)` each.
+pub fn kept_work_refusal(kept: &[(u64, std::path::PathBuf)]) -> Error {
+    let what = kept
+        .iter()
+        .map(|(account_id, folder)| format!("account {account_id} is kept in {}", folder.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Error::Usage(format!(
+        "an interrupted export of {what}: run the same command with --resume to continue it, or with --restart to discard it and start over"
+    ))
+}
+
+/// Where a job that does not write straight into a local folder is staged.
+pub fn staging_place(settings: &ExportSettings, target: &Target) -> StagingPlace {
+    StagingPlace::for_job(
+        &staging_root(),
+        &target.destination,
+        target.path.as_deref().unwrap_or(""),
+        &crate::manifest::public_base_url(&settings.client.base_url),
+        settings.client.account_id,
+    )
+}
+
+/// Whether the job writes straight into a local folder (no staging).
+pub fn is_direct(target: &Target) -> bool {
+    !is_url(&target.destination) && target.path.is_none()
+}
+
 /// The export, straight into a local folder or staged and published to a destination. On
-/// failure, the summary comes along when the export itself finished (unresolved drift).
+/// failure, the summary comes along when the export itself finished (unresolved drift). A
+/// staged export is built in its job's fixed staging place, under that place's lock; a
+/// failure keeps what was fetched there for `--resume`, and a published export removes it.
 pub async fn export_to(
     mut settings: ExportSettings,
     target: &Target,
     vars: &RunVars,
+    kept: KeptWork,
 ) -> Result<Exported, (Error, Option<ExportSummary>)> {
-    let direct = !is_url(&target.destination) && target.path.is_none();
-    if direct {
+    if is_direct(target) {
+        settings.resume = match kept {
+            KeptWork::Refuse | KeptWork::Restart => false,
+            KeptWork::Resume => true,
+            KeptWork::ResumeIfAny => has_kept_work(&settings.out),
+        };
+        if kept == KeptWork::Refuse && has_kept_work(&settings.out) {
+            return Err((
+                kept_work_refusal(&[(vars.account_id, settings.out.clone())]),
+                None,
+            ));
+        }
         let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
         crate::app::print_summary(&summary);
         let files = summary
@@ -331,35 +435,129 @@ pub async fn export_to(
     }
     // Open first: a bad URL or missing credentials fail before any request to Chatwoot.
     let destination = Destination::open(&target.destination).map_err(|e| (e.into(), None))?;
-    let staging = tempfile::Builder::new()
-        .prefix("chatwoot-export-staging-")
-        .tempdir()
-        .map_err(|source| {
+    let removed = remove_old_staging(&std::env::temp_dir());
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed staging folders left by an earlier version"
+        );
+    }
+    let place = staging_place(&settings, target);
+    // Held until the end of this function: a second run of the job refuses meanwhile.
+    let _lock = place.lock().map_err(|e| (staging_error(e), None))?;
+    let kept_work = place.has_kept_work();
+    let resume = match kept {
+        KeptWork::Refuse if kept_work => {
+            return Err((
+                kept_work_refusal(&[(vars.account_id, place.folder.clone())]),
+                None,
+            ));
+        }
+        KeptWork::Resume if !kept_work => {
+            return Err((
+                Error::Usage(format!(
+                    "there is no interrupted export of account {} to {} to resume: run without --resume",
+                    vars.account_id, target.destination
+                )),
+                None,
+            ));
+        }
+        KeptWork::Resume | KeptWork::ResumeIfAny => kept_work,
+        KeptWork::Refuse | KeptWork::Restart => false,
+    };
+    if !resume {
+        place.discard().map_err(|source| {
             (
                 Error::Io {
-                    what: "cannot create a staging folder under the temporary directory (set TMPDIR to a disk with room)".into(),
+                    what: format!(
+                        "cannot remove the kept export in {}",
+                        place.folder.display()
+                    ),
                     source,
                 },
                 None,
             )
         })?;
-    settings.out = staging.path().join(format!("account-{}", vars.account_id));
+    }
+    settings.out = place.folder.clone();
     settings.overwrite = false;
-    settings.resume = false;
-    // The staging folder goes with `staging`: no "--resume" in the message.
-    let summary = export(&settings)
-        .await
-        .map_err(|e| (e.without_resume().into(), None))?;
+    settings.resume = resume;
+    let summary = if resume && place.holds_finished_export() {
+        // The export finished but was not published (the destination refused): publish it.
+        finished_export(&settings).map_err(|e| (e, None))?
+    } else {
+        export(&settings).await.map_err(|e| (e.into(), None))?
+    };
     let template = target.path.as_deref().unwrap_or("");
     let published = match destination.publish(&settings.out, template, vars).await {
         Ok(published) => published,
-        Err(error) => return Err((error.into(), Some(summary))),
+        Err(error) => {
+            let kept = LakeError::Kept {
+                source: Box::new(error),
+                folder: place.folder.clone(),
+            };
+            return Err((kept.into(), Some(summary)));
+        }
     };
+    if let Err(err) = place.discard() {
+        tracing::warn!(folder = %place.folder.display(), error = %err, "cannot remove the staging folder after publishing");
+    }
     crate::app::print_summary_to(&summary, &target.destination);
     match check_drift(&summary, &target.destination) {
         Ok(()) => Ok((summary, published)),
         Err(error) => Err((error, Some(summary))),
     }
+}
+
+/// Whether the local folder `out` holds an interrupted export.
+fn has_kept_work(out: &std::path::Path) -> bool {
+    matches!(crate::store::OutputDir::reopen(out), Ok(Some(_)))
+}
+
+fn staging_error(error: StagingError) -> Error {
+    match error {
+        StagingError::Locked { .. } => Error::Usage(error.to_string()),
+        StagingError::Create { source, path } => Error::Io {
+            what: format!("cannot create the staging folder {}", path.display()),
+            source,
+        },
+    }
+}
+
+/// The summary of an export that finished in the staging place but was not published, read
+/// from its manifest: publishing it again costs no request to Chatwoot.
+fn finished_export(settings: &ExportSettings) -> Result<ExportSummary, Error> {
+    let path = settings.out.join(crate::store::MANIFEST_FILE);
+    let damaged = |detail: String| {
+        Error::Usage(format!(
+            "the kept export's manifest {} is unreadable ({detail}): run again with --restart",
+            path.display()
+        ))
+    };
+    let bytes = std::fs::read(&path).map_err(|err| damaged(err.to_string()))?;
+    let manifest: crate::manifest::Manifest =
+        serde_json::from_slice(&bytes).map_err(|err| damaged(err.to_string()))?;
+    if manifest.format != settings.format {
+        return Err(Error::Usage(format!(
+            "the kept export in {} was made with format {} (now {}): resume it with the same options, or run with --restart",
+            settings.out.display(),
+            manifest.format.extension(),
+            settings.format.extension()
+        )));
+    }
+    Ok(ExportSummary {
+        contacts: manifest.unique_contacts,
+        inbox_links: manifest.tables.get("contact_inboxes").map_or(0, |t| t.rows),
+        pages: manifest.pages_fetched,
+        duplicates_dropped: manifest.duplicates_dropped,
+        expected_count: manifest.expected_count,
+        final_count: manifest.final_count,
+        elapsed: Duration::ZERO,
+        out: settings.out.clone(),
+        fetch: crate::source::FetchStatus::default(),
+        drift: manifest.drift.clone(),
+        manifest,
+    })
 }
 
 /// Exit code 5 when the account changed and the repair could not account for every contact.

@@ -3,7 +3,9 @@
 //! Receives the walk's state and the spills' positions; emits `checkpoint.json` in the work
 //! folder, replaced atomically (temp + rename) so a `kill -9` leaves either the old or the new
 //! one. The spills are flushed before a checkpoint names their length, and cut back to it on
-//! resume, so rows written after the last checkpoint are simply fetched again.
+//! resume, so rows written after the last checkpoint are simply fetched again. It carries the
+//! drift check's ledger, so a resumed run proves completeness against the counts taken before
+//! the walk began.
 
 use std::fs;
 use std::io::{self, Write};
@@ -11,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::repair::Ledger;
 use crate::sink::Format;
 use crate::store::owner_only;
 use crate::transform::schema::ColumnDef;
@@ -136,6 +139,10 @@ pub struct Checkpoint {
     /// Values kept as text so far (see `Manifest::values_kept_as_text`).
     #[serde(default)]
     pub values_kept_as_text: u64,
+    /// The drift check's ledger, once the walk has taken it (checkpoints of earlier versions
+    /// have none: their resumed run checks by walking the list again).
+    #[serde(default)]
+    pub ledger: Option<Ledger>,
 }
 
 /// Why a checkpoint could not be used.
@@ -232,6 +239,7 @@ mod tests {
             ],
             inbox_fields_dropped: [("inbox__imap_password".to_owned(), 2)].into(),
             values_kept_as_text: 3,
+            ledger: None,
         };
         assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
         checkpoint.save(dir.path()).expect("save");
@@ -268,6 +276,7 @@ mod tests {
             shapes: [vec![], vec![]],
             inbox_fields_dropped: Default::default(),
             values_kept_as_text: 0,
+            ledger: None,
         };
         checkpoint.save(dir.path()).expect("save");
         let mode = fs::metadata(dir.path().join(CHECKPOINT_FILE))

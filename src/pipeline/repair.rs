@@ -22,8 +22,8 @@
 //! page is a snapshot, and every contact in it is then held. The newest part, where contacts
 //! are created, is proven by such a listing unless nothing moved at all.
 //!
-//! Without a ledger (a small account, where the walk needs no more than a few pages, or a
-//! resumed export), a walk whose count never moved, that saw no duplicate and that holds
+//! Without a ledger (a small account, where the walk needs no more than a few pages, or an
+//! export resumed from a checkpoint of a version that did not keep the ledger), a walk whose count never moved, that saw no duplicate and that holds
 //! exactly that many contacts is taken as proof; otherwise the whole list is walked again until
 //! a listing is a snapshot.
 //!
@@ -73,7 +73,7 @@ pub struct RepairReport {
 }
 
 /// A `created_at` range in days since the epoch: both bounds exclusive, either open.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 struct Range {
     after: Option<i64>,
     before: Option<i64>,
@@ -92,15 +92,15 @@ impl Range {
 }
 
 /// A past part and an upper bound of how many contacts the server listed in it at the ledger.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 struct Part {
     range: Range,
     bound: u64,
 }
 
 /// The server's count of every part of the account, taken before the walk fetched anything it
-/// keeps.
-#[derive(Clone, Debug, Default)]
+/// keeps. Saved in the checkpoint (serde), so a resumed run proves completeness with it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Ledger {
     /// The parts before the newest contact's day, with their counts.
     parts: Vec<Part>,

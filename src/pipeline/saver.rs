@@ -1,7 +1,8 @@
 //! Writes checkpoints as the walk goes: at most one a second (each costs a flush of the
 //! spills and a small rename), and always when asked (end of walk, interruption, failure).
 //! Remembers how many pages the checkpoint on disk holds, so that a failure that cannot save
-//! a new one (a full disk) still knows what `--resume` will find.
+//! a new one (a full disk) still knows what `--resume` will find, and the drift check's ledger,
+//! so a resumed run proves completeness with it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::ExportError;
 use super::checkpoint::{Checkpoint, JobParams, WalkState};
 use super::collector::Collector;
+use super::repair::Ledger;
 
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -20,6 +22,8 @@ pub struct Saver {
     last: Option<Instant>,
     /// The pages the checkpoint on disk holds (None: no checkpoint saved yet).
     saved_pages: Option<u64>,
+    /// The drift check's ledger, once taken: saved with every checkpoint.
+    ledger: Option<Ledger>,
 }
 
 impl Saver {
@@ -30,6 +34,7 @@ impl Saver {
         started_at: String,
         resumes: u32,
         saved_pages: Option<u64>,
+        ledger: Option<Ledger>,
     ) -> Self {
         Self {
             work,
@@ -38,7 +43,13 @@ impl Saver {
             resumes,
             last: None,
             saved_pages,
+            ledger,
         }
+    }
+
+    /// The ledger the walk took: every checkpoint from now on carries it.
+    pub fn keep_ledger(&mut self, ledger: Option<Ledger>) {
+        self.ledger = ledger;
     }
 
     /// The pages the last checkpoint saved holds, if one was saved: what a failure that cannot
@@ -70,6 +81,7 @@ impl Saver {
             shapes,
             inbox_fields_dropped: collector.flattener.inbox_secrets.dropped().clone(),
             values_kept_as_text: collector.flattener.values_kept_as_text(),
+            ledger: self.ledger.clone(),
         };
         checkpoint
             .save(&self.work)

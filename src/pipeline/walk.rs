@@ -142,6 +142,8 @@ pub async fn walk(
             }
             progress.phase("counting the account's parts");
             *ledger = repair::take_ledger(fetcher, options.sort, &first, state.planned_pages).await;
+            // In every checkpoint from here: a resumed run proves completeness with it.
+            saver.keep_ledger(ledger.clone());
             window.next = 1;
             progress.plan(state.planned_pages, state.expected_count, 0, 0);
             return walk_pages(&mut window, collector, state, progress, saver).await;

@@ -71,6 +71,11 @@ pub enum LakeError {
         object: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{source}; the finished export is kept in {}: run the same command with --resume to publish it", folder.display())]
+    Kept {
+        source: Box<LakeError>,
+        folder: PathBuf,
+    },
     #[error("the staged export in {} is unreadable ({detail}); please report this", path.display())]
     Staging { path: PathBuf, detail: String },
     #[error(

@@ -43,9 +43,9 @@ fn wait_until_listening(port: u16, what: &str) {
 }
 
 /// moto's S3 server on 127.0.0.1, killed by its PID when dropped.
-struct Moto {
+pub(crate) struct Moto {
     _child: Server,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 /// moto's server behind a WSGI wrapper that lets it answer GCS's XML API (S3's, with bearer
@@ -66,7 +66,7 @@ run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)
 ";
 
 impl Moto {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::launch(|port| {
             vec![
                 "-m".into(),
@@ -104,7 +104,7 @@ impl Moto {
         moto
     }
 
-    fn env(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("CHATWOOT_API_TOKEN", TOKEN),
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -115,7 +115,7 @@ impl Moto {
         ]
     }
 
-    fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(BUCKET)
@@ -229,7 +229,7 @@ impl Drop for Server {
 }
 
 /// Every object under `prefix`, sorted, with its bytes.
-fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -258,7 +258,7 @@ fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, Vec<u8>)>
 
 /// Writes a partition's objects to `dir` under the names the readers expect
 /// (`contacts-<run>.parquet` -> `contacts.parquet`) and returns its manifest.
-fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
+pub(crate) fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
     let mut manifest = None;
     for (name, bytes) in objects {
         let Some(file) = name.strip_prefix(&format!("{partition}/")) else {
@@ -276,7 +276,7 @@ fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> 
 }
 
 /// `contacts --base-url BASE --account-id 1 --out URL --no-progress EXTRA...`
-fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "contacts",
         "--base-url",
@@ -589,12 +589,14 @@ fn an_unreachable_object_store_fails_on_one_line() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let fake = Fake::with_contacts(20);
     let base = fake.base_url();
+    let cache = tempfile::tempdir().expect("temp dir");
     let run = run_with_env(
         &contacts_to(&base, "az://lake/one", &[]),
         &[
             ("CHATWOOT_API_TOKEN", TOKEN),
             ("AZURE_STORAGE_USE_EMULATOR", "true"),
             ("AZURITE_BLOB_STORAGE_URL", &url),
+            ("XDG_CACHE_HOME", cache.path().to_str().expect("utf-8")),
         ],
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -606,6 +608,17 @@ fn an_unreachable_object_store_fails_on_one_line() {
         lines[0]
     );
     assert!(lines[0].contains("untouched, run again"), "{}", lines[0]);
+    // The export itself finished: it is kept for --resume to publish, not fetched again.
+    let kept = format!(
+        "the finished export is kept in {}/chatwoot-export/staging/",
+        cache.path().display()
+    );
+    assert!(
+        lines[0].contains(&kept)
+            && lines[0].ends_with(": run the same command with --resume to publish it"),
+        "{}",
+        lines[0]
+    );
     assert!(!run.stderr.contains(TOKEN));
 }
 
@@ -685,7 +698,14 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
             .collect()
     };
     let tmpdir = tmp.to_str().expect("utf-8");
-    let env = [("CHATWOOT_API_TOKEN", TOKEN), ("TMPDIR", tmpdir)];
+    // The staging places live in the test's own cache folder.
+    let cache = dir.path().join("cache");
+    let cache_dir = cache.to_str().expect("utf-8");
+    let env = [
+        ("CHATWOOT_API_TOKEN", TOKEN),
+        ("TMPDIR", tmpdir),
+        ("XDG_CACHE_HOME", cache_dir),
+    ];
     let args = ["run", file.to_str().expect("utf-8"), "--no-progress"];
 
     let first = run_with_env(&args, &env);
@@ -697,6 +717,7 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         .args(args)
         .env("CHATWOOT_API_TOKEN", TOKEN)
         .env("TMPDIR", &tmp)
+        .env("XDG_CACHE_HOME", &cache)
         .env("CHATWOOT_EXPORT_TEST_PUBLISH_PAUSE_MS", "60000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -727,8 +748,21 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         );
     }
 
-    let next = run_with_env(&args, &env);
+    // The killed run's export was finished and is kept in its staging folder (its lock, left
+    // by the kill, is stale): a rerun refuses to discard it, and --resume publishes it without
+    // a request to Chatwoot.
+    let refused = run_with_env(&args, &env);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--restart"), "{}", refused.stderr);
+    let before = fake.requests();
+    let resume_args = [args[0], args[1], args[2], "--resume"];
+    let next = run_with_env(&resume_args, &env);
     assert_eq!(next.code, 0, "{}", next.stderr);
+    assert_eq!(
+        fake.requests(),
+        before,
+        "the kept export was published as it was"
+    );
     for partition in &partitions {
         assert_eq!(
             hidden_or_staged(partition),

@@ -21,3 +21,4 @@ mod redirects;
 mod robustness;
 mod secrets;
 mod sink;
+mod staged;
