@@ -657,6 +657,74 @@ mod tests {
         }
     }
 
+    /// The fast path reads a field whose last value was a number as raw text (no allocation
+    /// per number): whatever comes there next (text with escapes, other numbers, true, null,
+    /// objects, invalid JSON) gives what the general path gives, and only objects, arrays and
+    /// invalid text leave the fast path.
+    #[test]
+    fn a_field_read_as_raw_text_matches_the_general_path() {
+        let numbers = r#"{"id":1,"n":5,"custom_attributes":{"c":1.5},"additional_attributes":{"a":{"b":7}},"contact_inboxes":[{"source_id":3,"inbox":{"id":1,"name":-2,"provider":9e0}}]}"#;
+        let with = |v: &str| {
+            format!(
+                r#"{{"id":2,"n":{v},"custom_attributes":{{"c":{v}}},"additional_attributes":{{"a":{{"b":{v}}}}},"contact_inboxes":[{{"source_id":{v},"inbox":{{"id":{v},"name":{v},"provider":{v}}}}}]}}"#
+            )
+        };
+        let scalars = [
+            r#""x""#,
+            r#""a\"b\\c\/\n\u00e9\ud83d\ude00""#,
+            r#""""#,
+            r#""12""#,
+            "true",
+            "false",
+            "null",
+            "-0",
+            "0",
+            "0.1",
+            "-1.5E+3",
+            "1e400",
+            "-1E400",
+            "1E-400",
+            "12345678901234567890e+3",
+            "9007199254740993.0",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551615",
+            "18446744073709551616",
+        ];
+        let others = [
+            r#"{"k":1}"#,
+            "{}",
+            "[1,2.5]",
+            "[]",
+            r#""\ud800""#,
+            "\"tab\tinside\"",
+            "01",
+            "1.",
+            "-",
+            "+1",
+            "NaN",
+        ];
+        let mut texts = Vec::new();
+        for v in scalars.iter().chain(&others) {
+            texts.push(numbers.to_string());
+            texts.push(with(v));
+            // The id itself as that value, after an id that was a number.
+            texts.push(numbers.to_string());
+            texts.push(format!(r#"{{"id":{v},"name":"x"}}"#));
+        }
+        let fast = assert_paths_agree(&texts);
+        // Each odd value's two contacts, and the ids that are no integer (a string of digits
+        // is one), leave the fast path; no scalar field does.
+        let odd_ids = scalars
+            .iter()
+            .filter(|v| !matches!(**v, "-0" | "0" | r#""12""# | "-9223372036854775808"))
+            .count();
+        assert_eq!(
+            fast.general_path_contacts(),
+            (2 * others.len() + odd_ids) as u64
+        );
+    }
+
     #[test]
     fn numbers_keep_their_kind() {
         assert_eq!(cell_of(&json!(3)), Some(Cell::Int(3)));
