@@ -26,7 +26,6 @@ use serde::Deserialize;
 use serde::de::value::SeqAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::CellRef;
 use super::flatten::created_at_secs;
@@ -92,8 +91,6 @@ struct Node {
     seen: u32,
     /// A key `Value` treats specially (serde_json's private raw-value marker): always fall back.
     odd: bool,
-    /// Its last value was a number, so the next one is read as raw text (`ValueSeed::raw`).
-    numeric: bool,
 }
 
 /// What the fast path keeps between contacts: the key maps, and per column the serial of the
@@ -111,8 +108,6 @@ pub struct StreamState {
     /// Where each link row's `contact_id` value is, to fill in once the id is known (it may
     /// come after `contact_inboxes` in the object).
     contact_id_slots: Vec<usize>,
-    /// Per link field (`source_id`, then `inbox.<INBOX_KEYS[i]>`): its last value was a number.
-    link_numeric: [bool; 1 + INBOX_KEYS.len()],
     /// The `contacts` column of `created_at`, whose value the walk also hands back.
     created_at: u32,
 }
@@ -129,7 +124,6 @@ impl StreamState {
             next: NO_NODE,
             seen: 0,
             odd: false,
-            numeric: false,
         };
         Self {
             nodes: vec![root],
@@ -140,7 +134,6 @@ impl StreamState {
             source_id: inboxes.intern("source_id"),
             inbox_fields: INBOX_KEYS.map(|key| inboxes.intern(&format!("inbox__{key}"))),
             contact_id_slots: Vec::new(),
-            link_numeric: [false; 1 + INBOX_KEYS.len()],
             created_at: contacts.intern("created_at"),
         }
     }
@@ -209,7 +202,6 @@ impl StreamState {
             next: NO_NODE,
             seen: 0,
             odd: key.starts_with("$serde_json::private::"),
-            numeric: false,
         });
         self.nodes[parent as usize].children.insert(key.into(), id);
         id
@@ -326,32 +318,6 @@ fn fallback<E: de::Error>(why: &'static str) -> E {
     E::custom(why)
 }
 
-/// Hands `f` the cell for a number's raw text, as `number_cell` gives it for the text
-/// serde_json keeps with `arbitrary_precision`: that text writes an exponent as `e` with a sign
-/// (`1E400` is kept as `1e+400`), which matters only where the cell is the text itself.
-fn with_number_cell<R>(text: &str, f: impl FnOnce(CellRef<'_>) -> R) -> R {
-    match (number_cell(text), text.find(['e', 'E'])) {
-        (CellRef::Json(_), Some(at)) => {
-            let (mantissa, exponent) = (&text[..at], &text[at + 1..]);
-            let sign = if exponent.starts_with(['+', '-']) {
-                ""
-            } else {
-                "+"
-            };
-            f(CellRef::Json(&format!("{mantissa}e{sign}{exponent}")))
-        }
-        (cell, _) => f(cell),
-    }
-}
-
-/// Whether a leaf's cell came from a JSON number (`Json` from a scalar is a number's text).
-fn is_number(cell: Option<CellRef<'_>>) -> bool {
-    matches!(
-        cell,
-        Some(CellRef::Int(_) | CellRef::Float(_) | CellRef::Json(_))
-    )
-}
-
 /// The value of node `node`.
 struct ValueSeed<'w, 'a> {
     walk: &'w mut Walk<'a>,
@@ -362,43 +328,11 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        if self.walk.state.nodes[self.node as usize].numeric {
-            let raw = <&RawValue>::deserialize(deserializer)?;
-            return self.raw(raw.get());
-        }
         deserializer.deserialize_any(self)
     }
 }
 
 impl ValueSeed<'_, '_> {
-    /// A value read as its text, for a node whose last value was a number. With
-    /// `arbitrary_precision`, serde_json hands every number to `deserialize_any` through a new
-    /// `String` (an integer too, which it parses from that string); skipping the value and
-    /// reading its text costs no allocation, and `number_cell` gives the cell `deserialize_any`
-    /// would have led to. Scalars of other kinds are taken as that path takes them; an object
-    /// or array falls back (and the node is read the usual way from the next contact on).
-    fn raw<E: de::Error>(self, text: &str) -> Result<(), E> {
-        match text.as_bytes().first() {
-            Some(b'-' | b'0'..=b'9') => with_number_cell(text, |cell| self.number(cell)),
-            Some(b'"') => {
-                let inner = &text[1..text.len() - 1];
-                if !inner.contains('\\') {
-                    return self.visit_str(inner);
-                }
-                let unescaped: String =
-                    serde_json::from_str(text).map_err(|_| fallback("an invalid string"))?;
-                self.visit_str(&unescaped)
-            }
-            Some(b't') => self.visit_bool(true),
-            Some(b'f') => self.visit_bool(false),
-            Some(b'n') => self.visit_unit(),
-            _ => {
-                self.walk.state.nodes[self.node as usize].numeric = false;
-                Err(fallback("an object or array where a number was"))
-            }
-        }
-    }
-
     fn kind(&self) -> Kind {
         self.walk.state.nodes[self.node as usize].kind
     }
@@ -413,9 +347,9 @@ impl ValueSeed<'_, '_> {
         self.scalar(Some(CellRef::Int(value)))
     }
 
-    /// A number other than an i64 or u64, as the cell that holds it exactly.
-    fn number<E: de::Error>(self, cell: CellRef<'_>) -> Result<(), E> {
-        match (self.kind(), cell) {
+    /// A number other than an i64 or u64, as its text: the cell that holds it exactly.
+    fn number<E: de::Error>(self, text: &str) -> Result<(), E> {
+        match (self.kind(), number_cell(text)) {
             (Kind::Id, CellRef::Int(id)) => self.int(id),
             (Kind::Id, _) => Err(fallback("an id that is not an i64")),
             (_, cell) => self.scalar(Some(cell)),
@@ -425,13 +359,7 @@ impl ValueSeed<'_, '_> {
     fn scalar<E: de::Error>(self, cell: Option<CellRef<'_>>) -> Result<(), E> {
         match self.kind() {
             Kind::Root => Err(fallback("a contact that is not an object")),
-            kind => {
-                // Only leaves: a node whose values are objects never reads them as raw text.
-                if matches!(kind, Kind::Id | Kind::Field | Kind::Nested) {
-                    self.walk.state.nodes[self.node as usize].numeric = is_number(cell);
-                }
-                self.walk.leaf(self.node, cell)
-            }
+            _ => self.walk.leaf(self.node, cell),
         }
     }
 
@@ -515,7 +443,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
                 })?;
                 if first == Some(NUMBER_KEY) {
                     let text: String = map.next_value()?;
-                    return self.number(number_cell(&text));
+                    return self.number(&text);
                 }
                 match self.kind() {
                     Kind::Root => {
@@ -536,7 +464,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
                 };
                 if first == NUMBER_TOKEN {
                     let text: String = map.next_value()?;
-                    return self.number(number_cell(&text));
+                    return self.number(&text);
                 }
                 if first.starts_with("$serde_json::private::") {
                     return Err(fallback("a key serde_json treats specially"));
@@ -701,7 +629,6 @@ impl<'de> Visitor<'de> for LinkSeed<'_, '_> {
                     walk: &mut *walk,
                     column,
                     serial,
-                    slot: 0,
                 })?;
             }
         }
@@ -738,7 +665,6 @@ impl<'de> Visitor<'de> for InboxSeed<'_, '_> {
                 walk: &mut *self.walk,
                 column,
                 serial: self.serial,
-                slot: 1 + key,
             })?;
         }
         Ok(())
@@ -750,50 +676,19 @@ struct ScalarSeed<'w, 'a> {
     walk: &'w mut Walk<'a>,
     column: u32,
     serial: u32,
-    /// The field's place in `StreamState::link_numeric`.
-    slot: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for ScalarSeed<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        if self.walk.state.link_numeric[self.slot] {
-            let raw = <&RawValue>::deserialize(deserializer)?;
-            return self.raw(raw.get());
-        }
         deserializer.deserialize_any(self)
     }
 }
 
 impl ScalarSeed<'_, '_> {
     fn cell<E: de::Error>(self, cell: Option<CellRef<'_>>) -> Result<(), E> {
-        self.walk.state.link_numeric[self.slot] = is_number(cell);
         self.walk.link_leaf(self.column, self.serial, cell)
-    }
-
-    /// A value read as its text, for a field whose last value was a number (as
-    /// `ValueSeed::raw`).
-    fn raw<E: de::Error>(self, text: &str) -> Result<(), E> {
-        match text.as_bytes().first() {
-            Some(b'-' | b'0'..=b'9') => with_number_cell(text, |cell| self.cell(Some(cell))),
-            Some(b'"') => {
-                let inner = &text[1..text.len() - 1];
-                if !inner.contains('\\') {
-                    return self.cell(Some(CellRef::Str(inner)));
-                }
-                let unescaped: String =
-                    serde_json::from_str(text).map_err(|_| fallback("an invalid string"))?;
-                self.cell(Some(CellRef::Str(&unescaped)))
-            }
-            Some(b't') => self.cell(Some(CellRef::Bool(true))),
-            Some(b'f') => self.cell(Some(CellRef::Bool(false))),
-            Some(b'n') => self.cell(None),
-            _ => {
-                self.walk.state.link_numeric[self.slot] = false;
-                Err(fallback("an object or array in a contact_inboxes field"))
-            }
-        }
     }
 }
 
