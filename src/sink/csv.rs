@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use arrow::csv::{Writer, WriterBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
@@ -82,19 +82,21 @@ fn decimals_as_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
         match column.data_type() {
             DataType::Decimal128(_, scale) if *scale == crate::transform::number::SCALE => {
-                let printed: StringArray = column
-                    .as_primitive::<Decimal128Type>()
-                    .iter()
-                    .map(|units| {
-                        units.map(|units| {
+                let decimals = column.as_primitive::<Decimal128Type>();
+                // Each value printed into one reused buffer and copied once, into the array.
+                let mut printed = StringBuilder::with_capacity(decimals.len(), decimals.len() * 8);
+                for units in decimals.iter() {
+                    match units {
+                        Some(units) => {
                             text.clear();
                             crate::transform::number::write_decimal(units, &mut text);
-                            text.clone()
-                        })
-                    })
-                    .collect();
+                            printed.append_value(&text);
+                        }
+                        None => printed.append_null(),
+                    }
+                }
                 fields.push(Field::new(field.name(), DataType::Utf8, true));
-                columns.push(Arc::new(printed));
+                columns.push(Arc::new(printed.finish()));
             }
             _ => {
                 fields.push(field.as_ref().clone());

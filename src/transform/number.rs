@@ -37,21 +37,30 @@ pub fn number_cell(text: &str) -> CellRef<'_> {
 /// Whether `float`'s shortest representation is numerically `text` (so writing the float
 /// loses nothing the API sent: `0.1` and `1.50` yes, `9007199254740993.0` no).
 fn float_is_exact(float: f64, text: &str) -> bool {
+    let Some(digits) = Digits::parse(text) else {
+        return false;
+    };
+    if digits.surely_survives_f64() {
+        return true;
+    }
     let mut shortest = String::with_capacity(32);
     // `{:e}` prints the shortest digits that read back as the same f64.
     let _ = write!(shortest, "{float:e}");
-    match (Digits::parse(text), Digits::parse(&shortest)) {
-        (Some(a), Some(b)) => a.same_value(&b),
-        _ => false,
-    }
+    Digits::parse(&shortest).is_some_and(|shortest| digits.same_value(&shortest))
 }
 
 /// A decimal number's text taken apart: sign, significant digits (no leading or trailing
-/// zeros) and where the point goes: value = 0.`digits` x 10^`point`.
+/// zeros) and where the point goes: value = 0.`digits` x 10^`point`. Taken apart in one pass
+/// over the bytes and without allocating: this runs for every value of a `number` column,
+/// twice (typing the column, then building its batch), and for every JSON number with a point.
 #[derive(Debug)]
 struct Digits<'a> {
     negative: bool,
-    mantissa: &'a str,
+    /// The significant digits as they appear in the text: from the first non-zero digit to the
+    /// last one, with the point between them if it is there (empty for zero).
+    significant: &'a [u8],
+    /// How many digits `significant` holds.
+    count: i64,
     point: i64,
 }
 
@@ -59,82 +68,86 @@ impl<'a> Digits<'a> {
     /// Parses `[+-]digits[.digits][(e|E)[+-]digits]` (at least one mantissa digit; `5.` and
     /// `.5` as spreadsheets write them); `None` for anything else.
     fn parse(text: &'a str) -> Option<Self> {
-        let (negative, rest) = match text.as_bytes().first()? {
-            b'-' => (true, &text[1..]),
-            b'+' => (false, &text[1..]),
-            _ => (false, text),
+        let bytes = text.as_bytes();
+        let (negative, start) = match bytes.first()? {
+            b'-' => (true, 1),
+            b'+' => (false, 1),
+            _ => (false, 0),
         };
-        let (mantissa, exponent) = match rest.find(['e', 'E']) {
-            Some(at) => (&rest[..at], Some(&rest[at + 1..])),
-            None => (rest, None),
-        };
-        let dot = mantissa.find('.');
-        let digit_count = mantissa.len() - usize::from(dot.is_some());
-        if digit_count == 0
-            || !mantissa
-                .bytes()
-                .enumerate()
-                .all(|(i, b)| b.is_ascii_digit() || Some(i) == dot)
-        {
+        let mut at = start;
+        let mut dot = None;
+        let mut digit_count = 0i64;
+        // Byte offsets of the first and last non-zero digits, and the digits before the first.
+        let mut first = None;
+        let mut last = 0;
+        let mut leading = 0i64;
+        let mut last_index = 0i64;
+        while at < bytes.len() {
+            match bytes[at] {
+                b'0' => {
+                    digit_count += 1;
+                    if first.is_none() {
+                        leading += 1;
+                    }
+                }
+                b'1'..=b'9' => {
+                    first.get_or_insert(at);
+                    last = at;
+                    last_index = digit_count;
+                    digit_count += 1;
+                }
+                b'.' if dot.is_none() => dot = Some(digit_count),
+                b'e' | b'E' => break,
+                _ => return None,
+            }
+            at += 1;
+        }
+        if digit_count == 0 {
             return None;
         }
-        let exponent: i64 = match exponent {
-            None => 0,
-            Some(e) => {
-                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                // Saturate: beyond ±10^15 nothing fits anyway, and zero stays zero.
-                let magnitude = digits.parse::<i64>().unwrap_or(i64::MAX).min(1 << 50);
-                if e.starts_with('-') {
-                    -magnitude
-                } else {
-                    magnitude
-                }
+        let exponent: i64 = if at < bytes.len() {
+            let e = &bytes[at + 1..];
+            let (minus, digits) = match e.first() {
+                Some(b'-') => (true, &e[1..]),
+                Some(b'+') => (false, &e[1..]),
+                _ => (false, e),
+            };
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
             }
+            // Saturate: beyond ±10^15 nothing fits anyway, and zero stays zero.
+            let mut magnitude: i64 = 0;
+            for &d in digits {
+                magnitude = (magnitude * 10 + i64::from(d - b'0')).min(1 << 50);
+            }
+            if minus { -magnitude } else { magnitude }
+        } else {
+            0
         };
-        let integer_digits = dot.unwrap_or(mantissa.len()) as i64;
-        let mut digits = Self {
+        let integer_digits = dot.unwrap_or(digit_count);
+        let (significant, count) = match first {
+            None => (&bytes[0..0], 0),
+            Some(first) => (&bytes[first..=last], last_index - leading + 1),
+        };
+        Some(Self {
             negative,
-            mantissa,
-            point: integer_digits + exponent,
-        };
-        // Leading zeros move the point; trailing zeros change nothing.
-        let leading = digits.all_digits().take_while(|&d| d == 0).count();
-        digits.point -= leading as i64;
-        Some(digits)
+            significant,
+            count,
+            // Leading zeros move the point; trailing zeros change nothing.
+            point: integer_digits + exponent - leading,
+        })
     }
 
-    /// Every mantissa digit, in order.
-    fn all_digits(&self) -> impl Iterator<Item = u8> + '_ {
-        self.mantissa
-            .bytes()
+    /// The significant digits, in order.
+    fn digits(&self) -> impl Iterator<Item = u8> + '_ {
+        self.significant
+            .iter()
             .filter(|b| b.is_ascii_digit())
             .map(|b| b - b'0')
     }
 
-    /// The significant digits: without leading or trailing zeros (empty for zero).
-    fn significant(&self) -> impl Iterator<Item = u8> + '_ {
-        let count = self.all_digits().count();
-        let leading = self.all_digits().take_while(|&d| d == 0).count();
-        let trailing = if leading == count {
-            0
-        } else {
-            self.all_digits()
-                .collect::<Vec<_>>()
-                .iter()
-                .rev()
-                .take_while(|&&d| d == 0)
-                .count()
-        };
-        self.all_digits()
-            .skip(leading)
-            .take(count - leading - trailing)
-    }
-
     fn is_zero(&self) -> bool {
-        self.all_digits().all(|d| d == 0)
+        self.count == 0
     }
 
     fn same_value(&self, other: &Digits<'_>) -> bool {
@@ -143,10 +156,21 @@ impl<'a> Digits<'a> {
             (false, false) => {
                 self.negative == other.negative
                     && self.point == other.point
-                    && self.significant().eq(other.significant())
+                    && self.count == other.count
+                    && self.digits().eq(other.digits())
             }
             _ => false,
         }
+    }
+
+    /// Whether the f64 nearest to this number surely prints back as it, decided without
+    /// printing: a decimal of at most 15 significant digits (f64's `DIGITS`) in the normal
+    /// range comes back from decimal -> f64 -> 15 digits, and the f64's shortest form, which
+    /// has no more digits than it, comes back the same way, so the two are equal. `false`: the
+    /// digits must be compared.
+    fn surely_survives_f64(&self) -> bool {
+        self.is_zero()
+            || (self.count <= i64::from(f64::DIGITS) && (-290..=290).contains(&self.point))
     }
 
     /// The value in units of 10^-SCALE, if `Decimal128(PRECISION, SCALE)` holds it exactly.
@@ -154,9 +178,8 @@ impl<'a> Digits<'a> {
         if self.is_zero() {
             return Some(0);
         }
-        let significant: Vec<u8> = self.significant().collect();
         // Digits before the point: `point`; the last significant digit's place after it.
-        let fraction_digits = significant.len() as i64 - self.point;
+        let fraction_digits = self.count - self.point;
         if fraction_digits > i64::from(SCALE) {
             return None;
         }
@@ -165,14 +188,12 @@ impl<'a> Digits<'a> {
             return None;
         }
         let mut units: i128 = 0;
-        for digit in significant {
+        for digit in self.digits() {
             units = units * 10 + i128::from(digit);
         }
         // Scale up to SCALE digits after the point; at most 38 digits in all, as checked.
-        let shift = i64::from(SCALE) - fraction_digits;
-        for _ in 0..shift {
-            units *= 10;
-        }
+        let shift = (i64::from(SCALE) - fraction_digits) as u32;
+        units *= 10i128.pow(shift);
         Some(if self.negative { -units } else { units })
     }
 }
@@ -214,8 +235,14 @@ pub fn write_decimal(units: i128, out: &mut String) {
     if units < 0 {
         out.push('-');
     }
-    let _ = write!(out, "{}", magnitude / scale);
-    let fraction = magnitude % scale;
+    // Printed as u64 where they fit (the fraction always does): u128 printing is slower, and
+    // the CSV and NDJSON sinks print every value of a `number` column.
+    let whole = magnitude / scale;
+    let _ = match u64::try_from(whole) {
+        Ok(whole) => write!(out, "{whole}"),
+        Err(_) => write!(out, "{whole}"),
+    };
+    let fraction = (magnitude % scale) as u64;
     if fraction != 0 {
         let start = out.len();
         let _ = write!(out, ".{fraction:0width$}", width = SCALE as usize);
@@ -336,5 +363,42 @@ mod tests {
         assert_eq!(decimal_of_cell(CellRef::Json("{\"a\":1}")), None);
         assert_eq!(decimal_of_cell(CellRef::Float(1e25)), None);
         assert_eq!(decimal_of_cell(CellRef::Bool(true)), None);
+    }
+
+    /// The shortcut in `float_is_exact` (15 significant digits, normal range) never says exact
+    /// where printing the f64 and comparing digits would not.
+    #[test]
+    fn the_shortcut_agrees_with_printing() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config::with_cases(20_000));
+        let texts = (
+            1u64..1_000_000_000_000_000,
+            0usize..19,
+            -300i32..300,
+            any::<bool>(),
+        )
+            .prop_map(|(mantissa, point_at, exponent, negative)| {
+                let digits = mantissa.to_string();
+                let point_at = point_at.min(digits.len());
+                let sign = if negative { "-" } else { "" };
+                format!(
+                    "{sign}{}.{}e{exponent}",
+                    &digits[..point_at],
+                    &digits[point_at..]
+                )
+            });
+        runner
+            .run(&texts, |text| {
+                let digits = Digits::parse(&text).expect("a number");
+                let float: f64 = text.parse().expect("a float");
+                if digits.surely_survives_f64() && float.is_finite() {
+                    let shortest = format!("{float:e}");
+                    let printed = Digits::parse(&shortest).expect("a number");
+                    prop_assert!(digits.same_value(&printed), "{text} printed {shortest}");
+                }
+                Ok(())
+            })
+            .expect("the shortcut holds");
     }
 }
