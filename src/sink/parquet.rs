@@ -16,7 +16,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use rustc_hash::FxHashSet;
 
@@ -102,6 +102,16 @@ fn open(
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("chatwoot-export {}", env!("CARGO_PKG_VERSION")));
     for (index, field) in schema.fields().iter().enumerate() {
+        if matches!(field.data_type(), DataType::Decimal128(..)) {
+            // parquet 60 keeps a decimal column's min/max as slices of the whole batch it
+            // converted to fixed-length bytes, so every row group's statistics hold its buffers
+            // to the end: 1M contacts peaked at 68 MB instead of 40. No statistics for these
+            // columns keeps memory flat; engines then scan them instead of skipping row groups.
+            properties = properties.set_column_statistics_enabled(
+                ColumnPath::from(field.name().as_str()),
+                EnabledStatistics::None,
+            );
+        }
         let column = first.map(|batch| batch.column(index));
         if column.is_some_and(|column| mostly_distinct(column.as_ref())) {
             properties = properties
