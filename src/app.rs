@@ -5,21 +5,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::HumanCount;
-use url::{Host, Url};
+use url::Url;
 
 use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs, RunArgs, ValidateArgs};
-use crate::config::{self, Pipeline, TableSelection};
+use crate::config::{self, Pipeline, TOKEN_ENV, TableSelection, is_loopback};
 use crate::error::Error;
 use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_truth};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::report::print_summary;
 use crate::runner;
 use crate::secret::ApiToken;
 use crate::sink::Compression;
-use crate::source::{ClientOptions, FetchOptions, RetryPolicy};
+use crate::source::{ClientOptions, FetchOptions, RetryPolicy, public_base_url};
 use crate::store::{RunVars, is_url};
-
-/// The environment variable that holds the API token.
-pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
 
 pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
@@ -352,20 +350,11 @@ fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
         "http" => Err(Error::Usage(format!(
             "--base-url {} is plain http, which would send the token unencrypted: use https, or pass --allow-insecure-http",
-            crate::manifest::public_base_url(url)
+            public_base_url(url)
         ))),
         other => Err(Error::Usage(format!(
             "--base-url must be http or https, not {other}:"
         ))),
-    }
-}
-
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(name)) => name == "localhost",
-        None => false,
     }
 }
 
@@ -377,79 +366,6 @@ fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
             unresolved,
             out: summary.out.clone(),
         }),
-    }
-}
-
-/// What the summary says of the rate limit: the pace learned, and the time spent paused.
-fn pace_note(rate: &crate::manifest::RateReport) -> String {
-    let mut note = String::new();
-    if rate.mode == "learned"
-        && let Some(limit) = rate.limit_per_minute
-    {
-        note += &format!(", limit learned {}/min", HumanCount(limit.round() as u64));
-    }
-    if rate.paused_secs >= 0.5 {
-        note += &format!(", {:.0} s paused by the rate limit", rate.paused_secs);
-    }
-    note
-}
-
-pub(crate) fn print_summary(summary: &ExportSummary) {
-    print_summary_to(summary, &summary.out.display().to_string());
-}
-
-/// The human summary on stderr, naming `destination` as where the files went.
-pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
-    let listed = summary.final_count.map_or_else(
-        || "an unknown number".to_owned(),
-        |n| HumanCount(n).to_string(),
-    );
-    let fetch = &summary.fetch;
-    // Counts with thousands separators: this is for people; programs read the manifest.
-    eprintln!(
-        "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
-         ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
-        HumanCount(summary.contacts),
-        HumanCount(summary.inbox_links),
-        HumanCount(summary.pages),
-        summary.elapsed.as_secs_f64(),
-        summary.duplicates_dropped,
-        fetch.retries,
-        fetch.governor.throttled,
-        pace_note(&summary.manifest.rate),
-    );
-    let drift = &summary.drift;
-    if drift.rounds > 0 {
-        eprintln!(
-            "chatwoot-export: drift: the account changed during the export; the repair recovered {} contacts \
-             in {} requests ({} deleted during the export, {} unresolved){}",
-            drift.recovered,
-            drift.requests,
-            drift.deleted_during_export,
-            drift.unresolved,
-            drift
-                .stopped
-                .as_ref()
-                .map_or(String::new(), |why| format!("; it stopped early: {why}"))
-        );
-    }
-    let dropped = &summary.manifest.inbox_fields_dropped;
-    if !dropped.is_empty() {
-        let values: u64 = dropped.values().sum();
-        let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
-        eprintln!(
-            "chatwoot-export: note: left out {values} values of inbox fields that look like credentials \
-             ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
-             or pass --keep-inbox-secrets to keep them",
-            names.join(", ")
-        );
-    }
-    if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
-        eprintln!(
-            "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \
-             contacts were added or deleted during the export; see count_difference in manifest.json",
-            HumanCount(summary.contacts)
-        );
     }
 }
 

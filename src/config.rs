@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Table, Value};
-use url::Url;
+use url::{Host, Url};
 
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
 use crate::source::{FetchOptions, RetryPolicy};
 
+/// The environment variable that holds the API token.
+pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
 /// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
 pub const BUILTIN_FAKE: &str = "builtin:fake";
 /// The placeholders a path template may use.
@@ -495,7 +497,7 @@ fn resolve(
     let token = match (&url, token_var) {
         (Some(SourceUrl::BuiltinFake), _) | (_, Err(())) => None,
         (_, Ok(var)) => {
-            let var = var.unwrap_or_else(|| crate::app::TOKEN_ENV.to_owned());
+            let var = var.unwrap_or_else(|| TOKEN_ENV.to_owned());
             match env(&var).map(|raw| ApiToken::new(&raw)) {
                 Some(Ok(token)) => Some(token),
                 Some(Err(err)) => {
@@ -517,7 +519,7 @@ fn resolve(
     if let Some(SourceUrl::Chatwoot(url)) = &url
         && url.scheme() == "http"
         && !source.allow_insecure_http
-        && !crate::app::is_loopback(url)
+        && !is_loopback(url)
     {
         bad(
             "source.base_url",
@@ -892,6 +894,16 @@ impl KeyLines {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, line)| *line)
+    }
+}
+
+/// Whether the URL points at this machine, where plain http does not leave it.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(name)) => name == "localhost",
+        None => false,
     }
 }
 

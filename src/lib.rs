@@ -14,6 +14,7 @@ pub mod idset;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod secret;

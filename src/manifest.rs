@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::sink::{Compression, Format};
 use crate::transform::schema::TableSchema;
@@ -43,7 +42,7 @@ pub struct Manifest {
     /// could not be read (the columns were typed from their values alone).
     pub custom_attribute_definitions: Option<u64>,
     /// What the drift repair found.
-    pub drift: crate::pipeline::RepairReport,
+    pub drift: RepairReport,
     /// How many times the export was resumed after an interruption.
     pub resumes: u32,
     /// Whether `--keep-inbox-secrets` kept the credentials some servers embed in inboxes.
@@ -88,6 +87,24 @@ pub struct RateReport {
     pub paused_secs: f64,
     /// Whether the server sent `Retry-After` with its refusals.
     pub retry_after_seen: bool,
+}
+
+/// What the repair did; part of the manifest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Passes over parts that were not proven at once (0: nothing needed repair).
+    pub rounds: u32,
+    /// Requests the ledger, the check and the repair sent.
+    pub requests: u64,
+    /// Contacts found by the repair that the walk had missed.
+    pub recovered: u64,
+    /// Contacts the check could not rule out as missing: 0 only when completeness is proven.
+    pub unresolved: u64,
+    /// Contacts exported that the account no longer lists: deleted during the run.
+    pub deleted_during_export: u64,
+    /// Why the repair stopped early, if it did (its request bound, the filter endpoint
+    /// refused, ...).
+    pub stopped: Option<String>,
 }
 
 /// One output table.
@@ -144,27 +161,5 @@ impl TableEntry {
             rows,
             columns,
         }
-    }
-}
-
-/// The base URL with anything that could hold a secret removed.
-pub fn public_base_url(url: &Url) -> String {
-    let mut clean = url.clone();
-    let _ = clean.set_username("");
-    let _ = clean.set_password(None);
-    clean.set_query(None);
-    clean.set_fragment(None);
-    clean.as_str().trim_end_matches('/').to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base_url_loses_credentials_and_query() {
-        let url =
-            Url::parse("https://user:pw@chat.example.com/cw/?api_access_token=x#f").expect("valid");
-        assert_eq!(public_base_url(&url), "https://chat.example.com/cw");
     }
 }

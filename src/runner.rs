@@ -17,6 +17,7 @@ use crate::config::{Pipeline, SourceUrl};
 use crate::error::{EXIT_FAILURE, Error};
 use crate::fake::{FakeServer, FakeServerConfig};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::report::{print_summary, print_summary_to};
 use crate::rng::Rng;
 use crate::secret::ApiToken;
 use crate::source::{ClientOptions, RateGovernor};
@@ -382,7 +383,7 @@ pub fn staging_place(settings: &ExportSettings, target: &Target) -> StagingPlace
         &staging_root(),
         &target.destination,
         target.path.as_deref().unwrap_or(""),
-        &crate::manifest::public_base_url(&settings.client.base_url),
+        &crate::source::public_base_url(&settings.client.base_url),
         settings.client.account_id,
     )
 }
@@ -415,7 +416,7 @@ pub async fn export_to(
             ));
         }
         let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
-        crate::app::print_summary(&summary);
+        print_summary(&summary);
         let files = summary
             .manifest
             .tables
@@ -502,7 +503,7 @@ pub async fn export_to(
     if let Err(err) = place.discard() {
         tracing::warn!(folder = %place.folder.display(), error = %err, "cannot remove the staging folder after publishing");
     }
-    crate::app::print_summary_to(&summary, &target.destination);
+    print_summary_to(&summary, &target.destination);
     match check_drift(&summary, &target.destination) {
         Ok(()) => Ok((summary, published)),
         Err(error) => Err((error, Some(summary))),

@@ -36,6 +36,8 @@ for program in redis-server puma nginx; do
     fi
 done
 
+# No import circles between the crate's files (issue 16): stdlib Python, before anything builds.
+python3 tests/import_cycles.py src
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

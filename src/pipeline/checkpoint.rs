@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::repair::Ledger;
+use super::ledger::Ledger;
 use crate::sink::Format;
 use crate::store::owner_only;
 use crate::transform::schema::ColumnDef;

@@ -14,8 +14,9 @@ use crate::idset::IdSet;
 use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
 use crate::transform::CellRef;
-use crate::transform::flatten::{EncodedContact, FlattenError, Flattener, created_at_secs};
+use crate::transform::flatten::{EncodedContact, FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
+use crate::transform::schema::created_at_secs;
 use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
 const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];

@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod collector;
+mod ledger;
 mod repair;
 mod saver;
 mod walk;
@@ -20,20 +21,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::manifest::RepairReport;
 pub use checkpoint::{CheckpointError, JobParams};
-pub use repair::RepairReport;
 
 use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
 use saver::Saver;
 
 use crate::config::TableSelection;
-use crate::manifest::{Manifest, RateReport, Source, Tool, public_base_url};
+use crate::manifest::{Manifest, RateReport, Source, Tool};
 use crate::progress::Progress;
 use crate::sink::{Compression, Format, SinkError, SinkOptions};
 use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
-    RateGovernor, RateMode,
+    RateGovernor, RateMode, public_base_url,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::FlattenError;

@@ -35,11 +35,12 @@
 use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
-use serde::Serialize;
 
 use super::ExportError;
 use super::checkpoint::WalkState;
 use super::collector::Collector;
+use super::ledger::{Ledger, Part, Range};
+use crate::manifest::RepairReport;
 use crate::progress::Progress;
 use crate::source::{Contacts, ContactsPage, FetchError, Fetcher};
 
@@ -53,63 +54,6 @@ const MAX_PARTS: u64 = 32;
 const LISTING_TRIES: u32 = 3;
 /// Set to a number of requests to override the repair's bound (for tests and diagnosis).
 pub const MAX_REQUESTS_ENV: &str = "CHATWOOT_EXPORT_REPAIR_MAX_REQUESTS";
-
-/// What the repair did; part of the manifest.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct RepairReport {
-    /// Passes over parts that were not proven at once (0: nothing needed repair).
-    pub rounds: u32,
-    /// Requests the ledger, the check and the repair sent.
-    pub requests: u64,
-    /// Contacts found by the repair that the walk had missed.
-    pub recovered: u64,
-    /// Contacts the check could not rule out as missing: 0 only when completeness is proven.
-    pub unresolved: u64,
-    /// Contacts exported that the account no longer lists: deleted during the run.
-    pub deleted_during_export: u64,
-    /// Why the repair stopped early, if it did (its request bound, the filter endpoint
-    /// refused, ...).
-    pub stopped: Option<String>,
-}
-
-/// A `created_at` range in days since the epoch: both bounds exclusive, either open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-struct Range {
-    after: Option<i64>,
-    before: Option<i64>,
-}
-
-impl Range {
-    /// The first and last day inside the range (its bounds are exclusive; open ends are the
-    /// extreme days).
-    fn days(self) -> (i64, i64) {
-        let low = self.after.map_or(i64::MIN, |after| after.saturating_add(1));
-        let high = self
-            .before
-            .map_or(i64::MAX, |before| before.saturating_sub(1));
-        (low, high)
-    }
-}
-
-/// A past part and an upper bound of how many contacts the server listed in it at the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
-struct Part {
-    range: Range,
-    bound: u64,
-}
-
-/// The server's count of every part of the account, taken before the walk fetched anything it
-/// keeps. Saved in the checkpoint (serde), so a resumed run proves completeness with it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct Ledger {
-    /// The parts before the newest contact's day, with their counts.
-    parts: Vec<Part>,
-    /// The newest day and after, where contacts are created, and its count.
-    open: Range,
-    open_count: u64,
-    /// Requests it took.
-    requests: u64,
-}
 
 /// Whether an export of `planned_pages` takes a ledger: a small account is checked by its walk.
 pub fn wants_ledger(planned_pages: u64, small: u64) -> bool {

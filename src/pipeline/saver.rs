@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::ExportError;
 use super::checkpoint::{Checkpoint, JobParams, WalkState};
 use super::collector::Collector;
-use super::repair::Ledger;
+use super::ledger::Ledger;
 
 const EVERY: Duration = Duration::from_secs(1);
 

@@ -175,7 +175,7 @@ impl ContactsClient {
                 .and_then(|l| response.url().join(l).ok())
                 .map_or_else(
                     || "an unreadable location".to_owned(),
-                    |target| crate::manifest::public_base_url(&target),
+                    |target| public_base_url(&target),
                 );
             Err(FetchError::CrossOriginRedirect {
                 page,
@@ -277,6 +277,16 @@ impl ContactsClient {
             cause,
         }
     }
+}
+
+/// The base URL with anything that could hold a secret removed.
+pub fn public_base_url(url: &Url) -> String {
+    let mut clean = url.clone();
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean.set_query(None);
+    clean.set_fragment(None);
+    clean.as_str().trim_end_matches('/').to_owned()
 }
 
 fn parse_page(body: &[u8]) -> Result<ContactsPage, String> {
@@ -401,6 +411,13 @@ fn error_chain(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_url_loses_credentials_and_query() {
+        let url =
+            Url::parse("https://user:pw@chat.example.com/cw/?api_access_token=x#f").expect("valid");
+        assert_eq!(public_base_url(&url), "https://chat.example.com/cw");
+    }
 
     #[test]
     fn account_urls_keep_a_path_prefix() {

@@ -15,7 +15,7 @@ mod governor;
 mod page;
 mod retry;
 
-pub use client::{Attempt, ClientOptions, ContactsClient};
+pub use client::{Attempt, ClientOptions, ContactsClient, public_base_url};
 pub use definitions::AttributeDefinition;
 pub use error::{ConnectCause, FetchError};
 pub use fetcher::{FetchOptions, FetchStatus, Fetcher};

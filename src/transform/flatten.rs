@@ -20,10 +20,10 @@ use serde_json::{Map, Value};
 use super::deep::keep_deep_values_as_text;
 use super::inbox_secrets::InboxSecrets;
 use super::number::number_cell;
-use super::schema::{ColumnType, TableShape, parse_timestamp};
+use super::schema::{ColumnType, TableShape, created_at_secs};
 use super::spill::RowBuffer;
 use super::stream::{StreamState, Walk};
-use super::{Cell, CellRef, Row};
+use super::{Cell, Row};
 
 /// The `contacts` columns of the contract, in output order.
 pub const CONTACT_COLUMNS: &[(&str, ColumnType)] = &[
@@ -85,15 +85,6 @@ pub struct EncodedContact {
     pub contact: RowBuffer,
     /// One `contact_inboxes` row per inbox link.
     pub inboxes: RowBuffer,
-}
-
-/// A `created_at` cell in unix seconds: a number, or RFC 3339 text as some forks send.
-pub fn created_at_secs(cell: CellRef<'_>) -> Option<i64> {
-    match cell {
-        CellRef::Int(secs) => Some(secs),
-        CellRef::Str(text) => parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000)),
-        _ => None,
-    }
 }
 
 /// Flattens contacts and learns both tables' shapes as it goes.

@@ -118,6 +118,15 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
+/// A `created_at` cell in unix seconds: a number, or RFC 3339 text as some forks send.
+pub fn created_at_secs(cell: CellRef<'_>) -> Option<i64> {
+    match cell {
+        CellRef::Int(secs) => Some(secs),
+        CellRef::Str(text) => parse_timestamp(text).map(|micros| micros.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
 /// Whether float64 holds `int` exactly (|int| <= 2^53), so an int column may become float64.
 fn f64_holds(int: i64) -> bool {
     int.unsigned_abs() <= 1 << 53

@@ -28,12 +28,11 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 
 use super::CellRef;
-use super::flatten::created_at_secs;
 use super::number::number_cell;
 // The documented fields of a `contact_inboxes` item and of its `inbox`: the ones the secret
 // filter always keeps, so a link with only these needs no filtering.
 use super::inbox_secrets::{INBOX_FIELDS as INBOX_KEYS, LINK_FIELDS as LINK_KEYS};
-use super::schema::TableShape;
+use super::schema::{TableShape, created_at_secs};
 use super::spill::RowBuffer;
 
 /// The fast path gave up on a contact; the general path must flatten it.

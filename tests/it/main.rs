@@ -10,6 +10,7 @@ mod export;
 mod faults;
 mod files;
 mod harness;
+mod import_cycles;
 mod inbox_secrets;
 mod lake;
 mod limiters;

@@ -1,0 +1,82 @@
+//! The human summary of a run: receives an `ExportSummary` and prints it on stderr (counts,
+//! the pace of the rate limit, drift repair, credentials left out, count difference). Used by
+//! both commands that export (`app` for `contacts` and `demo`, `runner` for `run`), so it
+//! lives below both.
+
+use indicatif::HumanCount;
+
+use crate::manifest::RateReport;
+use crate::pipeline::ExportSummary;
+
+/// What the summary says of the rate limit: the pace learned, and the time spent paused.
+fn pace_note(rate: &RateReport) -> String {
+    let mut note = String::new();
+    if rate.mode == "learned"
+        && let Some(limit) = rate.limit_per_minute
+    {
+        note += &format!(", limit learned {}/min", HumanCount(limit.round() as u64));
+    }
+    if rate.paused_secs >= 0.5 {
+        note += &format!(", {:.0} s paused by the rate limit", rate.paused_secs);
+    }
+    note
+}
+
+pub(crate) fn print_summary(summary: &ExportSummary) {
+    print_summary_to(summary, &summary.out.display().to_string());
+}
+
+/// The human summary on stderr, naming `destination` as where the files went.
+pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
+    let listed = summary.final_count.map_or_else(
+        || "an unknown number".to_owned(),
+        |n| HumanCount(n).to_string(),
+    );
+    let fetch = &summary.fetch;
+    // Counts with thousands separators: this is for people; programs read the manifest.
+    eprintln!(
+        "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
+         ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
+        HumanCount(summary.contacts),
+        HumanCount(summary.inbox_links),
+        HumanCount(summary.pages),
+        summary.elapsed.as_secs_f64(),
+        summary.duplicates_dropped,
+        fetch.retries,
+        fetch.governor.throttled,
+        pace_note(&summary.manifest.rate),
+    );
+    let drift = &summary.drift;
+    if drift.rounds > 0 {
+        eprintln!(
+            "chatwoot-export: drift: the account changed during the export; the repair recovered {} contacts \
+             in {} requests ({} deleted during the export, {} unresolved){}",
+            drift.recovered,
+            drift.requests,
+            drift.deleted_during_export,
+            drift.unresolved,
+            drift
+                .stopped
+                .as_ref()
+                .map_or(String::new(), |why| format!("; it stopped early: {why}"))
+        );
+    }
+    let dropped = &summary.manifest.inbox_fields_dropped;
+    if !dropped.is_empty() {
+        let values: u64 = dropped.values().sum();
+        let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
+        eprintln!(
+            "chatwoot-export: note: left out {values} values of inbox fields that look like credentials \
+             ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
+             or pass --keep-inbox-secrets to keep them",
+            names.join(", ")
+        );
+    }
+    if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
+        eprintln!(
+            "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \
+             contacts were added or deleted during the export; see count_difference in manifest.json",
+            HumanCount(summary.contacts)
+        );
+    }
+}
