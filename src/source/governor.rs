@@ -13,15 +13,18 @@
 //! - when the server refuses (429, or 503, which is what nginx's limiter answers by default), it
 //!   stops every worker at once and sends **one probe** at a time until the server accepts
 //!   again: after `Retry-After` when the server says, otherwise soon (0.25 s) and then at whole
-//!   seconds of the server's clock, 1, 2, 5, 10, 15, 30, 60 s apart, where fixed windows turn;
+//!   seconds, 1, 2, 5, 10, 15, 30, 60 s apart, where fixed windows turn. Once a pause has ended
+//!   at a window's turn, probes count from that turn (the server's clock may be off, and puma
+//!   sends no `Date`), and go straight to the next turn once the window's length is known;
 //! - it **learns** the sustainable rate from a full cycle between two reopenings: the requests
-//!   the server accepted from one reopening to the next, over the time between them. That is
-//!   exactly the budget per window for a fixed window, and the leak rate for a bucket. A first,
-//!   partial cycle (the window may have been used before the export started) proves nothing
-//!   and changes nothing, so the rate never collapses on one early 429;
-//! - a lone refusal followed by an accepted probe (a random 503) changes nothing either;
-//! - after a quiet spell it raises its rate by a few percent, up to the rate it was told, so a
-//!   rate learned while someone else was busy on the IP recovers.
+//!   the server accepted in the cycle's last window, over that window. That is exactly the
+//!   budget per window for a fixed window, and the leak rate for a bucket (short cycles are
+//!   averaged over 5 s). A first, partial cycle (the window may have been used before the export
+//!   started) proves nothing and changes nothing, so the rate never collapses on one early 429;
+//! - a lone refusal followed by an accepted probe (a stray 503, or a pace just over a bucket's
+//!   leak) steps the pace down 10%, and a calm spell steps it back up to the rate told or
+//!   learned; past that only after a long calm, 5% at a time, so a rate learned while someone
+//!   else was busy on the IP recovers.
 //!
 //! Receives: ticket requests, answers' outcomes (with `Retry-After`) and `Date` headers. Emits:
 //! when each request may go, and a status for the progress bar and the manifest.
