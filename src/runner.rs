@@ -546,19 +546,12 @@ fn finished_export(settings: &ExportSettings) -> Result<ExportSummary, Error> {
             settings.format.extension()
         )));
     }
-    Ok(ExportSummary {
-        contacts: manifest.unique_contacts,
-        inbox_links: manifest.tables.get("contact_inboxes").map_or(0, |t| t.rows),
-        pages: manifest.pages_fetched,
-        duplicates_dropped: manifest.duplicates_dropped,
-        expected_count: manifest.expected_count,
-        final_count: manifest.final_count,
-        elapsed: Duration::ZERO,
-        out: settings.out.clone(),
-        fetch: crate::source::FetchStatus::default(),
-        drift: manifest.drift.clone(),
+    Ok(ExportSummary::from_manifest(
         manifest,
-    })
+        settings.out.clone(),
+        Duration::ZERO,
+        crate::source::FetchStatus::default(),
+    ))
 }
 
 /// Exit code 5 when the account changed and the repair could not account for every contact.

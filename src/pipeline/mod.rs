@@ -87,6 +87,30 @@ pub struct ExportSummary {
     pub manifest: Manifest,
 }
 
+impl ExportSummary {
+    /// The summary of the finished export that `manifest` describes, written to `out`.
+    pub fn from_manifest(
+        manifest: Manifest,
+        out: PathBuf,
+        elapsed: Duration,
+        fetch: FetchStatus,
+    ) -> Self {
+        Self {
+            contacts: manifest.unique_contacts,
+            inbox_links: manifest.tables.get("contact_inboxes").map_or(0, |t| t.rows),
+            pages: manifest.pages_fetched,
+            duplicates_dropped: manifest.duplicates_dropped,
+            expected_count: manifest.expected_count,
+            final_count: manifest.final_count,
+            elapsed,
+            out,
+            fetch,
+            drift: manifest.drift.clone(),
+            manifest,
+        }
+    }
+}
+
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -216,19 +240,12 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     }
     let out = dir.root().to_owned();
     dir.finish(&written)?;
-    Ok(ExportSummary {
-        contacts: manifest.unique_contacts,
-        inbox_links: manifest.tables.get("contact_inboxes").map_or(0, |t| t.rows),
-        pages: manifest.pages_fetched,
-        duplicates_dropped: manifest.duplicates_dropped,
-        expected_count: manifest.expected_count,
-        final_count: manifest.final_count,
-        elapsed: clock.elapsed(),
-        out,
-        fetch: stats,
-        drift: manifest.drift.clone(),
+    Ok(ExportSummary::from_manifest(
         manifest,
-    })
+        out,
+        clock.elapsed(),
+        stats,
+    ))
 }
 
 /// A failed run, and whether its work is worth keeping for `--resume`.
