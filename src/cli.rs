@@ -228,12 +228,25 @@ pub const DEFAULT_RATE_SHARE: f64 = 0.9;
 
 /// `--rate-share`: a fraction from 0.1 to 1.0.
 pub fn parse_rate_share(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(share) if (0.1..=1.0).contains(&share) => Ok(share),
-        _ => Err(format!(
-            "{text:?} is not a fraction from 0.1 to 1.0 (0.9 leaves 10% of the limit to others on the IP)"
-        )),
+    text.trim()
+        .parse::<f64>()
+        .map_err(|_| rate_share_range(text))
+        .and_then(|share| check_rate_share(share).map_err(|_| rate_share_range(text)))
+}
+
+/// A rate share (`--rate-share`, `fetch.rate_share`) as it is, or why it is not one.
+pub fn check_rate_share(share: f64) -> Result<f64, String> {
+    if (0.1..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(rate_share_range(&share.to_string()))
     }
+}
+
+fn rate_share_range(text: &str) -> String {
+    format!(
+        "{text:?} is not a fraction from 0.1 to 1.0 (0.9 leaves 10% of the limit to others on the IP)"
+    )
 }
 
 #[derive(Debug, Args)]

@@ -536,7 +536,7 @@ fn resolve(
             bad(key, format!("must be at least {min}"));
         }
     }
-    if let Err(why) = crate::cli::parse_rate_share(&fetch.rate_share.to_string()) {
+    if let Err(why) = crate::cli::check_rate_share(fetch.rate_share) {
         bad("fetch.rate_share", why);
     }
     if fetch.concurrency > 256 {

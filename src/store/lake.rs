@@ -637,9 +637,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_rerun_replaces_the_partition_and_keeps_foreign_files() {
-        let lake = tempfile::tempdir().expect("temp");
+    /// A finished export of one CSV row, as a run stages it.
+    fn one_row_export() -> tempfile::TempDir {
         let staging = tempfile::tempdir().expect("temp");
         std::fs::write(staging.path().join("contacts.csv"), "id\n1\n").expect("write");
         std::fs::write(
@@ -647,6 +646,13 @@ mod tests {
             r#"{"complete":true,"format":"csv","tables":{"contacts":{"files":["contacts.csv"],"rows":1,"columns":[]}}}"#,
         )
         .expect("write");
+        staging
+    }
+
+    #[tokio::test]
+    async fn a_rerun_replaces_the_partition_and_keeps_foreign_files() {
+        let lake = tempfile::tempdir().expect("temp");
+        let staging = one_row_export();
         let dest = Destination::open(lake.path().to_str().expect("utf-8")).expect("open");
         let part = lake.path().join("account_id=3");
         std::fs::create_dir_all(&part).expect("mkdir");
@@ -701,13 +707,7 @@ mod tests {
     async fn a_lake_folder_is_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let parent = tempfile::tempdir().expect("temp");
-        let staging = tempfile::tempdir().expect("temp");
-        std::fs::write(staging.path().join("contacts.csv"), "id\n1\n").expect("write");
-        std::fs::write(
-            staging.path().join(MANIFEST_FILE),
-            r#"{"complete":true,"format":"csv","tables":{"contacts":{"files":["contacts.csv"],"rows":1,"columns":[]}}}"#,
-        )
-        .expect("write");
+        let staging = one_row_export();
         let root = parent.path().join("lake");
         let dest = Destination::open(root.to_str().expect("utf-8")).expect("open");
         let vars = RunVars::now(3, chrono::Utc::now(), 7);

@@ -10,7 +10,7 @@ use chatwoot_export::fake::{FakeServerConfig, FaultConfig};
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, TOKEN, assert_no_token, export, manifest};
+use crate::harness::{Fake, TOKEN, assert_no_token, export, interrupt, manifest};
 use crate::readers::{assert_same, read};
 
 pub(crate) fn assert_exact(dir: &Path, format: &str, truth: &[Value], definitions: &Value) {
@@ -291,14 +291,9 @@ fn ctrl_c_stops_with_exit_130_and_resume_ends_exact() {
     let dir = tempfile::tempdir().expect("temp dir");
     let child = start_export(&fake, dir.path(), &[]);
     wait_for_checkpoint(dir.path(), 40);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let output = child.wait_with_output().expect("the export ends");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let stopped = interrupt(child);
+    let stderr = &stopped.stderr;
+    assert_eq!(stopped.code, 130, "{stderr}");
     assert!(
         stderr.contains("interrupted after") && stderr.contains("--resume"),
         "{stderr}"

@@ -1,7 +1,7 @@
 //! Starts the fake server on loopback and runs the binary against it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use chatwoot_export::fake::{FakeServer, FakeServerConfig};
 use serde_json::Value;
@@ -230,4 +230,19 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Sends SIGINT (Ctrl-C) to `child` and returns what it printed and its exit code.
+pub fn interrupt(child: Child) -> Run {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("the export ends");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }

@@ -13,7 +13,7 @@ use chatwoot_export::fake::FakeServerConfig;
 use serde_json::Value;
 
 use crate::expected;
-use crate::harness::{Fake, Run, TOKEN, run_with_env};
+use crate::harness::{Fake, TOKEN, interrupt, run_with_env};
 use crate::lake::{Moto, contacts_to, download, objects};
 use crate::readers::{assert_same, read};
 
@@ -25,6 +25,20 @@ fn slow_fake(accounts: u64) -> Fake {
         latency: Duration::from_millis(15),
         ..FakeServerConfig::default()
     })
+}
+
+/// Moto, a slow fake with `accounts` accounts, and a cache folder of the test's own, where
+/// the staging places go (no test leaves kept work in the real `~/.cache`).
+fn s3_job(accounts: u64) -> (Moto, Fake, tempfile::TempDir) {
+    let cache = tempfile::tempdir().expect("temp dir");
+    (Moto::start(), slow_fake(accounts), cache)
+}
+
+/// Moto's environment, with the staging places under `cache`.
+fn job_env<'a>(moto: &'a Moto, cache: &'a Path) -> Vec<(&'a str, &'a str)> {
+    let mut env = moto.env();
+    env.push(("XDG_CACHE_HOME", cache.to_str().expect("utf-8")));
+    env
 }
 
 /// The staging places' root under the test's own cache folder.
@@ -78,21 +92,6 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
     command.spawn().expect("the binary starts")
 }
 
-/// Sends SIGINT (Ctrl-C) to `child` and returns what it printed and its exit code.
-fn interrupt(child: Child) -> Run {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let output = child.wait_with_output().expect("the export ends");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 /// Asserts that the partition holds account `account_id`'s contacts and inbox links exactly
 /// as the fake serves them, and returns the contacts partition's manifest.
 fn assert_partitions_exact(
@@ -128,12 +127,8 @@ fn assert_partitions_exact(
 
 #[test]
 fn ctrl_c_mid_s3_export_keeps_the_work_a_rerun_refuses_and_resume_ends_exact() {
-    let moto = Moto::start();
-    let fake = slow_fake(1);
-    let cache = tempfile::tempdir().expect("temp dir");
-    let cache_dir = cache.path().to_str().expect("utf-8");
-    let mut env = moto.env();
-    env.push(("XDG_CACHE_HOME", cache_dir));
+    let (moto, fake, cache) = s3_job(1);
+    let env = job_env(&moto, cache.path());
     let base = fake.base_url();
     let args = contacts_to(&base, "s3://lake/resumed", &["--concurrency", "2"]);
 
@@ -221,12 +216,8 @@ fn ctrl_c_mid_s3_export_keeps_the_work_a_rerun_refuses_and_resume_ends_exact() {
 
 #[test]
 fn a_second_run_of_the_same_job_refuses_on_its_lock_and_restart_starts_over() {
-    let moto = Moto::start();
-    let fake = slow_fake(1);
-    let cache = tempfile::tempdir().expect("temp dir");
-    let cache_dir = cache.path().to_str().expect("utf-8");
-    let mut env = moto.env();
-    env.push(("XDG_CACHE_HOME", cache_dir));
+    let (moto, fake, cache) = s3_job(1);
+    let env = job_env(&moto, cache.path());
     let base = fake.base_url();
     let args = contacts_to(&base, "s3://lake/locked", &["--concurrency", "2"]);
 
@@ -269,10 +260,7 @@ fn a_second_run_of_the_same_job_refuses_on_its_lock_and_restart_starts_over() {
 
 #[test]
 fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
-    let moto = Moto::start();
-    let fake = slow_fake(2);
-    let cache = tempfile::tempdir().expect("temp dir");
-    let cache_dir = cache.path().to_str().expect("utf-8");
+    let (moto, fake, cache) = s3_job(2);
     let file = cache.path().join("two.toml");
     std::fs::write(
         &file,
@@ -281,9 +269,8 @@ fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
          [sink]\nformat = \"parquet\"\ndestination = \"s3://lake/two\"\npath = \"{table}/account_id={account_id}\"\n",
     )
     .expect("pipeline file");
-    let mut env = moto.env();
     let base = fake.base_url();
-    env.push(("XDG_CACHE_HOME", cache_dir));
+    let mut env = job_env(&moto, cache.path());
     env.push(("CHATWOOT_BASE_URL", &base));
     let file = file.to_str().expect("utf-8");
     let args = ["run", file, "--no-progress"];
