@@ -158,9 +158,7 @@ impl Fetcher {
             let permit = self.concurrency.acquire().await;
             let ticket = self.governor.acquire().await;
             self.sent.fetch_add(1, Ordering::Relaxed);
-            let sent = std::time::Instant::now();
             let answer = attempt().await;
-            let rtt = sent.elapsed();
             if let Some(date) = answer.date {
                 self.governor.observe_date(date, SystemTime::now());
             }
@@ -170,7 +168,7 @@ impl Fetcher {
             }
             let error = match answer.outcome {
                 Ok(page) => {
-                    self.governor.succeeded(ticket, rtt);
+                    self.governor.succeeded(ticket);
                     permit.done(false);
                     return Ok(page);
                 }
@@ -186,7 +184,7 @@ impl Fetcher {
                 }
                 continue;
             }
-            self.governor.succeeded(ticket, rtt);
+            self.governor.succeeded(ticket);
             throttles = 0;
             if !error.is_transient() {
                 drop(permit);

@@ -112,7 +112,6 @@ struct State {
     epoch: u64,
     pause: Option<Pause>,
     reopenings: VecDeque<Reopening>,
-    started: Option<Instant>,
     accepted: u64,
     /// When the latest requests were accepted, to count those of the last window.
     accepted_log: VecDeque<Instant>,
@@ -223,7 +222,6 @@ impl RateGovernor {
                 epoch: 0,
                 pause: None,
                 reopenings: VecDeque::new(),
-                started: None,
                 accepted: 0,
                 accepted_log: VecDeque::new(),
                 recent: VecDeque::with_capacity(RECENT),
@@ -262,7 +260,6 @@ impl RateGovernor {
             let (wait, reserved) = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                state.started.get_or_insert(now);
                 if let Some(pause) = &mut state.pause {
                     if pause.probe_out && now - pause.probe_sent > PROBE_LOST {
                         pause.probe_out = false;
@@ -334,7 +331,7 @@ impl RateGovernor {
     }
 
     /// The request with `ticket` was answered (anything but a rate limit's refusal).
-    pub fn succeeded(&self, ticket: Ticket, _rtt: Duration) {
+    pub fn succeeded(&self, ticket: Ticket) {
         let mut state = self.lock();
         let now = Instant::now();
         state.accepted += 1;

@@ -228,7 +228,7 @@ async fn simulate(run: Run) -> Outcome {
                     }
                     match verdict {
                         Ok(()) => {
-                            governor.succeeded(ticket, latency);
+                            governor.succeeded(ticket);
                             break;
                         }
                         Err(retry_after) => {
