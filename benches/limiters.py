@@ -14,7 +14,8 @@ rate (requests served / wall time / rate), wall time against the ideal (requests
 sustainable rate), the second client's rejected share, and whether the export came out exact
 (exit 0, `complete`, every contact once). A row that runs past `--max-secs` is stopped and says
 how far it got. The issue's targets: throughput >= 90% (95% for rack-attack from a clean
-window), rejected < 2%, the second client < 5%.
+window; judged here against the share of the rate the run aims for, default 90%, and raw
+with `--rate-share 1`), rejected < 2%, the second client < 5%.
 
 Not part of CI: it takes minutes a row (60 s windows). Needs the Debian packages ruby-rack-attack,
 puma, redis-server, ruby-redis and nginx (.ci/run installs them). Standard library only:
@@ -95,6 +96,11 @@ ROWS = [
     Row("ra100-10s", "rack-attack 100/10 s, window not told", "rack-attack", 100, period=10),
     Row("ra300-tab", "rack-attack 300/60 s + a second client at 1 request/s", "rack-attack",
         300, second_every=1.0),
+    Row("ra300-tab-told", "rack-attack 300/60 s + a second client at 1 request/s, told 300/60",
+        "rack-attack", 300, second_every=1.0,
+        told=("--rate-limit", "300", "--rate-window-secs", "60")),
+    Row("ra300-clean-all", "rack-attack 300/60 s, clean window, whole budget", "rack-attack", 300,
+        told=("--rate-share", "1")),
     Row("ra10-1s-retry", "1 s windows, 10/s, 429 with Retry-After (rack-attack 10/1 s)",
         "rack-attack", 10, period=1, retry_after=True),
     Row("nginx-20rs-429", "nginx 20 r/s burst 10 nodelay, 429", "nginx", rate="20r/s",
@@ -295,6 +301,7 @@ def run_row(row: Row, binary: str, contacts: int, concurrency: int, max_secs: fl
                 "row": row, "code": code, "wall": wall, "requests": len(requests),
                 "rejected": rejected, "served": served, "needed": needed,
                 "throughput": served / wall / rate, "ideal": served / rate, "exact": exact,
+                "share": manifest.get("rate", {}).get("share", 1.0),
                 "tab": (tab.rejected, tab.sent) if tab else None,
                 "stderr_tail": (work / "export.log").read_text()[-400:],
             }
@@ -305,7 +312,8 @@ def run_row(row: Row, binary: str, contacts: int, concurrency: int, max_secs: fl
 def table(results: list[dict], contacts: int) -> str:
     lines = [
         f"| scenario ({contacts:,} contacts) | requests | rejected (429/503) | throughput, % of "
-        "the limiter's rate | wall vs ideal | second client rejected | exact |",
+        "the limiter's rate (of the share it aims for) | wall vs ideal | second client rejected | "
+        "exact |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -320,7 +328,8 @@ def table(results: list[dict], contacts: int) -> str:
         share = 100 * r["rejected"] / max(r["requests"], 1)
         exact = "yes" if r["exact"] else ("stopped" if r["code"] is None else f"no (exit {r['code']})")
         lines.append(f"| {label} | {r['requests']:,} | {r['rejected']:,} ({share:.1f}%) | "
-                     f"{100 * r['throughput']:.1f}% | {wall} | {tab} | {exact} |")
+                     f"{100 * r['throughput']:.1f}% ({100 * r['throughput'] / r['share']:.0f}% of "
+                     f"{100 * r['share']:.0f}%) | {wall} | {tab} | {exact} |")
     return "\n".join(lines)
 
 
