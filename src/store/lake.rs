@@ -1,24 +1,34 @@
 //! Object store destinations (`s3://`, `gs://`, `az://`, `file://`, or a local lake folder):
-//! a finished export in a local staging folder -> data files uploaded -> manifests last ->
-//! the partitions' previous files and leftover temporary files removed.
+//! a finished export in a local staging folder -> data files put in place under fixed names ->
+//! this tool's stale files in the partitions removed -> manifests last.
 //!
 //! Receives a destination, a partition path template and a staging folder holding a complete
 //! export (`<table>.<ext>`, or `<table>-00000.<ext>`, ... when split by `rows_per_file`, and
-//! `manifest.json`); emits objects under
-//! `DEST/<template rendered for the table>/<table>-<run_id>.<ext>` (or
-//! `<table>-<run_id>-00000.<ext>`, ...) and one `_manifest.json` per partition, listing its
-//! files (the leading `_` is the Hadoop convention for files that are not data: Spark, Hive,
-//! Athena and Trino skip them when they read the partition's folder). Invariants: a
-//! partition's manifest is written only after every data file of the run is in place, and the
-//! run's data files have names no earlier run used, so a reader that follows the manifest never
-//! sees a half-written run; the files of earlier runs in the same partition are deleted only
-//! after the new manifests are in place (a scheduled job that runs twice replaces its partition
-//! cleanly). A local lake folder is written with `std::fs`, not `object_store`'s local store:
-//! every file and folder is created owner-only whatever the umask, and a file being written
-//! has a hidden name (`.<name>.tmp`) that no engine reads, so a `kill -9` mid-publish leaves
-//! nothing an engine counts; the next run of the partition removes such leftovers. Only files
-//! named like this tool's are ever deleted. Credentials and endpoints come from the usual
-//! environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by `object_store`.
+//! `manifest.json`); emits objects under `DEST/<template rendered for the table>/` with the
+//! staged names, and one manifest per partition at `DEST/_chatwoot_export/<partition>/manifest.json`,
+//! listing its files and the run's facts.
+//!
+//! Engines read the lake as folders (Spark, DuckDB and Polars globs, pyarrow datasets), not
+//! through our manifests, so the layout is made for them:
+//! - **A partition holds data files only**, the same names every run: a rerun *replaces* each
+//!   file, which is atomic for a reader of the folder (a rename over the old file in a local
+//!   folder; one PUT of the same key in an object store). A reader of a partition of one file
+//!   per table (the default) sees the old run or the new one, never both and never half.
+//!   Split partitions (`rows_per_file`) are replaced file by file: while one is published, a
+//!   reader may see some files of each run (use `format = "delta"` where that matters).
+//! - **Manifests live apart**, under `DEST/_chatwoot_export/`, so that no glob of a table's
+//!   data (`contacts/**/*.parquet`, a Polars or pyarrow read of a partition folder) meets a
+//!   JSON file. A partition's manifest is removed before its files are replaced and written
+//!   once they all are: a manifest says its files are complete.
+//! - A local file being written has a hidden name (`.<name>.tmp`) that no engine reads, so a
+//!   `kill -9` mid-publish leaves nothing an engine counts; the next run of the partition
+//!   removes such leftovers, the files of the layout earlier versions wrote
+//!   (`<table>-<run_id>.<ext>` and a `_manifest.json` inside the partition), and split files a
+//!   shorter run no longer has. Only files named like this tool's are ever deleted.
+//!
+//! Every local file and folder is created owner-only whatever the umask. Credentials and
+//! endpoints come from the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by
+//! `object_store`.
 
 use std::collections::BTreeMap;
 use std::path::{Path as LocalPath, PathBuf};
@@ -39,10 +49,17 @@ use url::Url;
 
 use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 
-/// A published partition's manifest. Named like `_SUCCESS`, so that engines reading the
-/// partition's folder (Spark, Hive, Athena, Trino) do not take it for a data file.
-pub const PARTITION_MANIFEST: &str = "_manifest.json";
 use crate::config::TABLE_NAMES;
+
+/// The folder under the destination that holds the manifests, one per partition under the
+/// partition's own path. The leading `_` is the Hadoop convention for what is not data (Spark,
+/// Hive, Athena and Trino skip it); it sits beside the tables' folders, never inside one.
+pub const MANIFESTS_FOLDER: &str = "_chatwoot_export";
+/// A partition's manifest, in its folder under `MANIFESTS_FOLDER`.
+pub const PARTITION_MANIFEST: &str = "manifest.json";
+/// Where earlier versions wrote a partition's manifest: inside the partition, which Polars
+/// and DuckDB globs trip over. Removed by the next run of the partition.
+const OLD_PARTITION_MANIFEST: &str = "_manifest.json";
 
 /// A failure to reach or write the destination.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +81,7 @@ pub enum LakeError {
         source: std::io::Error,
     },
     #[error(
-        "cannot upload {object} to {destination}: {source}; the previous run's files and manifest are untouched, run again"
+        "cannot upload {object} to {destination}: {source}; the partition's manifest stays absent until a run publishes it whole, run again"
     )]
     Upload {
         destination: String,
@@ -79,7 +96,15 @@ pub enum LakeError {
     #[error("the staged export in {} is unreadable ({detail}); please report this", path.display())]
     Staging { path: PathBuf, detail: String },
     #[error(
-        "uploaded the new run to {destination} but cannot remove the previous run's {object}: {source}; readers following manifest.json are not affected, delete it by hand"
+        "cannot replace {object} in {destination}: {source}; nothing there was changed, run again"
+    )]
+    Unreachable {
+        destination: String,
+        object: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "cannot remove the stale {object} from {destination}: {source}; readers of the folder would count its rows too, so the partition's manifest is not written: run again, or delete it by hand"
     )]
     Cleanup {
         destination: String,
@@ -231,8 +256,8 @@ impl Destination {
         })
     }
 
-    /// Uploads the complete export in `staging` into its partitions, manifests last, then
-    /// removes the partitions' files of earlier runs and any temporary files they left.
+    /// Puts the complete export in `staging` into its partitions under fixed names, removes
+    /// this tool's stale files there, then writes each partition's manifest.
     pub async fn publish(
         &self,
         staging: &LocalPath,
@@ -251,33 +276,45 @@ impl Destination {
             .as_object()
             .ok_or_else(|| staging_error("no tables".into()))?
             .clone();
-
-        // 1. Data files, under names no earlier run used (in a folder: hidden until step 2).
-        let mut published = Published::default();
+        // partition -> its tables, and each table's files, as staged (the names they keep).
         let mut partitions: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
-        let mut uploaded: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        let mut placed: Vec<(Partition, String)> = Vec::new();
+        let mut files: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (table, entry) in &tables {
-            let partition = partition_of(&vars.render(template, table));
             let staged = entry["files"]
                 .as_array()
                 .ok_or_else(|| staging_error(format!("no files for table {table}")))?;
             for file in staged {
-                // contacts.parquet -> contacts-<run_id>.parquet,
-                // contacts-00001.parquet -> contacts-<run_id>-00001.parquet
-                let (file, rest) = file
+                let file = file
                     .as_str()
-                    .and_then(|file| Some((file, file.strip_prefix(table.as_str())?)))
+                    .filter(|file| is_ours(file) && file.starts_with(table.as_str()))
                     .ok_or_else(|| staging_error(format!("unexpected file {file} in {table}")))?;
-                let name = format!("{table}-{}{rest}", vars.run_id);
-                self.upload(&staging.join(file), &partition, &name).await?;
-                uploaded.entry(table).or_default().push(name.clone());
-                placed.push((partition.clone(), name));
+                files.entry(table).or_default().push(file.to_owned());
             }
+            let partition = partition_of(&vars.render(template, table));
             partitions.entry(partition).or_default().push(table.clone());
         }
+        let placed: Vec<(Partition, String)> = partitions
+            .iter()
+            .flat_map(|(partition, tables)| {
+                tables
+                    .iter()
+                    .flat_map(|table| files.get(table.as_str()).into_iter().flatten())
+                    .map(|name| (partition.clone(), name.clone()))
+            })
+            .collect();
+        let mut published = Published::default();
 
-        // 2. In a folder, every data file is complete: all of them under their names at once.
+        // 1. The manifests go first: a partition without one is being published.
+        for partition in partitions.keys() {
+            self.delete_manifest(partition).await?;
+        }
+
+        // 2. Data files. In a folder they are written beside the partition's manifest under
+        // hidden names (Polars reads every file of a folder, hidden or not), then renamed
+        // over the old ones all at once; in an object store each PUT replaces its object whole.
+        for (partition, name) in &placed {
+            self.upload(&staging.join(name), partition, name).await?;
+        }
         if let Backend::Folder(root) = &self.backend {
             if let Some(pause) = std::env::var(TEST_PAUSE_ENV)
                 .ok()
@@ -286,8 +323,11 @@ impl Destination {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
             for (partition, name) in &placed {
-                let folder = folder_of(root, partition);
-                std::fs::rename(folder.join(temp_name(name)), folder.join(name))
+                let written = folder_of(root, &manifest_partition(partition)).join(temp_name(name));
+                owner_only_dir()
+                    .recursive(true)
+                    .create(folder_of(root, partition))
+                    .and_then(|()| std::fs::rename(written, folder_of(root, partition).join(name)))
                     .map_err(|source| self.upload_error(partition, name, source.into()))?;
             }
         }
@@ -297,36 +337,69 @@ impl Destination {
                 .map(|(partition, name)| self.show(partition, name)),
         );
 
-        // 3. One manifest per partition, listing that partition's tables: the commit marker.
-        for (partition, partition_tables) in &partitions {
-            let mut own = manifest.clone();
-            if let Some(object) = own["tables"].as_object_mut() {
-                object.retain(|name, _| partition_tables.contains(name));
-                for (name, entry) in object.iter_mut() {
-                    let files = uploaded.get(name.as_str()).cloned().unwrap_or_default();
-                    entry["files"] = Value::from(files);
-                }
-            }
-            own["run_id"] = Value::from(vars.run_id.as_str());
-            let bytes = serde_json::to_vec_pretty(&own).unwrap_or_default();
-            self.put(partition, PARTITION_MANIFEST, bytes).await?;
-            published
-                .files
-                .push(self.show(partition, PARTITION_MANIFEST));
-        }
-
-        // 4. Earlier runs' files in those partitions, now that the new manifests are in
-        // place, and the temporary files of runs that were killed while publishing.
+        // 3. This tool's files in those partitions that the run did not write: earlier
+        // versions' run-named files and in-partition manifest, split files a shorter run no
+        // longer has, and what runs killed while publishing left (there, and beside the
+        // manifest).
         for partition in partitions.keys() {
             for name in self.list(partition).await? {
-                let earlier_run = is_ours(&name) && !name.contains(&vars.run_id);
-                if earlier_run || is_leftover(&name) {
+                let written = placed.iter().any(|(p, n)| p == partition && *n == name);
+                let stale = !written && (is_ours(&name) || name == OLD_PARTITION_MANIFEST);
+                if stale || is_leftover(&name) {
                     self.delete(partition, &name).await?;
                     published.replaced.push(self.show(partition, &name));
                 }
             }
+            if let Backend::Folder(root) = &self.backend {
+                let beside = manifest_partition(partition);
+                if folder_of(root, &beside).exists() {
+                    for name in self.list(&beside).await? {
+                        if is_leftover(&name) {
+                            self.delete(&beside, &name).await?;
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. One manifest per partition, listing that partition's tables: the commit marker.
+        for (partition, partition_tables) in &partitions {
+            let mut own = manifest.clone();
+            if let Some(object) = own["tables"].as_object_mut() {
+                object.retain(|name, _| partition_tables.contains(name));
+            }
+            own["run_id"] = Value::from(vars.run_id.as_str());
+            own["partition"] = Value::from(partition.join("/"));
+            let bytes = serde_json::to_vec_pretty(&own).unwrap_or_default();
+            let at = manifest_partition(partition);
+            self.put(&at, PARTITION_MANIFEST, bytes).await?;
+            published.files.push(self.show(&at, PARTITION_MANIFEST));
         }
         Ok(published)
+    }
+
+    /// Removes `partition`'s manifest, if it has one: the first change a publish makes.
+    async fn delete_manifest(&self, partition: &Partition) -> Result<(), LakeError> {
+        let at = manifest_partition(partition);
+        if let Backend::Folder(root) = &self.backend
+            && !folder_of(root, &at).exists()
+        {
+            return Ok(());
+        }
+        self.delete(&at, PARTITION_MANIFEST)
+            .await
+            .map_err(|error| match error {
+                LakeError::Cleanup {
+                    destination,
+                    object,
+                    source,
+                } => LakeError::Unreachable {
+                    destination,
+                    object,
+                    source,
+                },
+                other => other,
+            })
     }
 
     /// Puts a staged file into `partition` as `name`: in a folder, as its hidden temporary
@@ -345,7 +418,7 @@ impl Destination {
             Backend::Folder(root) => {
                 let (local, folder, temp) = (
                     local.to_owned(),
-                    folder_of(root, partition),
+                    folder_of(root, &manifest_partition(partition)),
                     temp_name(name),
                 );
                 tokio::task::spawn_blocking(move || copy_owner_only(&local, &folder, &temp))
@@ -435,10 +508,13 @@ impl Destination {
                     _ => Ok(()),
                 }
             }
-            Backend::Store { store, prefix } => store
-                .delete(&object_of(prefix, partition, name))
-                .await
-                .map_err(Into::into),
+            Backend::Store { store, prefix } => {
+                match store.delete(&object_of(prefix, partition, name)).await {
+                    // Azure answers 404 for what is not there; S3 does not.
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    other => other.map_err(Into::into),
+                }
+            }
         };
         deleted.map_err(|source| LakeError::Cleanup {
             destination: self.display.clone(),
@@ -482,6 +558,13 @@ fn partition_of(relative: &str) -> Partition {
         .collect()
 }
 
+/// Where `partition`'s manifest lives: the same path under `MANIFESTS_FOLDER`.
+fn manifest_partition(partition: &Partition) -> Partition {
+    std::iter::once(MANIFESTS_FOLDER.to_owned())
+        .chain(partition.iter().cloned())
+        .collect()
+}
+
 fn folder_of(root: &LocalPath, partition: &Partition) -> PathBuf {
     partition
         .iter()
@@ -498,8 +581,9 @@ fn object_of(prefix: &Path, partition: &Partition, name: &str) -> Path {
         .fold(prefix.clone(), |path, part| path.join(part))
 }
 
-/// The temporary name of `name` while it is written: hidden (a leading `.`) from Spark, Hive,
-/// Trino, DuckDB globs, Polars and pyarrow datasets alike.
+/// The temporary name of `name` while it is written, beside the partition's manifest: hidden
+/// (a leading `.`) and ending in `.tmp`, so that even a glob of the whole lake
+/// (`lake/**/*.parquet`) never matches it.
 fn temp_name(name: &str) -> String {
     format!(".{name}.tmp")
 }
@@ -539,18 +623,17 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
     rest.next().is_none().then_some(name)
 }
 
-/// Whether a file name is one this tool writes (`<table>-<run_id>.<ext>`,
-/// `<table>-<run_id>-<n>.<ext>`): only those are ever deleted, whatever else shares the
-/// partition.
+/// Whether a file name is one this tool writes (`<table>.<ext>`, `<table>-<n>.<ext>`, and
+/// earlier versions' `<table>-<run_id>.<ext>`, `<table>-<run_id>-<n>.<ext>`): only those are
+/// ever deleted, whatever else shares the partition.
 fn is_ours(name: &str) -> bool {
     TABLE_NAMES.iter().any(|table| {
-        name.strip_prefix(table)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|rest| {
-                [".parquet", ".csv", ".ndjson"]
-                    .iter()
-                    .any(|ext| rest.ends_with(ext))
+        name.strip_prefix(table).is_some_and(|rest| {
+            [".parquet", ".csv", ".ndjson"].iter().any(|ext| {
+                rest == *ext
+                    || (rest.starts_with('-') && rest.len() > 1 + ext.len() && rest.ends_with(ext))
             })
+        })
     })
 }
 
@@ -559,7 +642,9 @@ fn is_ours(name: &str) -> bool {
 /// `object_store`'s local store) wrote a file into a lake folder, visible to every engine. `<name>` is
 /// one of this tool's data files or a partition manifest; nothing else is ever matched.
 fn is_leftover(name: &str) -> bool {
-    let ours = |inner: &str| is_ours(inner) || inner == PARTITION_MANIFEST;
+    let ours = |inner: &str| {
+        is_ours(inner) || inner == PARTITION_MANIFEST || inner == OLD_PARTITION_MANIFEST
+    };
     if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
         return ours(inner);
     }
@@ -590,9 +675,13 @@ mod tests {
         assert!(is_ours("contacts-20250304T050607Z-000abc.parquet"));
         assert!(is_ours("contact_inboxes-x.csv"));
         assert!(is_ours("contacts-20250304T050607Z-000abc-00001.parquet"));
-        assert!(!is_ours("contacts.parquet"));
+        assert!(is_ours("contacts.parquet"));
+        assert!(is_ours("contact_inboxes-00001.ndjson"));
+        assert!(!is_ours("contacts-.parquet"));
+        assert!(!is_ours("contacts.parquet.bak"));
         assert!(!is_ours("manifest.json"));
         assert!(!is_ours(PARTITION_MANIFEST));
+        assert!(!is_ours(OLD_PARTITION_MANIFEST));
         assert!(!is_ours("notes-1.parquet"));
         assert!(!is_ours("contacts-1.txt"));
     }
@@ -603,6 +692,8 @@ mod tests {
             ".contacts-20250304T050607Z-000abc.parquet.tmp",
             ".contact_inboxes-x-00001.csv.tmp",
             "._manifest.json.tmp",
+            ".manifest.json.tmp",
+            ".contacts.parquet.tmp",
             "contact_inboxes-20250304T050607Z-000abc.parquet#1",
             "contacts-x-00002.ndjson#17",
             "_manifest.json#3",
@@ -614,7 +705,7 @@ mod tests {
             "_manifest.json",
             ".hidden",
             ".notes.tmp",
-            ".contacts.parquet.tmp",
+            ".contacts.txt.tmp",
             "notes.parquet#1",
             "contacts-x.parquet#",
             "contacts-x.parquet#1a",
@@ -657,26 +748,26 @@ mod tests {
         let part = lake.path().join("account_id=3");
         std::fs::create_dir_all(&part).expect("mkdir");
         std::fs::write(part.join("README.txt"), "keep").expect("write");
-        let mut names = Vec::new();
+        // What earlier versions and runs killed while publishing leave, and a user's hidden
+        // file, before the first run.
+        for leftover in [
+            "contacts-20000101T000000Z-000001.csv",
+            "contact_inboxes-20000101T000000Z-000001-00002.csv",
+            "_manifest.json",
+            ".contacts-20000101T000000Z-000001.csv.tmp",
+            "contact_inboxes-20000101T000000Z-000001.csv#1",
+            "._manifest.json.tmp",
+            ".notes.tmp",
+        ] {
+            std::fs::write(part.join(leftover), "x").expect("write");
+        }
+        let mut run_ids = Vec::new();
         for nonce in [1, 2] {
             let vars = RunVars::now(3, chrono::Utc::now(), nonce);
             dest.publish(staging.path(), "account_id={account_id}", &vars)
                 .await
                 .expect("publish");
-            names.push(format!("contacts-{}.csv", vars.run_id));
-            if nonce == 2 {
-                break;
-            }
-            // What runs killed while publishing leave (this version's and earlier ones'),
-            // and a user's hidden file, before the second run.
-            for leftover in [
-                ".contacts-20000101T000000Z-000001.csv.tmp",
-                "contact_inboxes-20000101T000000Z-000001.csv#1",
-                "._manifest.json.tmp",
-                ".notes.tmp",
-            ] {
-                std::fs::write(part.join(leftover), "x").expect("write");
-            }
+            run_ids.push(vars.run_id);
         }
         std::fs::remove_file(part.join(".notes.tmp")).expect("the user's file was kept");
         let mut left: Vec<String> = std::fs::read_dir(&part)
@@ -684,22 +775,19 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
+        assert_eq!(left, ["README.txt", "contacts.csv"]);
         assert_eq!(
-            left,
-            vec![
-                "README.txt".to_owned(),
-                PARTITION_MANIFEST.into(),
-                names[1].clone(),
-            ]
+            std::fs::read_to_string(part.join("contacts.csv")).expect("read"),
+            "id\n1\n"
         );
+        let manifest_at = lake.path().join(MANIFESTS_FOLDER).join("account_id=3");
         let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(part.join(PARTITION_MANIFEST)).expect("read"),
+            &std::fs::read_to_string(manifest_at.join(PARTITION_MANIFEST)).expect("read"),
         )
         .expect("json");
-        assert_eq!(
-            manifest["tables"]["contacts"]["files"][0],
-            names[1].as_str()
-        );
+        assert_eq!(manifest["tables"]["contacts"]["files"][0], "contacts.csv");
+        assert_eq!(manifest["run_id"], run_ids[1].as_str());
+        assert_eq!(manifest["partition"], "account_id=3");
     }
 
     #[cfg(unix)]
@@ -723,8 +811,15 @@ mod tests {
             .expect("dir")
             .map(|e| e.expect("entry").path())
             .collect();
-        assert_eq!(files.len(), 2, "the data file and the manifest: {files:?}");
-        for file in files {
+        assert_eq!(files.len(), 1, "the data file only: {files:?}");
+        let manifests = root.join(MANIFESTS_FOLDER);
+        for folder in [&manifests, &manifests.join("contacts/account_id=3")] {
+            assert_eq!(mode(folder), 0o700, "{}", folder.display());
+        }
+        let manifest = manifests
+            .join("contacts/account_id=3")
+            .join(PARTITION_MANIFEST);
+        for file in files.into_iter().chain([manifest]) {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
         }
     }

@@ -4,7 +4,7 @@
 //! objects read back and compared with the fake Chatwoot's ground truth.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path as LocalPath;
+use std::path::{Path as LocalPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -256,23 +256,48 @@ pub(crate) fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String
     })
 }
 
-/// Writes a partition's objects to `dir` under the names the readers expect
-/// (`contacts-<run>.parquet` -> `contacts.parquet`) and returns its manifest.
+/// Where the manifest of the partition at object path `partition` may be: for each way of
+/// splitting it into the destination's prefix and the partition under it,
+/// `PREFIX/_chatwoot_export/PARTITION/manifest.json`.
+fn manifest_candidates(partition: &str) -> Vec<String> {
+    let parts: Vec<&str> = partition.split('/').filter(|p| !p.is_empty()).collect();
+    (0..=parts.len())
+        .map(|at| {
+            let (root, rel) = parts.split_at(at);
+            root.iter()
+                .copied()
+                .chain(["_chatwoot_export"])
+                .chain(rel.iter().copied())
+                .chain(["manifest.json"])
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+/// Writes a partition's data objects to `dir` under their names and returns its manifest,
+/// which lives apart from the data, under the destination's `_chatwoot_export/`. A
+/// partition holds data files only: anything else in it fails the test.
 pub(crate) fn download(objects: &[(String, Vec<u8>)], partition: &str, dir: &LocalPath) -> Value {
+    let candidates = manifest_candidates(partition);
     let mut manifest = None;
     for (name, bytes) in objects {
-        let Some(file) = name.strip_prefix(&format!("{partition}/")) else {
-            continue;
-        };
-        if file == "_manifest.json" {
+        if candidates.contains(name) {
             manifest = Some(serde_json::from_slice(bytes).expect("manifest is JSON"));
-        } else {
-            let (table, rest) = file.split_once('-').expect("<table>-<run_id>.<ext>");
-            let ext = rest.rsplit('.').next().expect("extension");
-            std::fs::write(dir.join(format!("{table}.{ext}")), bytes).expect("write");
+        } else if let Some(file) = name.strip_prefix(&format!("{partition}/")) {
+            if file.contains('/') {
+                continue; // a deeper partition, or the manifests' folder
+            }
+            assert!(
+                [".parquet", ".csv", ".ndjson"]
+                    .iter()
+                    .any(|ext| file.ends_with(ext)),
+                "only data files in the partition: {name}"
+            );
+            std::fs::write(dir.join(file), bytes).expect("write");
         }
     }
-    manifest.expect("a manifest in the partition")
+    manifest.expect("a manifest for the partition")
 }
 
 /// `contacts --base-url BASE --account-id 1 --out URL --no-progress EXTRA...`
@@ -384,7 +409,7 @@ fn export_twice_to(store: &Arc<dyn ObjectStore>, url: &str, env: &[(&str, &str)]
     let run_id = manifest["run_id"].as_str().expect("run_id").to_owned();
     assert_eq!(
         manifest["tables"]["contacts"]["files"][0],
-        format!("contacts-{run_id}.parquet")
+        "contacts.parquet"
     );
     let truth = fake.truth();
     let (contacts, inboxes) = expected::tables(&truth, &fake.definitions());
@@ -399,25 +424,19 @@ fn export_twice_to(store: &Arc<dyn ObjectStore>, url: &str, env: &[(&str, &str)]
     assert_no_token_in(&listed);
     assert!(!first.stderr.contains(TOKEN));
 
-    // The same job again: the new run's files, and only those, remain.
+    // The same job again: the new run's files replace the first run's under the same names.
     std::thread::sleep(Duration::from_millis(1100)); // run ids have second resolution
     let second = run_with_env(&args, env);
     assert_eq!(second.code, 0, "{}", second.stderr);
     let relisted = objects(store, "one");
-    assert_eq!(
-        relisted.len(),
-        3,
-        "{:?}",
-        relisted.iter().map(|o| &o.0).collect::<Vec<_>>()
-    );
+    let names = |listed: &[(String, Vec<u8>)]| -> Vec<String> {
+        listed.iter().map(|o| o.0.clone()).collect()
+    };
+    assert_eq!(names(&relisted), names(&listed));
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = download(&relisted, "one", dir.path());
     let new_id = manifest["run_id"].as_str().expect("run_id");
     assert_ne!(new_id, run_id);
-    assert!(
-        relisted.iter().all(|(name, _)| !name.contains(&run_id)),
-        "the first run's files are gone"
-    );
     assert_same(
         "contacts",
         "parquet",
@@ -507,7 +526,7 @@ fn the_nightly_pipeline_writes_hive_partitions_to_s3() {
 }
 
 #[test]
-fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
+fn split_files_are_replaced_by_name_and_a_rerun_with_fewer_removes_the_rest() {
     let moto = Moto::start();
     let fake = Fake::with_contacts(200);
     let store = moto.store();
@@ -530,12 +549,13 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
         let manifest: Value = serde_json::from_slice(
             &listed
                 .iter()
-                .find(|(name, _)| name == "split/_manifest.json")
+                .find(|(name, _)| name == "split/_chatwoot_export/manifest.json")
                 .expect("a manifest")
                 .1,
         )
         .expect("JSON");
         let run_id = manifest["run_id"].as_str().expect("run_id");
+        assert_ne!(previous.as_deref(), Some(run_id), "a new run");
         let files: Vec<String> = manifest["tables"]["contacts"]["files"]
             .as_array()
             .expect("files")
@@ -543,37 +563,28 @@ fn split_files_go_up_with_the_run_id_and_a_rerun_with_fewer_removes_the_rest() {
             .map(|f| f.as_str().expect("name").to_owned())
             .collect();
         let want: Vec<String> = (0..parts)
-            .map(|i| format!("contacts-{run_id}-{i:05}.parquet"))
+            .map(|i| format!("contacts-{i:05}.parquet"))
             .collect();
         assert_eq!(files, want);
-        // Every object in the prefix is this run's: the listed files and the manifest.
-        let inboxes = manifest["tables"]["contact_inboxes"]["files"]
+        // Every object in the prefix is this run's: the listed files and the manifest (the
+        // first run's third part is gone).
+        let inboxes: Vec<String> = manifest["tables"]["contact_inboxes"]["files"]
             .as_array()
             .expect("files")
-            .len();
-        assert_eq!(
-            listed.len(),
-            parts + inboxes + 1,
-            "{:?}",
-            listed.iter().map(|o| &o.0).collect::<Vec<_>>()
-        );
-        assert!(
-            listed
-                .iter()
-                .all(|(name, _)| name.contains(run_id) || name.ends_with("_manifest.json"))
-        );
-        if let Some(previous) = &previous {
-            assert!(
-                listed
-                    .iter()
-                    .all(|(name, _)| !name.contains(previous.as_str()))
-            );
-        }
+            .iter()
+            .map(|f| format!("split/{}", f.as_str().expect("name")))
+            .collect();
+        let mut want_listed: Vec<String> = files
+            .iter()
+            .map(|f| format!("split/{f}"))
+            .chain(inboxes)
+            .chain(["split/_chatwoot_export/manifest.json".to_owned()])
+            .collect();
+        want_listed.sort();
+        let names: Vec<&String> = listed.iter().map(|o| &o.0).collect();
+        assert_eq!(names, want_listed.iter().collect::<Vec<_>>());
         let dir = tempfile::tempdir().expect("temp dir");
-        for (name, bytes) in &listed {
-            let file = name.strip_prefix("split/").expect("in the prefix");
-            std::fs::write(dir.path().join(file), bytes).expect("write");
-        }
+        download(&listed, "split", dir.path());
         let (got, counts) = read_files(dir.path(), &files, "parquet", &contacts);
         assert_eq!(counts.iter().sum::<usize>(), 200);
         assert_eq!(manifest["tables"]["contacts"]["rows"], 200);
@@ -602,12 +613,20 @@ fn an_unreachable_object_store_fails_on_one_line() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
+    // The first change a publish makes is removing the partition's manifest: it fails, and
+    // nothing at the destination changed.
     assert!(
-        lines[0].starts_with("chatwoot-export: error: cannot upload az://lake/one/"),
+        lines[0].starts_with(
+            "chatwoot-export: error: cannot replace az://lake/one/_chatwoot_export/manifest.json in az://lake/one: "
+        ),
         "{}",
         lines[0]
     );
-    assert!(lines[0].contains("untouched, run again"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("nothing there was changed, run again"),
+        "{}",
+        lines[0]
+    );
     // The export itself finished: it is kept for --resume to publish, not fetched again.
     let kept = format!(
         "the finished export is kept in {}/chatwoot-export/staging/",
@@ -622,15 +641,16 @@ fn an_unreachable_object_store_fails_on_one_line() {
     assert!(!run.stderr.contains(TOKEN));
 }
 
-/// The rows pyarrow (`pyarrow.dataset` on the folder) and DuckDB (`read_parquet('DIR/*.parquet')`)
-/// read from each folder, as `[pyarrow, duckdb]`.
-fn engine_counts(folders: &[&LocalPath]) -> Vec<[u64; 2]> {
+/// The rows pyarrow (`pyarrow.dataset` on the folder), DuckDB (`read_parquet('DIR/**')`, every
+/// file under it) and Polars (`read_parquet(DIR)`, the folder as it is) read from each folder,
+/// as `[pyarrow, duckdb, polars]`: none of them is told to skip anything.
+fn engine_counts(folders: &[&LocalPath]) -> Vec<[u64; 3]> {
     const COUNT: &str = "
-import sys, duckdb, pyarrow.dataset as ds
+import sys, duckdb, polars, pyarrow.dataset as ds
 for folder in sys.argv[1:]:
     arrow = ds.dataset(folder, format='parquet').count_rows()
-    duck = duckdb.execute('SELECT count(*) FROM read_parquet(?)', [folder + '/*.parquet']).fetchone()[0]
-    print(arrow, duck)
+    duck = duckdb.execute('SELECT count(*) FROM read_parquet(?)', [folder + '/**']).fetchone()[0]
+    print(arrow, duck, polars.read_parquet(folder).height)
 ";
     let args: Vec<&str> = folders.iter().map(|f| f.to_str().expect("utf-8")).collect();
     run_python(COUNT, &args)
@@ -640,21 +660,18 @@ for folder in sys.argv[1:]:
                 .split(' ')
                 .map(|n| n.parse().expect("a count"))
                 .collect();
-            [counts[0], counts[1]]
+            [counts[0], counts[1], counts[2]]
         })
         .collect()
 }
 
 /// The entries of a partition folder whose names an engine would skip or that look like a
-/// staging file (`.x`, `_x`, `x#1`), the partition manifest aside.
+/// staging file (`.x`, `_x`, `x#1`).
 fn hidden_or_staged(folder: &LocalPath) -> Vec<String> {
     std::fs::read_dir(folder)
         .expect("partition")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| {
-            name != "_manifest.json"
-                && (name.starts_with('.') || name.starts_with('_') || name.contains('#'))
-        })
+        .filter(|name| name.starts_with('.') || name.starts_with('_') || name.contains('#'))
         .collect()
 }
 
@@ -688,10 +705,11 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
     let manifest_rows = || -> Vec<u64> {
         ["contacts", "contact_inboxes"]
             .iter()
-            .zip(&partitions)
-            .map(|(table, partition)| {
-                let text =
-                    std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest");
+            .map(|table| {
+                let at = lake.join(format!(
+                    "_chatwoot_export/{table}/account_id=1/manifest.json"
+                ));
+                let text = std::fs::read_to_string(at).expect("manifest");
                 let manifest: Value = serde_json::from_str(&text).expect("json");
                 manifest["tables"][table]["rows"].as_u64().expect("rows")
             })
@@ -724,8 +742,12 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary starts");
+    let beside: Vec<PathBuf> = ["contacts", "contact_inboxes"]
+        .iter()
+        .map(|table| lake.join(format!("_chatwoot_export/{table}/account_id=1")))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while partitions.iter().any(|p| hidden_or_staged(p).is_empty()) {
+    while beside.iter().any(|p| hidden_or_staged(p).is_empty()) {
         assert!(
             Instant::now() < deadline,
             "no temporary file appeared within 60 s"
@@ -735,15 +757,24 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
     // Mid-publish, the engines still read exactly the first run.
     let counts = engine_counts(&folders);
     for (count, rows) in counts.iter().zip(&rows) {
-        assert_eq!(count, &[*rows, *rows], "the temporary file is read as data");
+        assert_eq!(count, &[*rows; 3], "the temporary file is read as data");
     }
     killed.kill().expect("SIGKILL");
     killed.wait().expect("reaped");
     for partition in &partitions {
-        let left = hidden_or_staged(partition);
+        assert_eq!(
+            hidden_or_staged(partition),
+            Vec::<String>::new(),
+            "the partition holds data files only"
+        );
+    }
+    for folder in &beside {
+        let left = hidden_or_staged(folder);
         assert!(
-            left.iter()
-                .all(|name| name.starts_with('.') && name.ends_with(".tmp")),
+            !left.is_empty()
+                && left
+                    .iter()
+                    .all(|name| name.starts_with('.') && name.ends_with(".tmp")),
             "{left:?}"
         );
     }
@@ -763,9 +794,9 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
         before,
         "the kept export was published as it was"
     );
-    for partition in &partitions {
+    for folder in partitions.iter().chain(&beside) {
         assert_eq!(
-            hidden_or_staged(partition),
+            hidden_or_staged(folder),
             Vec::<String>::new(),
             "the next run removed the leftovers"
         );
@@ -773,10 +804,6 @@ fn kill_9_while_publishing_to_a_lake_folder_leaves_nothing_engines_read() {
     let rows = manifest_rows();
     assert_eq!(rows[0], fake.truth().len() as u64);
     for (count, rows) in engine_counts(&folders).iter().zip(&rows) {
-        assert_eq!(
-            count,
-            &[*rows, *rows],
-            "every engine reads the manifest's rows"
-        );
+        assert_eq!(count, &[*rows; 3], "every engine reads the manifest's rows");
     }
 }

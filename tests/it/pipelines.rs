@@ -301,10 +301,13 @@ fn several_accounts_share_a_run_and_one_failure_loses_nothing_else() {
             .to_string_lossy()
             .starts_with("dt=")
     );
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(day.join("_manifest.json")).expect("manifest"),
-    )
-    .expect("json");
+    let manifest_at = lake
+        .join("_chatwoot_export/contacts/account_id=1")
+        .join(day.file_name().expect("dt="))
+        .join("manifest.json");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest_at).expect("manifest"))
+            .expect("json");
     let file_name = manifest["tables"]["contacts"]["files"][0]
         .as_str()
         .expect("file");
@@ -389,10 +392,10 @@ fn several_accounts_on_one_host_keep_within_one_shared_request_budget() {
         assert_eq!(account["throttled"], 0);
         assert_eq!(account["requests"], 9, "{account}");
         let partition = lake.join(format!("account_id={id}"));
-        let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest"),
-        )
-        .expect("json");
+        let manifest_at = lake.join(format!("_chatwoot_export/account_id={id}/manifest.json"));
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest_at).expect("manifest"))
+                .expect("json");
         let truth = fake.truth_of(id);
         let (contacts, inboxes) = expected::tables(&truth, &fake.definitions_of(id));
         for (table, want) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
