@@ -9,6 +9,7 @@
 //! text straight to spill-encoded rows, with no `serde_json::Value` in between.
 
 pub mod batch;
+pub mod column_names;
 pub mod deep;
 pub mod flatten;
 pub mod inbox_secrets;
