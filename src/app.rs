@@ -126,6 +126,7 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         tables: TableSelection::default(),
         governor: None,
         speculate: true,
+        schemas: None,
     };
     let kept = runner::KeptWork::from_flags(args.output.resume, args.output.restart, false);
     if let Some(url) = object_store_url(&settings) {
@@ -217,6 +218,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         tables: TableSelection::default(),
         governor: None,
         speculate: true,
+        schemas: None,
     };
     if let Some(url) = object_store_url(&settings) {
         // A demo has nothing worth keeping: it starts over.

@@ -16,7 +16,7 @@ use url::Url;
 use crate::config::{Pipeline, SourceUrl};
 use crate::error::{EXIT_FAILURE, Error};
 use crate::fake::{FakeServer, FakeServerConfig};
-use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::pipeline::{ExportSettings, ExportSummary, SharedSchemas, export};
 use crate::report::{print_summary, print_summary_to};
 use crate::rng::Rng;
 use crate::secret::ApiToken;
@@ -164,6 +164,9 @@ pub async fn run_pipeline(
         pipeline.fetch.rate_share,
     ));
     let several = pipeline.accounts.len() > 1;
+    // Several accounts write their tables in one schema, the union of all of theirs, so that
+    // engines reading the lake's folders see every column in every file.
+    let schemas = several.then(|| Arc::new(SharedSchemas::new(pipeline.accounts.clone())));
     let target = Target {
         destination: pipeline.sink.destination.clone(),
         path: pipeline.sink.path.clone(),
@@ -195,6 +198,7 @@ pub async fn run_pipeline(
                 tables: pipeline.tables.clone(),
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
+                schemas: schemas.clone(),
             };
             (settings, RunVars::now(account_id, started, nonce))
         })
@@ -221,7 +225,15 @@ pub async fn run_pipeline(
     }
     let jobs = jobs.into_iter().map(|(settings, vars)| {
         let target = target.clone();
-        async move { account(settings, &target, &vars, kept).await }
+        async move {
+            let schemas = settings.schemas.clone();
+            let report = account(settings, &target, &vars, kept).await;
+            // Ended without writing (failed, or only published kept work): nobody waits for it.
+            if let Some(schemas) = schemas {
+                schemas.leave(vars.account_id);
+            }
+            report
+        }
     });
     let accounts = futures::future::join_all(jobs).await;
     for server in servers {

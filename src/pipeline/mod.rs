@@ -14,6 +14,7 @@ mod collector;
 mod ledger;
 mod repair;
 mod saver;
+mod shared_schema;
 mod walk;
 mod write;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::manifest::RepairReport;
 pub use checkpoint::{CheckpointError, JobParams};
+pub use shared_schema::SharedSchemas;
 
 use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
@@ -69,6 +71,9 @@ pub struct ExportSettings {
     /// trip saved, and a few requests wasted on a small account. Off when several accounts
     /// share one budget, where many small accounts would waste much of it.
     pub speculate: bool,
+    /// Where the accounts of one run agree on one schema per table before writing; `None`:
+    /// this export's own columns.
+    pub schemas: Option<Arc<SharedSchemas>>,
 }
 
 /// What a finished export reports.
@@ -423,6 +428,14 @@ async fn run(
         csv_safe: settings.csv_safe,
         compression: settings.compression,
     };
+    let union = match &settings.schemas {
+        Some(shared) => {
+            progress.phase("waiting for the run's other accounts");
+            let mine = write::columns_of(&flattener);
+            Some(shared.agree(params.account_id, mine).await)
+        }
+        None => None,
+    };
     let (tables, written) = write::write_tables(
         settings.format,
         options,
@@ -430,6 +443,7 @@ async fn run(
         &settings.tables,
         dir,
         &flattener,
+        union.as_ref(),
         &spills,
         progress,
     )

@@ -14,6 +14,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use super::ExportError;
+use super::shared_schema::TableColumns;
 use crate::config::{ColumnFilter, TableSelection};
 use crate::manifest::TableEntry;
 use crate::progress::Progress;
@@ -40,10 +41,22 @@ pub fn write_tables(
     selection: &TableSelection,
     dir: &OutputDir,
     flattener: &Flattener,
+    union: Option<&TableColumns>,
     spills: &[PathBuf; 2],
     progress: &Progress,
 ) -> Result<(BTreeMap<String, TableEntry>, Vec<PathBuf>), ExportError> {
-    let schemas = [flattener.contacts.finish(), flattener.inboxes.finish()];
+    // With the run's other accounts' columns merged in, when there are several accounts.
+    let schemas = TABLES
+        .into_iter()
+        .zip([&flattener.contacts, &flattener.inboxes])
+        .map(|(table, shape)| match union.and_then(|u| u.get(table)) {
+            Some(others) => {
+                let mut shape = shape.clone();
+                shape.merge(others);
+                shape.finish()
+            }
+            None => shape.finish(),
+        });
     let mut tables = BTreeMap::new();
     let mut written = Vec::new();
     for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
@@ -69,6 +82,15 @@ pub fn write_tables(
         tables.insert(table.to_owned(), entry);
     }
     Ok((tables, written))
+}
+
+/// The columns this export met, per table, to agree on with the run's other accounts.
+pub fn columns_of(flattener: &Flattener) -> TableColumns {
+    TABLES
+        .into_iter()
+        .zip([&flattener.contacts, &flattener.inboxes])
+        .map(|(table, shape)| (table.to_owned(), shape.columns()))
+        .collect()
 }
 
 /// The positions of the columns the filter keeps. Filtering happens on the final schema, at

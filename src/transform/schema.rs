@@ -78,6 +78,23 @@ impl ColumnType {
         }
     }
 
+    /// The narrowest type that holds the values of both types: how one column of several
+    /// accounts gets one type in a run. Commutative and associative, so every account of a
+    /// run arrives at the same types whatever the order.
+    pub fn join(self, other: ColumnType) -> ColumnType {
+        use ColumnType as T;
+        match (self, other) {
+            (a, b) if a == b => a,
+            (T::Null, other) | (other, T::Null) => other,
+            (T::Int, T::LargeInt) | (T::LargeInt, T::Int) => T::LargeInt,
+            (T::Int, T::Float) | (T::Float, T::Int) => T::Float,
+            // A decimal holds every int64 exactly; a timestamp column takes RFC 3339 text.
+            (T::Number, T::Int | T::LargeInt) | (T::Int | T::LargeInt, T::Number) => T::Number,
+            (T::Timestamp, T::DateText) | (T::DateText, T::Timestamp) => T::Timestamp,
+            _ => T::String,
+        }
+    }
+
     pub fn arrow_type(self) -> DataType {
         match self {
             ColumnType::Null | ColumnType::String => DataType::Utf8,
@@ -133,7 +150,7 @@ fn f64_holds(int: i64) -> bool {
 }
 
 /// The columns one table has met so far.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TableShape {
     names: Vec<String>,
     types: Vec<ColumnType>,
@@ -222,6 +239,15 @@ impl TableShape {
         for column in columns {
             let id = self.intern(&column.name);
             self.types[id as usize] = column.ty;
+        }
+    }
+
+    /// Adds the columns of the same table in other accounts of the run: new names as new
+    /// columns (after every id of this shape, so spilled rows keep their meaning), types joined.
+    pub fn merge(&mut self, columns: &[ColumnDef]) {
+        for column in columns {
+            let id = self.intern(&column.name) as usize;
+            self.types[id] = self.types[id].join(column.ty);
         }
     }
 
@@ -356,6 +382,72 @@ pub struct TableSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_types_hold_both_and_do_not_depend_on_order() {
+        use ColumnType as T;
+        let all = [
+            T::Null,
+            T::Bool,
+            T::Int,
+            T::LargeInt,
+            T::Float,
+            T::Timestamp,
+            T::Number,
+            T::DateText,
+            T::String,
+        ];
+        for a in all {
+            assert_eq!(a.join(T::Null), a);
+            assert_eq!(a.join(T::String), T::String);
+            for b in all {
+                assert_eq!(a.join(b), b.join(a), "{a:?} {b:?}");
+                for c in all {
+                    assert_eq!(a.join(b).join(c), a.join(b.join(c)), "{a:?} {b:?} {c:?}");
+                }
+            }
+        }
+        assert_eq!(T::Int.join(T::Float), T::Float);
+        assert_eq!(
+            T::LargeInt.join(T::Float),
+            T::String,
+            "a float64 loses big ints"
+        );
+        assert_eq!(T::Number.join(T::Int), T::Number);
+        assert_eq!(T::Number.join(T::Float), T::String);
+        assert_eq!(T::Bool.join(T::Int), T::String);
+        assert_eq!(T::Timestamp.join(T::DateText), T::Timestamp);
+    }
+
+    #[test]
+    fn merging_another_accounts_columns_keeps_ids_and_orders_the_union() {
+        let mut one = TableShape::new(&[("id", ColumnType::Int)], &["c__"]);
+        let a = one.intern("c__b");
+        one.observe(a, &Cell::Int(1));
+        let mut two = TableShape::new(&[("id", ColumnType::Int)], &["c__"]);
+        let b = two.intern("c__b");
+        two.observe(b, &Cell::Str("x".into()));
+        let z = two.intern("c__a");
+        two.observe(z, &Cell::Bool(true));
+        let mut merged = one.clone();
+        merged.merge(&two.columns());
+        assert_eq!(merged.id_of("c__b"), Some(a), "ids of the shape stay");
+        let schema = merged.finish();
+        let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "c__a", "c__b"]);
+        assert_eq!(
+            schema.columns[2].ty,
+            ColumnType::String,
+            "int and text join to text"
+        );
+        let mut other = two.clone();
+        other.merge(&one.columns());
+        assert_eq!(
+            other.finish().columns,
+            schema.columns,
+            "both accounts agree"
+        );
+    }
 
     #[test]
     fn types_widen_as_the_contract_says() {

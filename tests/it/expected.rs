@@ -203,6 +203,59 @@ pub fn tables(truth: &[Value], definitions: &Value) -> (Table, Table) {
     )
 }
 
+/// The tables of several accounts exported by one `run`: each account's rows in the run's one
+/// schema per table, the union of every account's columns, kinds joined as the contract joins
+/// types (an account's rows are null in the columns only others have).
+pub fn run_tables(accounts: &[(Vec<Value>, Value)]) -> Vec<(Table, Table)> {
+    let mut each: Vec<(Table, Table)> = accounts
+        .iter()
+        .map(|(truth, definitions)| tables(truth, definitions))
+        .collect();
+    let contacts = union_columns(
+        each.iter().map(|t| &t.0),
+        CONTACT_COLUMNS.len(),
+        &["additional_attributes__", "custom_attributes__"],
+    );
+    let inboxes = union_columns(each.iter().map(|t| &t.1), INBOX_COLUMNS.len(), &["inbox__"]);
+    for (c, i) in &mut each {
+        c.columns.clone_from(&contacts);
+        i.columns.clone_from(&inboxes);
+    }
+    each
+}
+
+/// The columns of `tables` (one table of several accounts): the declared ones first, then the
+/// rest by group and name, each kind joined over the accounts.
+fn union_columns<'a>(
+    tables: impl Iterator<Item = &'a Table>,
+    declared: usize,
+    groups: &[&str],
+) -> Vec<(String, Kind)> {
+    let mut head: Vec<(String, Kind)> = Vec::new();
+    let mut rest: BTreeMap<(usize, String), Kind> = BTreeMap::new();
+    for table in tables {
+        head.clone_from(&table.columns[..declared].to_vec());
+        for (name, kind) in &table.columns[declared..] {
+            let group = groups
+                .iter()
+                .position(|g| name.starts_with(g))
+                .map_or(0, |p| p + 1);
+            rest.entry((group, name.clone()))
+                .and_modify(|known| {
+                    *known = match (*known, *kind) {
+                        (a, b) if a == b => a,
+                        (Kind::Int | Kind::Float, Kind::Int | Kind::Float) => Kind::Float,
+                        (Kind::Decimal | Kind::Int, Kind::Decimal | Kind::Int) => Kind::Decimal,
+                        _ => Kind::Str,
+                    }
+                })
+                .or_insert(*kind);
+        }
+    }
+    head.extend(rest.into_iter().map(|((_, name), kind)| (name, kind)));
+    head
+}
+
 fn leaves(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) => {

@@ -93,16 +93,24 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
 }
 
 /// Asserts that the partition holds account `account_id`'s contacts and inbox links exactly
-/// as the fake serves them, and returns the contacts partition's manifest.
+/// as the fake serves them (in the schema of a job of `accounts` accounts), and returns the
+/// contacts partition's manifest.
 fn assert_partitions_exact(
     moto: &Moto,
     fake: &Fake,
-    account_id: u64,
+    (account_id, accounts): (u64, u64),
     partition: &dyn Fn(&str) -> String,
 ) -> Value {
     let listed = objects(&moto.store(), "");
-    let truth = fake.truth_of(account_id);
-    let (contacts, inboxes) = expected::tables(&truth, &fake.definitions_of(account_id));
+    // The job's accounts (1 to `accounts`) wrote one schema per table, the union of theirs.
+    let (contacts, inboxes) = if accounts > 1 {
+        let all: Vec<(Vec<Value>, Value)> = (1..=accounts)
+            .map(|id| (fake.truth_of(id), fake.definitions_of(id)))
+            .collect();
+        expected::run_tables(&all).swap_remove(account_id as usize - 1)
+    } else {
+        expected::tables(&fake.truth_of(account_id), &fake.definitions_of(account_id))
+    };
     let mut manifests = Vec::new();
     for (name, table) in [("contacts", &contacts), ("contact_inboxes", &inboxes)] {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -188,7 +196,7 @@ fn ctrl_c_mid_s3_export_keeps_the_work_a_rerun_refuses_and_resume_ends_exact() {
     let resumed = run_with_env(&resume_args, &env);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert!(!resumed.stderr.contains(TOKEN));
-    let manifest = assert_partitions_exact(&moto, &fake, 1, &|_| "resumed".into());
+    let manifest = assert_partitions_exact(&moto, &fake, (1, 1), &|_| "resumed".into());
     assert_eq!(manifest["resumes"], 1);
     // The drift proof survives the resume: proven complete from the kept ledger.
     let drift = &manifest["drift"];
@@ -249,7 +257,7 @@ fn a_second_run_of_the_same_job_refuses_on_its_lock_and_restart_starts_over() {
     let before = fake.requests();
     let restarted = run_with_env(&restart_args, &env);
     assert_eq!(restarted.code, 0, "{}", restarted.stderr);
-    let manifest = assert_partitions_exact(&moto, &fake, 1, &|_| "locked".into());
+    let manifest = assert_partitions_exact(&moto, &fake, (1, 1), &|_| "locked".into());
     assert_eq!(manifest["resumes"], 0);
     assert!(
         fake.requests() - before >= 200,
@@ -315,7 +323,7 @@ fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
     let report: Value = serde_json::from_str(&resumed.stdout).expect("JSON report");
     let mut check = 0;
     for account_id in [1, 2] {
-        let manifest = assert_partitions_exact(&moto, &fake, account_id, &|table| {
+        let manifest = assert_partitions_exact(&moto, &fake, (account_id, 2), &|table| {
             format!("two/{table}/account_id={account_id}")
         });
         assert_eq!(manifest["resumes"], 1, "account {account_id}");
