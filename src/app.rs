@@ -123,7 +123,7 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         csv_safe: args.output.csv_safe,
         compression: args.output.compression.unwrap_or_default(),
         rows_per_file: args.output.rows_per_file,
-        tables: TableSelection::default(),
+        tables: TableSelection::with_tables(&args.output.tables),
         governor: None,
         speculate: true,
     };

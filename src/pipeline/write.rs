@@ -1,6 +1,6 @@
 //! The spills -> the output tables, once the schemas are final.
 //!
-//! Receives the final table shapes and the spill files; emits `DIR/<table>.<ext>`, or with
+//! Receives each filled table (its description, final schema and spill file); emits `DIR/<table>.<ext>`, or with
 //! `rows_per_file` and a table bigger than that, `DIR/<table>-00000.<ext>`,
 //! `DIR/<table>-00001.<ext>`, ... (each a whole file in the table's one schema, every one but
 //! the last holding exactly `rows_per_file` rows), each through a temporary name; and the
@@ -19,40 +19,45 @@ use crate::manifest::TableEntry;
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
+use crate::table::Table;
 use crate::transform::batch::BatchBuilder;
-use crate::transform::flatten::Flattener;
 use crate::transform::schema::TableSchema;
 use crate::transform::spill::SpillReader;
 
-/// The two output tables, in the order they are written.
-pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
+/// A table whose rows are all in its spill: ready to write.
+pub struct Filled {
+    pub table: &'static Table,
+    /// The final schema (the shape's, once every row is in).
+    pub schema: TableSchema,
+    pub spill: PathBuf,
+}
 
-/// Writes the selected tables with their selected columns; returns their manifest entries
-/// and the final paths.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, each argument is distinct"
-)]
+/// Writes the selected tables of `filled` (in its order) with their selected columns; returns
+/// their manifest entries and the final paths.
 pub fn write_tables(
     format: Format,
     options: SinkOptions,
     rows_per_file: Option<u64>,
     selection: &TableSelection,
     dir: &OutputDir,
-    flattener: &Flattener,
-    spills: &[PathBuf; 2],
+    filled: &[Filled],
     progress: &Progress,
 ) -> Result<(BTreeMap<String, TableEntry>, Vec<PathBuf>), ExportError> {
-    let schemas = [flattener.contacts.finish(), flattener.inboxes.finish()];
     let mut tables = BTreeMap::new();
     let mut written = Vec::new();
-    for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
+    for Filled {
+        table,
+        schema,
+        spill,
+    } in filled
+    {
+        let table = table.name;
         let filter = selection.of(table);
         if !filter.enabled {
             continue;
         }
         progress.phase(&format!("writing {table}"));
-        let keep = kept_columns(&schema, filter);
+        let keep = kept_columns(schema, filter);
         let files = TableFiles {
             format,
             options,
@@ -62,9 +67,9 @@ pub fn write_tables(
             parts: Vec::new(),
             current: None,
         };
-        let (file_names, rows) = write_table(files, &schema, &keep, spill)?;
+        let (file_names, rows) = write_table(files, schema, &keep, spill)?;
         written.extend(file_names.iter().map(|name| dir.root().join(name)));
-        let mut entry = TableEntry::new(file_names, rows, &schema);
+        let mut entry = TableEntry::new(file_names, rows, schema);
         entry.columns = keep.iter().map(|&i| entry.columns[i].clone()).collect();
         tables.insert(table.to_owned(), entry);
     }

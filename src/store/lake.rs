@@ -42,7 +42,6 @@ use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 /// A published partition's manifest. Named like `_SUCCESS`, so that engines reading the
 /// partition's folder (Spark, Hive, Athena, Trino) do not take it for a data file.
 pub const PARTITION_MANIFEST: &str = "_manifest.json";
-use crate::config::TABLE_NAMES;
 
 /// A failure to reach or write the destination.
 #[derive(Debug, thiserror::Error)]
@@ -543,7 +542,7 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
 /// `<table>-<run_id>-<n>.<ext>`): only those are ever deleted, whatever else shares the
 /// partition.
 fn is_ours(name: &str) -> bool {
-    TABLE_NAMES.iter().any(|table| {
+    crate::table::names().any(|table| {
         name.strip_prefix(table)
             .and_then(|rest| rest.strip_prefix('-'))
             .is_some_and(|rest| {
