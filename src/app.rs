@@ -361,7 +361,7 @@ fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
 /// Exit code 5 when the account changed and the repair could not account for every contact.
 fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
     match summary.drift.unresolved {
-        0 => Ok(()),
+        0 => Error::check_label_walk(summary, &summary.out),
         unresolved => Err(Error::Drift {
             unresolved,
             out: summary.out.clone(),

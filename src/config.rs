@@ -982,6 +982,55 @@ path = "{table}/account_id={account_id}/dt={date}"
     }
 
     #[test]
+    fn tables_are_selected_by_their_descriptions() {
+        let p = load(GOOD, &[]).expect("valid");
+        assert!(p.tables.enabled("contacts") && p.tables.enabled("contact_inboxes"));
+        for name in ["labels", "custom_attribute_definitions", "contact_labels"] {
+            assert!(!p.tables.enabled(name), "{name} is asked for, not default");
+        }
+        // Naming a table turns it on; its columns are filtered like the contacts'.
+        let p = load(
+            GOOD,
+            &[
+                r#"tables.labels.include=["title"]"#,
+                "tables.contact_labels.enabled=true",
+            ],
+        )
+        .expect("valid");
+        assert!(p.tables.enabled("labels") && p.tables.enabled("contact_labels"));
+        assert!(p.tables.of("labels").keeps("title") && !p.tables.of("labels").keeps("color"));
+        assert!(!p.tables.enabled("custom_attribute_definitions"));
+        assert_eq!(
+            TableSelection::with_tables(&["labels".into()]),
+            load(GOOD, &["tables.labels.enabled=true"])
+                .expect("valid")
+                .tables
+        );
+
+        let problems = load(
+            GOOD,
+            &[
+                r#"tables.contact_labels.include=["label"]"#,
+                "tables.nope.enabled=true",
+                "tables.labels.colour=1",
+            ],
+        )
+        .expect_err("invalid");
+        for (key, message) in [
+            ("tables.contact_labels.include", "must keep contact_id"),
+            ("tables.nope", "unknown key"),
+            ("tables.labels.colour", "unknown key"),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(message)),
+                "{key}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn set_overrides_the_file() {
         let p = load(GOOD, &["sink.format=csv", "fetch.concurrency=3"]).expect("valid");
         assert_eq!(p.sink.format, Format::Csv);

@@ -227,12 +227,6 @@ async fn walk_labels(
             incomplete_labels.push(title.clone());
         }
     }
-    if !incomplete_labels.is_empty() {
-        eprintln!(
-            "chatwoot-export: warning: contact_labels is incomplete: the walks of {} label(s) did not see as many contacts as the list announced (the labels changed during the run?): run the export again",
-            incomplete_labels.len()
-        );
-    }
     pairs.sort_unstable();
     let pairs: Vec<(i64, String)> = pairs
         .into_iter()

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use chatwoot_export::fake::{DriftRound, FakeServerConfig};
+
 use crate::expected::{self, Kind, Table};
 use crate::harness::{Fake, assert_no_token, export, manifest, run_python, run_with_env};
 use crate::lake::{Moto, contacts_to, download, objects};
@@ -355,4 +357,53 @@ fn dir_holds_no_token(dir: &Path) -> bool {
     crate::harness::all_file_bytes(dir)
         .iter()
         .all(|(_, bytes)| !bytes.windows(token.len()).any(|w| w == token))
+}
+
+#[test]
+fn contacts_deleted_during_the_label_walk_make_the_export_incomplete() {
+    // A clean run on the same account says where the label walk's pages past the first start:
+    // every request but the definitions', the labels' and the walk's is a contact request.
+    let clean = Fake::with_contacts(200);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&clean.base_url(), "csv", dir.path(), &all_new_tables());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let clean_manifest = manifest(dir.path()).expect("a manifest");
+    let total = clean_manifest["requests"].as_u64().expect("requests");
+    let walk = clean_manifest["label_walk"]["requests"]
+        .as_u64()
+        .expect("walk");
+    let labels = clean_manifest["label_walk"]["labels"]
+        .as_u64()
+        .expect("labels");
+    let first_later_page = total - walk - 2 + labels + 1;
+
+    // Twenty contacts go between the labels' first pages and the rest: the first pages
+    // announced counts that the later pages no longer reach.
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 200,
+        drift_rounds: vec![DriftRound {
+            at_request: first_later_page,
+            delete_behind: 20,
+            ..DriftRound::default()
+        }],
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&fake.base_url(), "csv", dir.path(), &all_new_tables());
+    assert_eq!(fake.deleted_ids().len(), 20, "the drift happened");
+    assert_eq!(run.code, 5, "incomplete: {}", run.stderr);
+    assert!(
+        run.stderr.contains("the labels changed during the export"),
+        "{}",
+        run.stderr
+    );
+    let manifest = manifest(dir.path()).expect("a manifest");
+    assert_eq!(manifest["complete"], false);
+    assert_eq!(manifest["label_walk"]["complete"], false);
+    let incomplete = manifest["label_walk"]["incomplete_labels"]
+        .as_array()
+        .expect("a list");
+    assert!(incomplete.contains(&json!("vip")), "{incomplete:?}");
+    // The contacts walk itself was over and proven before: its drift check is clean.
+    assert_eq!(manifest["drift"]["unresolved"], 0);
 }
