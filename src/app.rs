@@ -123,7 +123,7 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         csv_safe: args.output.csv_safe,
         compression: args.output.compression.unwrap_or_default(),
         rows_per_file: args.output.rows_per_file,
-        tables: TableSelection::default(),
+        tables: TableSelection::with_tables(&args.output.tables),
         governor: None,
         speculate: true,
         schemas: None,
@@ -363,7 +363,7 @@ fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
 /// Exit code 5 when the account changed and the repair could not account for every contact.
 fn check_drift(summary: &ExportSummary) -> Result<(), Error> {
     match summary.drift.unresolved {
-        0 => Ok(()),
+        0 => Error::check_label_walk(summary, &summary.out),
         unresolved => Err(Error::Drift {
             unresolved,
             out: summary.out.clone(),

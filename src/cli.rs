@@ -184,6 +184,23 @@ pub struct OutputArgs {
     /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub rows_per_file: Option<u64>,
+    /// Also write this table (repeatable): labels (the account's labels, one request),
+    /// custom_attribute_definitions (the custom attributes' data dictionary, no extra
+    /// request), contact_labels (contact_id, label: one walk of the list per label, its
+    /// request count printed before it starts).
+    #[arg(long = "table", value_name = "NAME", value_parser = parse_table)]
+    pub tables: Vec<String>,
+}
+
+/// A `--table` name: one of the described tables.
+fn parse_table(name: &str) -> Result<String, String> {
+    match crate::table::find(name) {
+        Some(table) => Ok(table.name.to_owned()),
+        None => Err(format!(
+            "no table {name:?}: use one of {}",
+            crate::table::names().collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

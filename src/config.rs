@@ -19,6 +19,7 @@ use url::{Host, Url};
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
 use crate::source::{FetchOptions, RetryPolicy};
+use crate::table::TABLES;
 
 /// The environment variable that holds the API token.
 pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
@@ -26,8 +27,6 @@ pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
 pub const BUILTIN_FAKE: &str = "builtin:fake";
 /// The placeholders a path template may use.
 pub const PLACEHOLDERS: [&str; 4] = ["account_id", "table", "date", "run_id"];
-/// The tables an export writes.
-pub const TABLE_NAMES: [&str; 2] = ["contacts", "contact_inboxes"];
 
 /// One problem in a pipeline file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,12 +125,9 @@ impl Default for FetchSection {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct TablesSection {
-    contacts: TableSection,
-    contact_inboxes: TableSection,
-}
+/// `[tables.<name>]` sections by table name (`check_unknown_keys` reports names that are no
+/// table of `crate::table::TABLES`).
+type TablesSection = std::collections::BTreeMap<String, TableSection>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -197,9 +193,6 @@ const KNOWN: &[(&str, &[&str])] = &[
             "timeout_secs",
         ],
     ),
-    ("tables", &["contacts", "contact_inboxes"]),
-    ("tables.contacts", &["enabled", "include", "exclude"]),
-    ("tables.contact_inboxes", &["enabled", "include", "exclude"]),
     (
         "sink",
         &[
@@ -254,30 +247,56 @@ impl ColumnFilter {
     }
 }
 
-/// The tables and columns to write.
+/// The tables and columns to write: one filter per table of `crate::table::TABLES`, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableSelection {
-    pub contacts: ColumnFilter,
-    pub contact_inboxes: ColumnFilter,
+    filters: Vec<ColumnFilter>,
 }
 
 impl Default for TableSelection {
+    /// Every column of the tables written by default; the others off.
     fn default() -> Self {
         Self {
-            contacts: ColumnFilter::all(),
-            contact_inboxes: ColumnFilter::all(),
+            filters: TABLES
+                .iter()
+                .map(|table| ColumnFilter {
+                    enabled: table.default_enabled,
+                    ..ColumnFilter::all()
+                })
+                .collect(),
         }
     }
 }
 
 impl TableSelection {
-    /// The filter of table `name`.
-    pub fn of(&self, name: &str) -> &ColumnFilter {
-        if name == "contacts" {
-            &self.contacts
-        } else {
-            &self.contact_inboxes
+    /// The default selection plus the tables named in `extra` (`--table`), every column.
+    pub fn with_tables(extra: &[String]) -> Self {
+        let mut selection = Self::default();
+        for name in extra {
+            if let Some(index) = TABLES.iter().position(|table| table.name == *name) {
+                selection.filters[index] = ColumnFilter::all();
+            }
         }
+        selection
+    }
+
+    /// The filter of table `name` (a table that is not described: none written).
+    pub fn of(&self, name: &str) -> &ColumnFilter {
+        static NONE: ColumnFilter = ColumnFilter {
+            enabled: false,
+            include: None,
+            exclude: Vec::new(),
+        };
+        TABLES
+            .iter()
+            .position(|table| table.name == name)
+            .and_then(|index| self.filters.get(index))
+            .unwrap_or(&NONE)
+    }
+
+    /// Whether table `name` is written.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.of(name).enabled
     }
 }
 
@@ -549,11 +568,15 @@ fn resolve(
         );
     }
 
-    let mut filters = Vec::new();
-    for (name, table) in [
-        ("contacts", tables.contacts),
-        ("contact_inboxes", tables.contact_inboxes),
-    ] {
+    let mut selection = TableSelection::default();
+    let mut sections = tables;
+    for (index, described) in TABLES.iter().enumerate() {
+        let name = described.name;
+        // A table the file does not name keeps its default; one it names is written unless
+        // `enabled = false`.
+        let Some(table) = sections.remove(name) else {
+            continue;
+        };
         if let Some(include) = &table.include
             && include.is_empty()
         {
@@ -562,28 +585,30 @@ fn resolve(
                 "is empty: list columns, or set enabled = false to skip the table".into(),
             );
         }
-        if name == "contact_inboxes"
+        if let Some(key) = described.parent_key
             && table
                 .include
                 .as_ref()
-                .is_some_and(|list| !list.iter().any(|c| c == "contact_id"))
+                .is_some_and(|list| !list.iter().any(|c| c == key))
         {
             bad(
-                "tables.contact_inboxes.include",
-                "must keep contact_id, the key that joins the table to contacts".into(),
+                &format!("tables.{name}.include"),
+                format!("must keep {key}, the key that joins the table to contacts"),
             );
         }
-        if name == "contacts" && (!table.enabled || table.exclude.iter().any(|c| c == "id")) {
+        let first_column = described.columns.first().map_or("", |(column, _)| *column);
+        if described.required && (!table.enabled || table.exclude.iter().any(|c| c == first_column))
+        {
             bad(
                 &format!("tables.{name}"),
-                "the contacts table and its id column are always written".into(),
+                format!("the {name} table and its {first_column} column are always written"),
             );
         }
-        filters.push(ColumnFilter {
+        selection.filters[index] = ColumnFilter {
             enabled: table.enabled,
             include: table.include,
             exclude: table.exclude,
-        });
+        };
     }
 
     let format = match sink.format.as_str() {
@@ -647,8 +672,6 @@ fn resolve(
         );
     }
 
-    let contact_inboxes = filters.pop().unwrap_or_else(ColumnFilter::all);
-    let contacts = filters.pop().unwrap_or_else(ColumnFilter::all);
     if !ok {
         return None;
     }
@@ -669,10 +692,7 @@ fn resolve(
             rate_window: Duration::from_secs(fetch.rate_window_secs),
             rate_share: fetch.rate_share,
         },
-        tables: TableSelection {
-            contacts,
-            contact_inboxes,
-        },
+        tables: selection,
         sink: SinkSettings {
             format: format?,
             destination: sink.destination,
@@ -806,8 +826,22 @@ fn apply_set(table: &mut Table, set: &str) -> Result<(), String> {
 }
 
 fn check_unknown_keys(table: &Table, prefix: &str, report: &mut dyn FnMut(String)) {
-    let Some((_, known)) = KNOWN.iter().find(|(section, _)| *section == prefix) else {
-        return;
+    // The `[tables]` keys come from the table descriptions.
+    const TABLE_KEYS: &[&str] = &["enabled", "include", "exclude"];
+    let names: Vec<&str>;
+    let known: &[&str] = if prefix == "tables" {
+        names = crate::table::names().collect();
+        &names
+    } else if prefix
+        .strip_prefix("tables.")
+        .is_some_and(|name| crate::table::find(name).is_some())
+    {
+        TABLE_KEYS
+    } else {
+        match KNOWN.iter().find(|(section, _)| *section == prefix) {
+            Some((_, known)) => known,
+            None => return,
+        }
     };
     for (key, value) in table {
         let path = join(prefix, key);
@@ -944,7 +978,56 @@ path = "{table}/account_id={account_id}/dt={date}"
         assert_eq!(p.fetch.concurrency, 8);
         assert_eq!(p.fetch.rate_limit, Some(3000));
         assert!(p.token.is_some());
-        assert!(p.tables.contacts.enabled);
+        assert!(p.tables.of("contacts").enabled);
+    }
+
+    #[test]
+    fn tables_are_selected_by_their_descriptions() {
+        let p = load(GOOD, &[]).expect("valid");
+        assert!(p.tables.enabled("contacts") && p.tables.enabled("contact_inboxes"));
+        for name in ["labels", "custom_attribute_definitions", "contact_labels"] {
+            assert!(!p.tables.enabled(name), "{name} is asked for, not default");
+        }
+        // Naming a table turns it on; its columns are filtered like the contacts'.
+        let p = load(
+            GOOD,
+            &[
+                r#"tables.labels.include=["title"]"#,
+                "tables.contact_labels.enabled=true",
+            ],
+        )
+        .expect("valid");
+        assert!(p.tables.enabled("labels") && p.tables.enabled("contact_labels"));
+        assert!(p.tables.of("labels").keeps("title") && !p.tables.of("labels").keeps("color"));
+        assert!(!p.tables.enabled("custom_attribute_definitions"));
+        assert_eq!(
+            TableSelection::with_tables(&["labels".into()]),
+            load(GOOD, &["tables.labels.enabled=true"])
+                .expect("valid")
+                .tables
+        );
+
+        let problems = load(
+            GOOD,
+            &[
+                r#"tables.contact_labels.include=["label"]"#,
+                "tables.nope.enabled=true",
+                "tables.labels.colour=1",
+            ],
+        )
+        .expect_err("invalid");
+        for (key, message) in [
+            ("tables.contact_labels.include", "must keep contact_id"),
+            ("tables.nope", "unknown key"),
+            ("tables.labels.colour", "unknown key"),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(message)),
+                "{key}: {problems:#?}"
+            );
+        }
     }
 
     #[test]

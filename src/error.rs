@@ -48,15 +48,38 @@ pub enum Error {
         unresolved: u64,
         out: std::path::PathBuf,
     },
+    #[error(
+        "the labels changed during the export: the walks of {labels} label(s) did not end with the counts they announced, so contact_labels in {} may miss pairs (see \"label_walk\" in manifest.json); run again for an exact snapshot",
+        out.display()
+    )]
+    LabelsIncomplete {
+        labels: u64,
+        out: std::path::PathBuf,
+    },
 }
 
 impl Error {
+    /// Exit code 5, as for unresolved drift, when the `contact_labels` walk of the export
+    /// written to `out` did not end with the counts its labels announced.
+    pub fn check_label_walk(
+        summary: &crate::pipeline::ExportSummary,
+        out: &std::path::Path,
+    ) -> Result<(), Error> {
+        match &summary.manifest.label_walk {
+            Some(walk) if !walk.complete => Err(Error::LabelsIncomplete {
+                labels: walk.incomplete_labels.len() as u64,
+                out: out.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Config(_) => EXIT_USAGE,
             Error::Lake(_) => EXIT_FAILURE,
             Error::Accounts { code, .. } => *code,
-            Error::Drift { .. } => EXIT_DRIFT,
+            Error::Drift { .. } | Error::LabelsIncomplete { .. } => EXIT_DRIFT,
             Error::Export(ExportError::Interrupted { .. }) => EXIT_INTERRUPTED,
             Error::Export(ExportError::Resume(_)) => EXIT_USAGE,
             Error::Export(ExportError::Store(crate::store::StoreError::NotAnExport { .. })) => {
@@ -115,6 +138,13 @@ mod tests {
             (
                 Error::Drift {
                     unresolved: 2,
+                    out: "x".into(),
+                },
+                EXIT_DRIFT,
+            ),
+            (
+                Error::LabelsIncomplete {
+                    labels: 1,
                     out: "x".into(),
                 },
                 EXIT_DRIFT,

@@ -21,4 +21,5 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod table;
 pub mod transform;

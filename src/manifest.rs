@@ -61,6 +61,10 @@ pub struct Manifest {
     /// Parquet: the pages' codec (`zstd:1`, `snappy`, `none`); null for CSV and NDJSON.
     pub compression: Option<Compression>,
     pub tables: BTreeMap<String, TableEntry>,
+    /// The `contact_labels` walk, when the table was written: its predicted and real cost and
+    /// whether every label's walk proved complete. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_walk: Option<LabelWalkReport>,
     pub source: Source,
     pub tool: Tool,
     pub started_at: String,
@@ -87,6 +91,24 @@ pub struct RateReport {
     pub paused_secs: f64,
     /// Whether the server sent `Retry-After` with its refusals.
     pub retry_after_seen: bool,
+}
+
+/// The `contact_labels` walk: one walk of the list per label.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelWalkReport {
+    /// Labels walked (the account's labels with a title).
+    pub labels: u64,
+    /// Requests the walk would take, from each label's first page (`meta.count` over the page
+    /// size), said before the rest was sent.
+    pub predicted_requests: u64,
+    /// Requests it sent (retries and refusals included).
+    pub requests: u64,
+    /// Rows of `contact_labels`.
+    pub pairs: u64,
+    /// Whether every label's walk saw as many contacts as its first page announced.
+    pub complete: bool,
+    /// The labels whose walk did not.
+    pub incomplete_labels: Vec<String>,
 }
 
 /// What the repair did; part of the manifest.

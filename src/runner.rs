@@ -569,7 +569,7 @@ fn finished_export(settings: &ExportSettings) -> Result<ExportSummary, Error> {
 /// Exit code 5 when the account changed and the repair could not account for every contact.
 fn check_drift(summary: &ExportSummary, destination: &str) -> Result<(), Error> {
     match summary.drift.unresolved {
-        0 => Ok(()),
+        0 => Error::check_label_walk(summary, std::path::Path::new(destination)),
         unresolved => Err(Error::Drift {
             unresolved,
             out: destination.into(),

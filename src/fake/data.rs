@@ -6,7 +6,10 @@
 //! The data is deliberately nasty: Hebrew, emoji, quotes, commas, newlines, leading `=`, nulls,
 //! empty objects, omitted `last_activity_at`, custom attribute keys with spaces, dots and
 //! Hebrew, a key whose values mix numbers and strings, and a nested value. In legacy mode the
-//! inboxes carry the credentials old Chatwoot versions leaked there.
+//! inboxes carry the credentials old Chatwoot versions leaked there. The account's labels
+//! (`labels`) have titles with spaces, commas, quotes, `&`, `+`, `%`, Hebrew and emoji, and
+//! tag each contact with none, one or several of them (`labels_of`, which the list endpoint's
+//! `labels[]` filter reads; the list does not render a contact's labels).
 
 use serde_json::{Map, Value, json};
 
@@ -152,6 +155,31 @@ fn legacy_inboxes() -> Vec<Value> {
         })
         .collect()
 }
+
+/// The account's labels: title, description, color, show_on_sidebar, and the percent of
+/// contacts each tags (the last tags none; the first spans several pages of a label walk).
+const LABELS: &[(&str, Option<&str>, &str, bool, u64)] = &[
+    ("vip", Some("paying customers"), "#1f93ff", true, 45),
+    ("lead-2025", None, "#ff0000", true, 20),
+    (
+        "kunde_ü",
+        Some("Ümlaut, \"quoted\"\nnewline"),
+        "",
+        false,
+        15,
+    ),
+    ("לקוח", Some("עברית"), "#00ff00", true, 10),
+    (
+        "a&b=c+d %20",
+        Some("=cmd|' /C calc'!A0"),
+        "#000000",
+        false,
+        10,
+    ),
+    ("with space, comma", None, "#abcdef", true, 8),
+    ("emoji 🎉", Some("🎉"), "#123456", false, 5),
+    ("unused", Some("tags nobody"), "#ffffff", true, 0),
+];
 
 /// One fake Chatwoot account: its contacts are a pure function of (seed, index).
 #[derive(Clone, Debug)]
@@ -402,6 +430,32 @@ impl FakeAccount {
         Value::Array(items)
     }
 
+    /// The account's labels, as `GET /labels` renders them in its `payload`.
+    pub fn labels(&self) -> Value {
+        let items = LABELS
+            .iter()
+            .enumerate()
+            .map(|(n, (title, description, color, sidebar, _))| {
+                json!({
+                    "id": n + 1, "title": title, "description": description, "color": color,
+                    "show_on_sidebar": sidebar, "allow_auto_assign": n % 2 == 0
+                })
+            })
+            .collect();
+        Value::Array(items)
+    }
+
+    /// The titles of the labels that tag the contact at `index`, in label order (a stream of
+    /// its own: the contact's fields do not change with the labels).
+    pub fn labels_of(&self, index: u64) -> Vec<&'static str> {
+        let mut rng = Rng::new(self.seed ^ 0x001a_be15, index);
+        LABELS
+            .iter()
+            .filter(|(.., percent)| rng.chance(*percent))
+            .map(|(title, ..)| *title)
+            .collect()
+    }
+
     /// The custom attribute definitions of this account's contact attributes, as
     /// `GET /custom_attribute_definitions` renders them.
     pub fn custom_attribute_definitions(&self) -> Value {
@@ -455,6 +509,22 @@ mod tests {
         assert_ne!(
             FakeAccount::new(1, 5).contact(3),
             FakeAccount::new(2, 5).contact(3)
+        );
+    }
+
+    #[test]
+    fn labels_tag_some_contacts_with_none_some_with_several_and_one_label_never() {
+        let account = FakeAccount::new(42, 300);
+        let sets: Vec<Vec<&str>> = (0..300).map(|i| account.labels_of(i)).collect();
+        assert!(sets.iter().any(Vec::is_empty));
+        assert!(sets.iter().any(|set| set.len() >= 3));
+        assert!(sets.iter().all(|set| !set.contains(&"unused")));
+        let vip = sets.iter().filter(|set| set.contains(&"vip")).count();
+        assert!(vip > 30, "vip spans several pages of a label walk: {vip}");
+        assert_eq!(account.labels_of(7), account.labels_of(7));
+        assert_eq!(
+            account.labels().as_array().map(Vec::len),
+            Some(LABELS.len())
         );
     }
 

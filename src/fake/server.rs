@@ -1,8 +1,10 @@
 //! The fake Chatwoot HTTP server.
 //!
-//! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts`,
-//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at day ranges) and
-//! `GET /api/v1/accounts/{id}/custom_attribute_definitions` on a loopback port, with the faults
+//! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts` (with the
+//! `labels[]` filter and `include_contact_inboxes=false`),
+//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at day ranges),
+//! `GET /api/v1/accounts/{id}/custom_attribute_definitions` and
+//! `GET /api/v1/accounts/{id}/labels` on a loopback port, with the faults
 //! of `faults` and the drift of `listing` when asked. It follows the
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -199,6 +201,7 @@ impl FakeServer {
                 "/api/v1/accounts/{account_id}/custom_attribute_definitions",
                 get(list_definitions),
             )
+            .route("/api/v1/accounts/{account_id}/labels", get(list_labels))
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -291,6 +294,28 @@ impl FakeServer {
         Some(served.account.custom_attribute_definitions())
     }
 
+    /// The first account's labels, as `GET /labels` renders them in its `payload`.
+    pub fn live_labels(&self) -> Value {
+        self.first().account.labels()
+    }
+
+    /// The (contact id, label title) pairs of the first account's contacts listed now, in
+    /// `created_at` order and, per contact, label order: the truth of `contact_labels`.
+    pub fn live_contact_labels(&self) -> Vec<(i64, String)> {
+        let served = self.first();
+        let indices: Vec<u64> = served.listing().live().collect();
+        indices
+            .into_iter()
+            .flat_map(|index| {
+                served
+                    .account
+                    .labels_of(index)
+                    .into_iter()
+                    .map(move |label| (FakeAccount::id_of(index), label.to_owned()))
+            })
+            .collect()
+    }
+
     fn first(&self) -> &Served {
         &self.shared.accounts[0]
     }
@@ -377,9 +402,16 @@ async fn list_contacts(
     State(shared): State<Arc<Shared>>,
     Path(account_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    serve_page(&shared, &headers, &account_id, &query, None).await
+    // `labels[]` repeats, which the map above keeps one of.
+    let labels: Vec<String> = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "labels[]")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let filter = (!labels.is_empty()).then_some(Filter::Labels(labels));
+    serve_page(&shared, &headers, &account_id, &query, filter).await
 }
 
 async fn filter_contacts(
@@ -402,7 +434,21 @@ async fn filter_contacts(
             );
         }
     };
-    serve_page(&shared, &headers, &account_id, &query, Some(range)).await
+    serve_page(
+        &shared,
+        &headers,
+        &account_id,
+        &query,
+        Some(Filter::Days(range)),
+    )
+    .await
+}
+
+/// What narrows a listing: the filter endpoint's day range, or the list's `labels[]` (contacts
+/// tagged with any of them, `tagged_with(labels, any: true)`).
+enum Filter {
+    Days(DayRange),
+    Labels(Vec<String>),
 }
 
 /// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`.
@@ -433,13 +479,13 @@ async fn serve_page(
     headers: &HeaderMap,
     account_id: &str,
     query: &HashMap<String, String>,
-    filter: Option<DayRange>,
+    filter: Option<Filter>,
 ) -> Response {
     // The latency counts from the request's arrival and includes the time spent building the
     // answer, as a real server's does; otherwise, with many requests in flight, the fake's own
     // CPU would add to it and the latency-bound benchmark would time the fake server.
     let answer_at = tokio::time::Instant::now() + shared.config.latency;
-    let response = page_response(shared, headers, account_id, query, filter);
+    let response = page_response(shared, headers, account_id, query, filter.as_ref());
     tokio::time::sleep_until(answer_at).await;
     response
 }
@@ -449,7 +495,7 @@ fn page_response(
     headers: &HeaderMap,
     account_id: &str,
     query: &HashMap<String, String>,
-    filter: Option<DayRange>,
+    filter: Option<&Filter>,
 ) -> Response {
     let (current_page, page) = match query.get("page") {
         Some(raw) => (Value::from(raw.as_str()), ruby_to_i(raw)),
@@ -473,14 +519,30 @@ fn page_response(
     let body = {
         let mut listing = served.listing();
         drift(shared, served, &mut listing, contact_request);
-        if filter.is_some() {
+        if matches!(filter, Some(Filter::Days(_))) {
             filter_drift(shared, &mut listing);
         }
         let sort = query.get("sort").map(String::as_str).unwrap_or("");
         let descending = sort.split(',').any(|key| key.trim() == "-created_at");
         let (total, payload) = match filter {
-            Some((after, before)) => {
-                let matching = listing.created_between_days(after, before);
+            Some(Filter::Labels(labels)) => {
+                let matching: Vec<u64> = listing
+                    .live()
+                    .filter(|&index| {
+                        served
+                            .account
+                            .labels_of(index)
+                            .iter()
+                            .any(|label| labels.iter().any(|wanted| wanted == label))
+                    })
+                    .collect();
+                let indices = page_of(matching.len() as u64, page, |p| {
+                    matching.get(p as usize).copied()
+                });
+                (matching.len() as u64, indices)
+            }
+            Some(Filter::Days((after, before))) => {
+                let matching = listing.created_between_days(*after, *before);
                 let indices = page_of(matching.len() as u64, page, |p| {
                     matching.get(p as usize).copied()
                 });
@@ -504,9 +566,18 @@ fn page_response(
                 (total, indices)
             }
         };
+        let without_inboxes = query
+            .get("include_contact_inboxes")
+            .is_some_and(|value| value == "false");
         let payload: Vec<Value> = payload
             .into_iter()
-            .map(|i| served.account.contact(i))
+            .map(|i| {
+                let mut contact = served.account.contact(i);
+                if without_inboxes && let Some(fields) = contact.as_object_mut() {
+                    fields.remove("contact_inboxes");
+                }
+                contact
+            })
             .collect();
         json!({"meta": {"count": total, "current_page": current_page}, "payload": payload})
             .to_string()
@@ -679,6 +750,24 @@ async fn list_definitions(
         Ok((fault, served)) => json_answer(
             fault,
             served.account.custom_attribute_definitions().to_string(),
+        ),
+        Err(refusal) => *refusal,
+    };
+    tokio::time::sleep_until(answer_at).await;
+    response
+}
+
+/// The labels, behind the same count, rate limit, faults and latency as the pages.
+async fn list_labels(
+    State(shared): State<Arc<Shared>>,
+    Path(account_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer_at = tokio::time::Instant::now() + shared.config.latency;
+    let response = match admit(&shared, &headers, &account_id, 0) {
+        Ok((fault, served)) => json_answer(
+            fault,
+            json!({"payload": served.account.labels()}).to_string(),
         ),
         Err(refusal) => *refusal,
     };

@@ -130,9 +130,10 @@ pub struct Checkpoint {
     pub duplicates: u64,
     /// How many times this export has been resumed before.
     pub resumes: u32,
-    /// `contacts`, then `contact_inboxes`.
-    pub spills: [SpillMark; 2],
-    pub shapes: [Vec<ColumnDef>; 2],
+    /// One per table the contacts walk fills (`crate::table::walk_tables`), in order; JSON
+    /// arrays, as the two-element arrays of earlier versions were.
+    pub spills: Vec<SpillMark>,
+    pub shapes: Vec<Vec<ColumnDef>>,
     /// Inbox fields left out so far, by column name (see `inbox_secrets`).
     #[serde(default)]
     pub inbox_fields_dropped: std::collections::BTreeMap<String, u64>,
@@ -223,14 +224,14 @@ mod tests {
             pages_fetched: 3,
             duplicates: 1,
             resumes: 0,
-            spills: [
+            spills: vec![
                 SpillMark {
                     bytes: 100,
                     rows: 45,
                 },
                 SpillMark::default(),
             ],
-            shapes: [
+            shapes: vec![
                 vec![ColumnDef {
                     name: "id".into(),
                     ty: ColumnType::Int,
@@ -272,8 +273,8 @@ mod tests {
             pages_fetched: 0,
             duplicates: 0,
             resumes: 0,
-            spills: [SpillMark::default(); 2],
-            shapes: [vec![], vec![]],
+            spills: vec![SpillMark::default(); 2],
+            shapes: vec![vec![], vec![]],
             inbox_fields_dropped: Default::default(),
             values_kept_as_text: 0,
             ledger: None,

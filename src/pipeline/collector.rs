@@ -19,7 +19,14 @@ use crate::transform::inbox_secrets::InboxSecrets;
 use crate::transform::schema::created_at_secs;
 use crate::transform::spill::{EncodedRow, SpillReader, SpillWriter};
 
-const SPILL_NAMES: [&str; 2] = ["contacts.rows", "contact_inboxes.rows"];
+/// The spill of each table the contacts walk fills (`crate::table::walk_tables`), in order:
+/// `<table>.rows` in the work folder.
+fn spill_names() -> Vec<String> {
+    crate::table::walk_tables()
+        .map(|table| format!("{}.rows", table.name))
+        .collect()
+}
+
 /// Flattens, deduplicates and spills.
 pub struct Collector {
     pub flattener: Flattener,
@@ -28,15 +35,20 @@ pub struct Collector {
     seen: IdSet,
     /// Distinct contacts per `created_at` day (days since the epoch, UTC).
     days: BTreeMap<i64, u64>,
-    spills: [SpillWriter; 2],
-    paths: [PathBuf; 2],
+    /// One per walk table, in order (the flattener's shapes are in the same order).
+    spills: Vec<SpillWriter>,
+    paths: Vec<PathBuf>,
     pub duplicates: u64,
     pub pages: u64,
+    /// The custom attribute definitions the walk read, as the server sent them, for the
+    /// `custom_attribute_definitions` table (not checkpointed: a resumed run asks again).
+    pub definitions: Option<Vec<serde_json::Value>>,
 }
 
 impl Collector {
     pub fn create(dir: &OutputDir, inbox_secrets: InboxSecrets) -> Result<Self, ExportError> {
-        let paths = SPILL_NAMES.map(|name| dir.work_path(name));
+        let names = spill_names();
+        let paths = names.iter().map(|name| dir.work_path(name)).collect();
         // Owner-only and create-new: the rows are personal data.
         let open = |name: &str| {
             dir.create_work_file(name)
@@ -50,10 +62,14 @@ impl Collector {
             flat: EncodedContact::default(),
             seen: IdSet::default(),
             days: BTreeMap::new(),
-            spills: [open(SPILL_NAMES[0])?, open(SPILL_NAMES[1])?],
+            spills: names
+                .iter()
+                .map(|name| open(name))
+                .collect::<Result<_, _>>()?,
             paths,
             duplicates: 0,
             pages: 0,
+            definitions: None,
         })
     }
 
@@ -64,19 +80,23 @@ impl Collector {
         checkpoint: &Checkpoint,
         mut inbox_secrets: InboxSecrets,
     ) -> Result<Self, ExportError> {
-        let paths = SPILL_NAMES.map(|name| dir.work_path(name));
+        let paths: Vec<PathBuf> = spill_names()
+            .iter()
+            .map(|name| dir.work_path(name))
+            .collect();
         let mut flattener = Flattener::default();
         inbox_secrets.restore_dropped(checkpoint.inbox_fields_dropped.clone());
         flattener.inbox_secrets = inbox_secrets;
         flattener.restore_values_kept_as_text(checkpoint.values_kept_as_text);
-        flattener.contacts.restore(&checkpoint.shapes[0]);
-        flattener.inboxes.restore(&checkpoint.shapes[1]);
+        for (shape, columns) in flattener.shapes_mut().into_iter().zip(&checkpoint.shapes) {
+            shape.restore(columns);
+        }
         let open = |index: usize| {
-            let mark = checkpoint.spills[index];
+            let mark = checkpoint.spills.get(index).copied().unwrap_or_default();
             SpillWriter::resume(&paths[index], mark.bytes, mark.rows)
                 .map_err(|source| spill_error(&paths[index], source))
         };
-        let spills = [open(0)?, open(1)?];
+        let spills = (0..paths.len()).map(open).collect::<Result<_, _>>()?;
         let mut collector = Self {
             flattener,
             flat: EncodedContact::default(),
@@ -86,6 +106,7 @@ impl Collector {
             paths,
             duplicates: checkpoint.duplicates,
             pages: checkpoint.pages_fetched,
+            definitions: None,
         };
         collector.reread_contacts()?;
         Ok(collector)
@@ -151,14 +172,15 @@ impl Collector {
         if let Some(secs) = created_at {
             *self.days.entry(secs.div_euclid(86_400)).or_default() += 1;
         }
-        self.spill(0)?;
-        self.spill(1)?;
+        for table in 0..self.spills.len() {
+            self.spill(table)?;
+        }
         Ok((true, created_at))
     }
 
-    /// Appends the current contact's rows of `table` (0: contacts, 1: contact_inboxes).
+    /// Appends the current contact's rows of walk table `table` (in `walk_tables` order).
     fn spill(&mut self, table: usize) -> Result<(), ExportError> {
-        let rows = [&self.flat.contact, &self.flat.inboxes][table];
+        let rows = self.flat.rows()[table];
         if rows.is_empty() {
             return Ok(());
         }
@@ -188,37 +210,41 @@ impl Collector {
         &mut self,
     ) -> Result<
         (
-            [SpillMark; 2],
-            [Vec<crate::transform::schema::ColumnDef>; 2],
+            Vec<SpillMark>,
+            Vec<Vec<crate::transform::schema::ColumnDef>>,
         ),
         ExportError,
     > {
         for (spill, path) in self.spills.iter_mut().zip(&self.paths) {
             spill.flush().map_err(|source| spill_error(path, source))?;
         }
-        let marks = [0, 1].map(|i| SpillMark {
-            bytes: self.spills[i].bytes(),
-            rows: self.spills[i].rows(),
-        });
-        Ok((
-            marks,
-            [
-                self.flattener.contacts.columns(),
-                self.flattener.inboxes.columns(),
-            ],
-        ))
+        let marks = self
+            .spills
+            .iter()
+            .map(|spill| SpillMark {
+                bytes: spill.bytes(),
+                rows: spill.rows(),
+            })
+            .collect();
+        let shapes = self
+            .flattener
+            .shapes()
+            .into_iter()
+            .map(|shape| shape.columns())
+            .collect();
+        Ok((marks, shapes))
     }
 
     /// Closes the spills: returns the flattener (the final shapes), the spill paths and their
     /// row counts.
-    pub fn finish(self) -> Result<(Flattener, [PathBuf; 2], [u64; 2]), ExportError> {
+    pub fn finish(self) -> Result<(Flattener, Vec<PathBuf>, Vec<u64>), ExportError> {
         let Collector {
             flattener,
             spills,
             paths,
             ..
         } = self;
-        let mut rows = [0u64; 2];
+        let mut rows = vec![0u64; paths.len()];
         for (index, spill) in spills.into_iter().enumerate() {
             rows[index] = spill
                 .finish()

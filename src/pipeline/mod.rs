@@ -1,12 +1,13 @@
-//! The export, stage by stage: walk the pages -> repair drift -> write the tables -> manifest
-//! last.
+//! The export, stage by stage: walk the pages -> repair drift -> fill the side tables ->
+//! write the tables -> manifest last.
 //!
 //! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`.
 //! `walk` fetches pages (through the `source::Fetcher`: retries, the rate budget, adaptive
 //! concurrency) into the `collector`, which flattens, deduplicates and spills rows to disk, so
 //! memory stays flat whatever the account's size; `saver` checkpoints as it goes. `repair`
-//! finds contacts missed while the account changed. `write` turns the spills into tables once
-//! the schemas are final. Ctrl-C or SIGTERM stops the run with a checkpoint that `--resume`
+//! finds contacts missed while the account changed. `side_tables` fills the selected tables
+//! the walk does not (labels, attribute definitions, contact labels: see `crate::table`).
+//! `write` turns the spills into tables once the schemas are final. Ctrl-C or SIGTERM stops the run with a checkpoint that `--resume`
 //! continues; so does a failure once pages have been fetched.
 
 mod checkpoint;
@@ -15,6 +16,7 @@ mod ledger;
 mod repair;
 mod saver;
 mod shared_schema;
+mod side_tables;
 mod walk;
 mod write;
 
@@ -421,13 +423,30 @@ async fn run(
         });
     }
 
+    let side = until_shutdown(
+        side_tables::fill(
+            fetcher,
+            dir,
+            &settings.tables,
+            collector.definitions.take(),
+            progress,
+        ),
+        &settings.out,
+    )
+    .await
+    .map_err(|error| match error {
+        // Every page is kept: the resumed run fills the side tables again.
+        ExportError::Interrupted { out, .. } => Failure {
+            error: ExportError::Interrupted { pages, out },
+            resumable: true,
+        },
+        error => resumable(error),
+    })?;
+
     let status = fetcher.status();
     let unique = collector.unique();
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
-    let options = SinkOptions {
-        csv_safe: settings.csv_safe,
-        compression: settings.compression,
-    };
+    // Several accounts in one run write one schema per table: the union of theirs.
     let union = match &settings.schemas {
         Some(shared) => {
             progress.phase("waiting for the run's other accounts");
@@ -436,22 +455,35 @@ async fn run(
         }
         None => None,
     };
+    let mut filled: Vec<write::Filled> = crate::table::walk_tables()
+        .zip(flattener.shapes())
+        .zip(spills)
+        .map(|((table, shape), spill)| write::Filled {
+            table,
+            schema: write::final_schema(shape, union.as_ref().and_then(|u| u.get(table.name))),
+            spill,
+        })
+        .collect();
+    filled.extend(side.filled);
+    let options = SinkOptions {
+        csv_safe: settings.csv_safe,
+        compression: settings.compression,
+    };
     let (tables, written) = write::write_tables(
         settings.format,
         options,
         settings.rows_per_file,
         &settings.tables,
         dir,
-        &flattener,
-        union.as_ref(),
-        &spills,
+        &filled,
         progress,
     )
     .map_err(resumable)?;
     let manifest = Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
-        // the exit code is 5.
-        complete: drift.unresolved == 0,
+        // the exit code is 5. So is one whose label walk did not end with the counts announced.
+        complete: drift.unresolved == 0
+            && side.label_walk.as_ref().is_none_or(|walk| walk.complete),
         format: settings.format,
         expected_count: walk_state.expected_count,
         final_count: walk_state.final_count,
@@ -475,6 +507,7 @@ async fn run(
         csv_safe: settings.csv_safe,
         compression: (settings.format == Format::Parquet).then_some(settings.compression),
         tables,
+        label_walk: side.label_walk,
         source: Source {
             base_url: params.base_url.clone(),
             account_id: params.account_id,

@@ -210,13 +210,15 @@ fn declare_definitions(
     fetched: Result<Vec<AttributeDefinition>, FetchError>,
 ) -> Option<u64> {
     match fetched {
-        Ok(definitions) => Some(
-            collector.flattener.declare_custom_attributes(
+        Ok(definitions) => {
+            let declared = collector.flattener.declare_custom_attributes(
                 definitions
                     .iter()
                     .map(|d| (d.key.as_str(), d.display_type.as_str())),
-            ),
-        ),
+            );
+            collector.definitions = Some(definitions.into_iter().map(|d| d.raw).collect());
+            Some(declared)
+        }
         Err(error) => {
             eprintln!(
                 "chatwoot-export: warning: cannot read the custom attribute definitions ({}); custom_attributes columns are typed from their values alone",

@@ -1,6 +1,6 @@
 //! The spills -> the output tables, once the schemas are final.
 //!
-//! Receives the final table shapes and the spill files; emits `DIR/<table>.<ext>`, or with
+//! Receives each filled table (its description, final schema and spill file); emits `DIR/<table>.<ext>`, or with
 //! `rows_per_file` and a table bigger than that, `DIR/<table>-00000.<ext>`,
 //! `DIR/<table>-00001.<ext>`, ... (each a whole file in the table's one schema, every one but
 //! the last holding exactly `rows_per_file` rows), each through a temporary name; and the
@@ -20,52 +20,46 @@ use crate::manifest::TableEntry;
 use crate::progress::Progress;
 use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
+use crate::table::Table;
 use crate::transform::batch::BatchBuilder;
 use crate::transform::flatten::Flattener;
-use crate::transform::schema::TableSchema;
+use crate::transform::schema::{ColumnDef, TableSchema, TableShape};
 use crate::transform::spill::SpillReader;
 
-/// The two output tables, in the order they are written.
-pub const TABLES: [&str; 2] = ["contacts", "contact_inboxes"];
+/// A table whose rows are all in its spill: ready to write.
+pub struct Filled {
+    pub table: &'static Table,
+    /// The final schema (the shape's, once every row is in).
+    pub schema: TableSchema,
+    pub spill: PathBuf,
+}
 
-/// Writes the selected tables with their selected columns; returns their manifest entries
-/// and the final paths.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, each argument is distinct"
-)]
+/// Writes the selected tables of `filled` (in its order) with their selected columns; returns
+/// their manifest entries and the final paths.
 pub fn write_tables(
     format: Format,
     options: SinkOptions,
     rows_per_file: Option<u64>,
     selection: &TableSelection,
     dir: &OutputDir,
-    flattener: &Flattener,
-    union: Option<&TableColumns>,
-    spills: &[PathBuf; 2],
+    filled: &[Filled],
     progress: &Progress,
 ) -> Result<(BTreeMap<String, TableEntry>, Vec<PathBuf>), ExportError> {
-    // With the run's other accounts' columns merged in, when there are several accounts.
-    let schemas = TABLES
-        .into_iter()
-        .zip([&flattener.contacts, &flattener.inboxes])
-        .map(|(table, shape)| match union.and_then(|u| u.get(table)) {
-            Some(others) => {
-                let mut shape = shape.clone();
-                shape.merge(others);
-                shape.finish()
-            }
-            None => shape.finish(),
-        });
     let mut tables = BTreeMap::new();
     let mut written = Vec::new();
-    for ((table, schema), spill) in TABLES.into_iter().zip(schemas).zip(spills) {
+    for Filled {
+        table,
+        schema,
+        spill,
+    } in filled
+    {
+        let table = table.name;
         let filter = selection.of(table);
         if !filter.enabled {
             continue;
         }
         progress.phase(&format!("writing {table}"));
-        let keep = kept_columns(&schema, filter);
+        let keep = kept_columns(schema, filter);
         let files = TableFiles {
             format,
             options,
@@ -75,22 +69,35 @@ pub fn write_tables(
             parts: Vec::new(),
             current: None,
         };
-        let (file_names, rows) = write_table(files, &schema, &keep, spill)?;
+        let (file_names, rows) = write_table(files, schema, &keep, spill)?;
         written.extend(file_names.iter().map(|name| dir.root().join(name)));
-        let mut entry = TableEntry::new(file_names, rows, &schema);
+        let mut entry = TableEntry::new(file_names, rows, schema);
         entry.columns = keep.iter().map(|&i| entry.columns[i].clone()).collect();
         tables.insert(table.to_owned(), entry);
     }
     Ok((tables, written))
 }
 
-/// The columns this export met, per table, to agree on with the run's other accounts.
+/// The columns this export met in the tables the contacts walk fills, to agree on with the
+/// run's other accounts.
 pub fn columns_of(flattener: &Flattener) -> TableColumns {
-    TABLES
-        .into_iter()
-        .zip([&flattener.contacts, &flattener.inboxes])
-        .map(|(table, shape)| (table.to_owned(), shape.columns()))
+    crate::table::walk_tables()
+        .zip(flattener.shapes())
+        .map(|(table, shape)| (table.name.to_owned(), shape.columns()))
         .collect()
+}
+
+/// A table's final schema: its shape's, with the run's other accounts' columns (`others`)
+/// merged in when there are several accounts.
+pub fn final_schema(shape: &TableShape, others: Option<&Vec<ColumnDef>>) -> TableSchema {
+    match others {
+        Some(others) => {
+            let mut shape = shape.clone();
+            shape.merge(others);
+            shape.finish()
+        }
+        None => shape.finish(),
+    }
 }
 
 /// The positions of the columns the filter keeps. Filtering happens on the final schema, at

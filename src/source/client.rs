@@ -115,6 +115,25 @@ impl ContactsClient {
         .await
     }
 
+    /// Fetches the account's labels (`GET /labels`: `{"payload": [{...}, ...]}`), each as the
+    /// JSON object the server sent. Errors name it as page 0.
+    pub async fn labels(&self) -> Attempt<Vec<Value>> {
+        let url = account_url(&self.options.base_url, self.options.account_id, "labels");
+        self.send(0, self.http.get(url), parse_labels).await
+    }
+
+    /// Fetches one page of the contacts tagged `label` (`labels[]=TITLE`), without their
+    /// inbox links, which the label walk does not need.
+    pub async fn label_page(&self, label: &str, page: u64) -> Attempt {
+        let mut url = self.url.clone();
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("sort", &self.options.sort)
+            .append_pair("labels[]", label)
+            .append_pair("include_contact_inboxes", "false");
+        self.send(page, self.http.get(url), parse_page).await
+    }
+
     /// Fetches one page of the contacts created after `after_day` and before `before_day`
     /// (`YYYY-MM-DD`, both exclusive, either open), through `POST /contacts/filter`.
     pub async fn filter_page(
@@ -287,6 +306,20 @@ pub fn public_base_url(url: &Url) -> String {
     clean.set_query(None);
     clean.set_fragment(None);
     clean.as_str().trim_end_matches('/').to_owned()
+}
+
+/// The objects of a `{"payload": [...]}` body (items that are not objects are skipped).
+fn parse_labels(body: &[u8]) -> Result<Vec<Value>, String> {
+    #[derive(serde::Deserialize)]
+    struct Labels {
+        payload: Vec<Value>,
+    }
+    let labels: Labels = serde_json::from_slice(body).map_err(|err| err.to_string())?;
+    Ok(labels
+        .payload
+        .into_iter()
+        .filter(Value::is_object)
+        .collect())
 }
 
 fn parse_page(body: &[u8]) -> Result<ContactsPage, String> {

@@ -3,7 +3,8 @@
 //! Receives the response body (a bare JSON array, both models' definitions when no
 //! `attribute_model` is asked for); emits the contact attributes' keys and display types, which
 //! type the `custom_attributes__<key>` columns before any value is seen (see
-//! `Flattener::declare_custom_attributes`). Lenient like the page model: items that are not
+//! `Flattener::declare_custom_attributes`), and each definition whole, as the API rendered it
+//! (the `custom_attribute_definitions` table). Lenient like the page model: items that are not
 //! contact attributes, or lack a string key or display type, are skipped, not errors.
 
 use serde::Deserialize;
@@ -15,6 +16,8 @@ pub struct AttributeDefinition {
     pub key: String,
     /// `text`, `number`, `currency`, `percent`, `link`, `date`, `list` or `checkbox`.
     pub display_type: String,
+    /// The definition as the server sent it (a JSON object).
+    pub raw: serde_json::Value,
 }
 
 /// The contact attribute definitions in a response body.
@@ -25,17 +28,21 @@ pub fn parse_definitions(body: &[u8]) -> Result<Vec<AttributeDefinition>, serde_
         attribute_display_type: Option<serde_json::Value>,
         attribute_model: Option<serde_json::Value>,
     }
-    let items: Vec<Item> = serde_json::from_slice(body)?;
+    let raw: Vec<serde_json::Value> = serde_json::from_slice(body)?;
+    let items = raw
+        .into_iter()
+        .map(|raw| Ok((Item::deserialize(&raw)?, raw)))
+        .collect::<Result<Vec<(Item, serde_json::Value)>, serde_json::Error>>()?;
     Ok(items
         .into_iter()
-        .filter(|item| {
+        .filter(|(item, _)| {
             // The string form is what the API renders; the enum's integer is 1 in the database.
             matches!(&item.attribute_model, Some(serde_json::Value::String(m)) if m == "contact_attribute")
                 || item.attribute_model == Some(1.into())
         })
-        .filter_map(|item| match (item.attribute_key, item.attribute_display_type) {
+        .filter_map(|(item, raw)| match (item.attribute_key, item.attribute_display_type) {
             (Some(serde_json::Value::String(key)), Some(serde_json::Value::String(display_type))) => {
-                Some(AttributeDefinition { key, display_type })
+                Some(AttributeDefinition { key, display_type, raw })
             }
             _ => None,
         })

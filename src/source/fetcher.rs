@@ -130,6 +130,20 @@ impl Fetcher {
             .await
     }
 
+    /// The account's labels, each as the JSON object the server sent.
+    pub async fn labels(&self) -> Result<Vec<serde_json::Value>, FetchError> {
+        self.with_retries(0, self.retry.max_retries, || self.client.labels())
+            .await
+    }
+
+    /// Page `page` of the contacts tagged `label`, through the same budget and retries.
+    pub async fn label_page(&self, label: &str, page: u64) -> Result<ContactsPage, FetchError> {
+        self.with_retries(page, self.retry.max_retries, || {
+            self.client.label_page(label, page)
+        })
+        .await
+    }
+
     pub fn status(&self) -> FetchStatus {
         FetchStatus {
             governor: GovernorStatus {

@@ -49,8 +49,6 @@ use url::Url;
 
 use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 
-use crate::config::TABLE_NAMES;
-
 /// The folder under the destination that holds the manifests, one per partition under the
 /// partition's own path. The leading `_` is the Hadoop convention for what is not data (Spark,
 /// Hive, Athena and Trino skip it); it sits beside the tables' folders, never inside one.
@@ -627,7 +625,7 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
 /// earlier versions' `<table>-<run_id>.<ext>`, `<table>-<run_id>-<n>.<ext>`): only those are
 /// ever deleted, whatever else shares the partition.
 fn is_ours(name: &str) -> bool {
-    TABLE_NAMES.iter().any(|table| {
+    crate::table::names().any(|table| {
         name.strip_prefix(table).is_some_and(|rest| {
             [".parquet", ".csv", ".ndjson"].iter().any(|ext| {
                 rest == *ext

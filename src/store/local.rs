@@ -26,8 +26,6 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 const WORK_DIR: &str = ".chatwoot-export.partial";
 /// The file in the work folder that marks a resumable export.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
-/// Names a previous export may have left, besides the manifest and the work folder.
-const TABLE_STEMS: &[&str] = &["contacts", "contact_inboxes"];
 const EXTENSIONS: &[&str] = &["parquet", "csv", "ndjson"];
 
 /// A failure to prepare or write the output folder.
@@ -284,7 +282,9 @@ fn is_ours(name: &str) -> bool {
 
 /// Whether a file name is one of an export's tables: `<table>.<ext>` or `<table>-<digits>.<ext>`.
 fn is_data_file(name: &str) -> bool {
-    TABLE_STEMS.iter().any(|stem| {
+    // Names a previous export may have left, besides the manifest and the work folder: one
+    // stem per described table.
+    crate::table::names().any(|stem| {
         let Some(rest) = name.strip_prefix(stem) else {
             return false;
         };

@@ -39,7 +39,7 @@ pub const CONTACT_COLUMNS: &[(&str, ColumnType)] = &[
     ("created_at", ColumnType::Timestamp),
     ("last_activity_at", ColumnType::Timestamp),
 ];
-const CONTACT_GROUPS: &[&str] = &["additional_attributes__", "custom_attributes__"];
+pub const CONTACT_GROUPS: &[&str] = &["additional_attributes__", "custom_attributes__"];
 
 /// The `contact_inboxes` columns of the contract, in output order.
 pub const INBOX_COLUMNS: &[(&str, ColumnType)] = &[
@@ -52,7 +52,7 @@ pub const INBOX_COLUMNS: &[(&str, ColumnType)] = &[
     ("inbox__channel_type", ColumnType::String),
     ("inbox__provider", ColumnType::String),
 ];
-const INBOX_GROUPS: &[&str] = &["inbox__"];
+pub const INBOX_GROUPS: &[&str] = &["inbox__"];
 
 /// Why a contact could not be flattened.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -120,7 +120,24 @@ impl Default for Flattener {
     }
 }
 
+impl EncodedContact {
+    /// The contact's rows of each table, in `Flattener::shapes` order.
+    pub fn rows(&self) -> [&RowBuffer; 2] {
+        [&self.contact, &self.inboxes]
+    }
+}
+
 impl Flattener {
+    /// The shapes of the tables a contact fills, in `crate::table::walk_tables` order.
+    pub fn shapes(&self) -> [&TableShape; 2] {
+        [&self.contacts, &self.inboxes]
+    }
+
+    /// `shapes`, to restore them from a checkpoint.
+    pub fn shapes_mut(&mut self) -> [&mut TableShape; 2] {
+        [&mut self.contacts, &mut self.inboxes]
+    }
+
     /// Types the `custom_attributes__<key>` columns from the account's attribute definitions
     /// (key, display type) before any contact is seen, so a column's type follows what the
     /// attribute is, not which values tonight's contacts happen to hold, and a defined
@@ -313,6 +330,17 @@ pub fn cell_of(value: &Value) -> Option<Cell> {
         Value::String(s) => Cell::Str(s.clone()),
         Value::Array(_) | Value::Object(_) => Cell::Json(value.to_string()),
     })
+}
+
+/// One JSON object of a table filled from a plain list (a label, an attribute definition) ->
+/// one row of `shape`: each field its column, named as the server names it, objects and
+/// arrays as their JSON text, nulls as no cell.
+pub fn flatten_record(shape: &mut TableShape, object: &Map<String, Value>) -> Row {
+    let mut row = Row::with_capacity(object.len());
+    for (key, value) in object {
+        push(shape, &mut row, key, cell_of(value));
+    }
+    row
 }
 
 /// Adds `prefix__key` for each key of `object`, recursing into nested objects.

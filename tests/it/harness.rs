@@ -80,6 +80,16 @@ impl Fake {
             .expect("an account the fake serves")
     }
 
+    /// The first account's labels, as `GET /labels` renders them in its `payload`.
+    pub fn labels(&self) -> Value {
+        self.server().live_labels()
+    }
+
+    /// The (contact id, label) pairs of the contacts listed now, by contact and label order.
+    pub fn contact_labels(&self) -> Vec<(i64, String)> {
+        self.server().live_contact_labels()
+    }
+
     /// The most requests the fake's rate limit counted in one window.
     pub fn busiest_window(&self) -> u64 {
         self.server().busiest_window()

@@ -23,3 +23,4 @@ mod robustness;
 mod secrets;
 mod sink;
 mod staged;
+mod tables;
