@@ -3,6 +3,7 @@
 
 mod csv_safe;
 mod drift;
+mod engines;
 mod errors;
 mod exact;
 mod expected;
