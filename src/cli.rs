@@ -1,12 +1,18 @@
 //! The command line (clap derive): subcommands, flags, help text and examples.
 //!
-//! Emits raw arguments; `app` resolves them (with the environment and defaults) into settings.
+//! Emits raw arguments; `commands::settings` resolves them (with the environment and the
+//! defaults of `options`) into settings.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::options::{
+    DEFAULT_CONCURRENCY, DEFAULT_FORMAT, DEFAULT_MAX_RETRIES, DEFAULT_RATE_LIMIT,
+    DEFAULT_RATE_SHARE, DEFAULT_RATE_WINDOW_SECS, DEFAULT_SORT, DEFAULT_TIMEOUT_SECS,
+    parse_rate_share,
+};
 use crate::sink::{Compression, Format};
 
 const EXIT_CODES: &str = "\
@@ -145,7 +151,7 @@ pub struct ContactsArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    #[arg(long, value_enum, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder (contacts.<ext>, contact_inboxes.<ext>, manifest.json), or an object store
     /// URL: s3://bucket/prefix, gs://..., az://..., file:///... (credentials from AWS_*,
@@ -189,30 +195,30 @@ pub struct OutputArgs {
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Most page requests in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub concurrency: u16,
     /// The list's sort key (created_at is the only stable one; a leading - sorts descending).
     #[arg(
         long,
-        default_value = "created_at",
+        default_value = DEFAULT_SORT,
         value_name = "KEY",
         allow_hyphen_values = true
     )]
     pub sort: String,
     /// Time limit for one page request, body included.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS, value_name = "SECS")]
     pub timeout_secs: u64,
     /// Retries of a page after a transient error (5xx, dropped connection, time-out, bad JSON);
     /// 429s are handled by the rate governor and not counted here.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_MAX_RETRIES, value_name = "N")]
     pub max_retries: u32,
     /// Requests allowed per window (Chatwoot's default is 3000 a minute per IP; some installs
     /// use 300): where the pace starts and the fastest it goes. A slower limit (rack-attack,
     /// nginx, a CDN) is learned from the server's refusals; 0 starts unpaced and learns it.
-    #[arg(long, default_value_t = 3000, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_RATE_LIMIT, value_name = "N")]
     pub rate_limit: u64,
     /// The window of --rate-limit (Chatwoot: 60 s).
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_RATE_WINDOW_SECS, value_name = "SECS")]
     pub rate_window_secs: u64,
     /// The part of the server's rate limit this export takes, 0.1 to 1.0. The limit is per
     /// client IP, so the rest is left to the agents' dashboards and integrations on the same
@@ -221,41 +227,13 @@ pub struct FetchArgs {
     pub rate_share: f64,
 }
 
-/// The part of the rate limit an export takes by default: 10% is left to the other users of
-/// the IP (a dashboard tab makes a request every few seconds; 10% of Chatwoot's 3,000 a minute
-/// is 300, of the 300 some installs use, 30).
-pub const DEFAULT_RATE_SHARE: f64 = 0.9;
-
-/// `--rate-share`: a fraction from 0.1 to 1.0.
-pub fn parse_rate_share(text: &str) -> Result<f64, String> {
-    text.trim()
-        .parse::<f64>()
-        .map_err(|_| rate_share_range(text))
-        .and_then(|share| check_rate_share(share).map_err(|_| rate_share_range(text)))
-}
-
-/// A rate share (`--rate-share`, `fetch.rate_share`) as it is, or why it is not one.
-pub fn check_rate_share(share: f64) -> Result<f64, String> {
-    if (0.1..=1.0).contains(&share) {
-        Ok(share)
-    } else {
-        Err(rate_share_range(&share.to_string()))
-    }
-}
-
-fn rate_share_range(text: &str) -> String {
-    format!(
-        "{text:?} is not a fraction from 0.1 to 1.0 (0.9 leaves 10% of the limit to others on the IP)"
-    )
-}
-
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many contacts the fake account holds.
     #[arg(long, default_value_t = 1500)]
     pub contacts: u64,
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    #[arg(long, value_enum, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder, or an object store URL as for `contacts --out`.
     #[arg(long, value_name = "DIR", default_value = "chatwoot-export-demo")]

@@ -1,8 +1,8 @@
 //! Pipeline files: TOML -> `--set` overrides -> `${VAR}` interpolation -> typed sections ->
-//! pure validation that collects every problem -> a resolved `Pipeline`.
+//! pure validation that collects every problem -> a resolved `PipelineFile`.
 //!
 //! Receives the file's text, the `--set key=value` overrides and a way to read the
-//! environment (a closure, so validation stays pure and testable); emits a `Pipeline` or a
+//! environment (a closure, so validation stays pure and testable); emits a `PipelineFile` or a
 //! `ConfigErrors` that lists every problem with its key and, when it can be found, its line.
 //! Invariants: unknown keys are errors; the token is never written in the file, only as
 //! `${ENV_VAR}`; nothing here touches the network or the disk.
@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Table, Value};
-use url::{Host, Url};
+use url::Url;
 
+use crate::options::{FetchKnobs, SinkConflict, TOKEN_ENV, insecure_http, sink_conflicts};
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
-use crate::source::{FetchOptions, RetryPolicy};
+use crate::source::FetchOptions;
 
-/// The environment variable that holds the API token.
-pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
 /// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
 pub const BUILTIN_FAKE: &str = "builtin:fake";
 /// The placeholders a path template may use.
@@ -74,12 +73,13 @@ impl fmt::Display for ConfigErrors {
 
 // ---- The file's shape (serde) ----
 
+/// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PipelineFile {
+struct RawFile {
     source: SourceSection,
     #[serde(default)]
-    fetch: FetchSection,
+    fetch: FetchKnobs,
     #[serde(default)]
     tables: TablesSection,
     sink: SinkSection,
@@ -98,32 +98,6 @@ struct SourceSection {
     token: Option<String>,
     #[serde(default)]
     allow_insecure_http: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FetchSection {
-    sort: String,
-    concurrency: u16,
-    rate_limit: u64,
-    rate_window_secs: u64,
-    rate_share: f64,
-    max_retries: u32,
-    timeout_secs: u64,
-}
-
-impl Default for FetchSection {
-    fn default() -> Self {
-        Self {
-            sort: "created_at".into(),
-            concurrency: 8,
-            rate_limit: 3000,
-            rate_window_secs: 60,
-            rate_share: crate::cli::DEFAULT_RATE_SHARE,
-            max_retries: 8,
-            timeout_secs: 60,
-        }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,7 +276,7 @@ pub struct SinkSettings {
 
 /// A validated pipeline, ready to run.
 #[derive(Clone, Debug)]
-pub struct Pipeline {
+pub struct PipelineFile {
     pub source: SourceUrl,
     pub accounts: Vec<u64>,
     /// `None` only for the built-in fake server.
@@ -321,24 +295,12 @@ pub fn parse(
     text: &str,
     sets: &[String],
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, ConfigErrors> {
+) -> Result<PipelineFile, ConfigErrors> {
     let fail = |problems| ConfigErrors {
         file: file.to_owned(),
         problems,
     };
-    let mut table: Table = match text.parse() {
-        Ok(table) => table,
-        Err(err) => {
-            let err: toml::de::Error = err;
-            let line = err.span().map(|span| line_of_offset(text, span.start));
-            let message = err.message().trim().to_owned();
-            return Err(fail(vec![ConfigProblem {
-                key: "(file)".into(),
-                line,
-                message: format!("not valid TOML: {message}"),
-            }]));
-        }
-    };
+    let mut table = parse_toml(text).map_err(|problem| fail(vec![problem]))?;
     let lines = KeyLines::new(text);
     let mut problems = Vec::new();
     let problem = |key: &str, message: String| ConfigProblem {
@@ -361,57 +323,17 @@ pub fn parse(
             "unknown key: remove it or check its spelling (see the README's pipeline keys)".into(),
         ));
     });
-    // The token must be a reference to the environment, checked before interpolation.
-    // `Err`: a literal token, already reported.
-    let token_var: Result<Option<String>, ()> = match table
-        .get("source")
-        .and_then(|s| s.get("token"))
-        .map(Value::as_str)
-    {
-        None => Ok(None),
-        Some(Some(raw)) => match env_reference(raw) {
-            Some(name) => Ok(Some(name.to_owned())),
-            None => {
-                problems.push(problem(
-                    "source.token",
-                    "write the token as ${ENV_VAR} (e.g. \"${CHATWOOT_API_TOKEN}\"), never the token itself: pipeline files get copied and committed".into(),
-                ));
-                Err(())
-            }
-        },
-        Some(None) => Ok(None), // wrong type: reported by the typed pass
-    };
+    let token_var = token_reference(&table, &mut |key, message| {
+        problems.push(problem(key, message));
+    });
     interpolate(&mut table, "", env, &mut |key, message| {
         problems.push(problem(&key, message));
     });
-    // Typed pass: each failure names its key; remove the key and go on, so every type
-    // error is reported, not only the first.
-    let mut parsed = None;
-    for _ in 0..64 {
-        match serde_path_to_error::deserialize::<_, PipelineFile>(Value::Table(table.clone())) {
-            Ok(file) => {
-                parsed = Some(file);
-                break;
-            }
-            Err(err) => {
-                let path = err.path().to_string();
-                let message = err.inner().message().trim().to_owned();
-                let key = if path == "." { String::new() } else { path };
-                let missing = message.starts_with("missing field");
-                let full = match (missing, key.is_empty()) {
-                    (true, true) => missing_field(&message),
-                    (true, false) => format!("{key}.{}", missing_field(&message)),
-                    _ => key.clone(),
-                };
-                if !problems.iter().any(|p| p.key == full) {
-                    problems.push(problem(&full, describe(&message)));
-                }
-                if missing || !remove_key(&mut table, &key) {
-                    break;
-                }
-            }
+    let parsed = deserialize(table, &mut |key, message| {
+        if !problems.iter().any(|p| p.key == key) {
+            problems.push(problem(key, message));
         }
-    }
+    });
     let Some(parsed) = parsed else {
         return Err(fail(problems));
     };
@@ -424,25 +346,161 @@ pub fn parse(
     }
 }
 
+/// The file's TOML, or its syntax error with the line.
+fn parse_toml(text: &str) -> Result<Table, ConfigProblem> {
+    text.parse().map_err(|err: toml::de::Error| {
+        let line = err.span().map(|span| line_of_offset(text, span.start));
+        let message = err.message().trim().to_owned();
+        ConfigProblem {
+            key: "(file)".into(),
+            line,
+            message: format!("not valid TOML: {message}"),
+        }
+    })
+}
+
+/// The environment variable `source.token` names. The token must be a reference to the
+/// environment, checked before interpolation; `Err`: a literal token, reported.
+fn token_reference(
+    table: &Table,
+    report: &mut dyn FnMut(&str, String),
+) -> Result<Option<String>, ()> {
+    match table
+        .get("source")
+        .and_then(|s| s.get("token"))
+        .map(Value::as_str)
+    {
+        None => Ok(None),
+        Some(Some(raw)) => match env_reference(raw) {
+            Some(name) => Ok(Some(name.to_owned())),
+            None => {
+                report(
+                    "source.token",
+                    "write the token as ${ENV_VAR} (e.g. \"${CHATWOOT_API_TOKEN}\"), never the token itself: pipeline files get copied and committed".into(),
+                );
+                Err(())
+            }
+        },
+        Some(None) => Ok(None), // wrong type: reported by the typed pass
+    }
+}
+
+/// The typed pass: each failure names its key; the key is removed and the pass goes on, so
+/// every type error is reported, not only the first. `None` if the file still has no shape.
+fn deserialize(mut table: Table, report: &mut dyn FnMut(&str, String)) -> Option<RawFile> {
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, RawFile>(Value::Table(table.clone())) {
+            Ok(file) => return Some(file),
+            Err(err) => {
+                let path = err.path().to_string();
+                let message = err.inner().message().trim().to_owned();
+                let key = if path == "." { String::new() } else { path };
+                let missing = message.starts_with("missing field");
+                let full = match (missing, key.is_empty()) {
+                    (true, true) => missing_field(&message),
+                    (true, false) => format!("{key}.{}", missing_field(&message)),
+                    _ => key.clone(),
+                };
+                report(&full, describe(&message));
+                if missing || !remove_key(&mut table, &key) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Semantic checks and resolution; reports through `report` and returns `None` if any failed.
 fn resolve(
-    file: PipelineFile,
+    file: RawFile,
     token_var: Result<Option<String>, ()>,
     env: &dyn Fn(&str) -> Option<String>,
     report: &mut dyn FnMut(&str, String),
-) -> Option<Pipeline> {
+) -> Option<PipelineFile> {
     let mut ok = true;
     let mut bad = |key: &str, message: String| {
         ok = false;
         report(key, message);
     };
-    let PipelineFile {
+    let RawFile {
         source,
         fetch,
         tables,
         sink,
     } = file;
+    let allow_insecure_http = source.allow_insecure_http;
+    let (url, accounts, token) = resolve_source(source, token_var, env, &mut bad);
+    check_fetch(&fetch, &mut bad);
 
+    let mut filters = Vec::new();
+    for (name, table) in [
+        ("contacts", tables.contacts),
+        ("contact_inboxes", tables.contact_inboxes),
+    ] {
+        if let Some(include) = &table.include
+            && include.is_empty()
+        {
+            bad(
+                &format!("tables.{name}.include"),
+                "is empty: list columns, or set enabled = false to skip the table".into(),
+            );
+        }
+        if name == "contact_inboxes"
+            && table
+                .include
+                .as_ref()
+                .is_some_and(|list| !list.iter().any(|c| c == "contact_id"))
+        {
+            bad(
+                "tables.contact_inboxes.include",
+                "must keep contact_id, the key that joins the table to contacts".into(),
+            );
+        }
+        if name == "contacts" && (!table.enabled || table.exclude.iter().any(|c| c == "id")) {
+            bad(
+                &format!("tables.{name}"),
+                "the contacts table and its id column are always written".into(),
+            );
+        }
+        filters.push(ColumnFilter {
+            enabled: table.enabled,
+            include: table.include,
+            exclude: table.exclude,
+        });
+    }
+
+    let sink = resolve_sink(sink, accounts.len(), &mut bad);
+
+    let contact_inboxes = filters.pop().unwrap_or_else(ColumnFilter::all);
+    let contacts = filters.pop().unwrap_or_else(ColumnFilter::all);
+    if !ok {
+        return None;
+    }
+    Some(PipelineFile {
+        source: url?,
+        accounts,
+        token,
+        allow_insecure_http,
+        timeout: fetch.timeout(),
+        fetch: fetch.fetch_options(),
+        sort: fetch.sort,
+        tables: TableSelection {
+            contacts,
+            contact_inboxes,
+        },
+        sink: sink?,
+    })
+}
+
+/// `[source]`: where the contacts come from, which accounts, and the token (read from the
+/// environment variable the file names).
+fn resolve_source(
+    source: SourceSection,
+    token_var: Result<Option<String>, ()>,
+    env: &dyn Fn(&str) -> Option<String>,
+    bad: &mut dyn FnMut(&str, String),
+) -> (Option<SourceUrl>, Vec<u64>, Option<ApiToken>) {
     let url = if source.base_url == BUILTIN_FAKE {
         Some(SourceUrl::BuiltinFake)
     } else {
@@ -517,16 +575,18 @@ fn resolve(
         }
     };
     if let Some(SourceUrl::Chatwoot(url)) = &url
-        && url.scheme() == "http"
-        && !source.allow_insecure_http
-        && !is_loopback(url)
+        && insecure_http(url, source.allow_insecure_http)
     {
         bad(
             "source.base_url",
             "plain http would send the token unencrypted: use https, or set allow_insecure_http = true".into(),
         );
     }
+    (url, accounts, token)
+}
 
+/// `[fetch]`: the bounds of each knob (its defaults are `FetchKnobs`').
+fn check_fetch(fetch: &FetchKnobs, bad: &mut dyn FnMut(&str, String)) {
     for (key, value, min) in [
         ("fetch.concurrency", u64::from(fetch.concurrency), 1),
         ("fetch.rate_window_secs", fetch.rate_window_secs, 1),
@@ -536,7 +596,7 @@ fn resolve(
             bad(key, format!("must be at least {min}"));
         }
     }
-    if let Err(why) = crate::cli::check_rate_share(fetch.rate_share) {
+    if let Err(why) = crate::options::check_rate_share(fetch.rate_share) {
         bad("fetch.rate_share", why);
     }
     if fetch.concurrency > 256 {
@@ -548,44 +608,14 @@ fn resolve(
             "is empty: use created_at (the default)".into(),
         );
     }
+}
 
-    let mut filters = Vec::new();
-    for (name, table) in [
-        ("contacts", tables.contacts),
-        ("contact_inboxes", tables.contact_inboxes),
-    ] {
-        if let Some(include) = &table.include
-            && include.is_empty()
-        {
-            bad(
-                &format!("tables.{name}.include"),
-                "is empty: list columns, or set enabled = false to skip the table".into(),
-            );
-        }
-        if name == "contact_inboxes"
-            && table
-                .include
-                .as_ref()
-                .is_some_and(|list| !list.iter().any(|c| c == "contact_id"))
-        {
-            bad(
-                "tables.contact_inboxes.include",
-                "must keep contact_id, the key that joins the table to contacts".into(),
-            );
-        }
-        if name == "contacts" && (!table.enabled || table.exclude.iter().any(|c| c == "id")) {
-            bad(
-                &format!("tables.{name}"),
-                "the contacts table and its id column are always written".into(),
-            );
-        }
-        filters.push(ColumnFilter {
-            enabled: table.enabled,
-            include: table.include,
-            exclude: table.exclude,
-        });
-    }
-
+/// `[sink]`: the format, the options that fit it, and where the files go.
+fn resolve_sink(
+    sink: SinkSection,
+    accounts: usize,
+    bad: &mut dyn FnMut(&str, String),
+) -> Option<SinkSettings> {
     let format = match sink.format.as_str() {
         "parquet" => Some(Format::Parquet),
         "csv" => Some(Format::Csv),
@@ -598,21 +628,24 @@ fn resolve(
             None
         }
     };
-    if sink.csv_safe && format.is_some_and(|f| f != Format::Csv) {
-        bad(
-            "sink.csv_safe",
-            "applies only to format = \"csv\": set the format or drop csv_safe".into(),
-        );
+    let conflicts = format.map_or_else(Vec::new, |format| {
+        sink_conflicts(format, sink.csv_safe, sink.compression.is_some())
+    });
+    for conflict in &conflicts {
+        match conflict {
+            SinkConflict::CsvSafeNotCsv => bad(
+                "sink.csv_safe",
+                "applies only to format = \"csv\": set the format or drop csv_safe".into(),
+            ),
+            SinkConflict::CompressionNotParquet => bad(
+                "sink.compression",
+                "applies only to format = \"parquet\": set the format or drop compression".into(),
+            ),
+        }
     }
     let compression = match &sink.compression {
         None => Some(Compression::default()),
-        Some(_) if format.is_some_and(|f| f != Format::Parquet) => {
-            bad(
-                "sink.compression",
-                "applies only to format = \"parquet\": set the format or drop compression".into(),
-            );
-            None
-        }
+        Some(_) if conflicts.contains(&SinkConflict::CompressionNotParquet) => None,
         Some(text) => Compression::parse(text)
             .map_err(|message| bad("sink.compression", message))
             .ok(),
@@ -633,56 +666,28 @@ fn resolve(
         for problem in template_problems(template) {
             bad("sink.path", problem);
         }
-        if accounts.len() > 1 && !template.contains("{account_id}") {
+        if accounts > 1 && !template.contains("{account_id}") {
             bad(
                 "sink.path",
                 "several accounts would write to the same place: put {account_id} in the path"
                     .into(),
             );
         }
-    } else if accounts.len() > 1 {
+    } else if accounts > 1 {
         bad(
             "sink.path",
             "several accounts need a path template with {account_id}, e.g. \"account_id={account_id}\"".into(),
         );
     }
-
-    let contact_inboxes = filters.pop().unwrap_or_else(ColumnFilter::all);
-    let contacts = filters.pop().unwrap_or_else(ColumnFilter::all);
-    if !ok {
-        return None;
-    }
-    Some(Pipeline {
-        source: url?,
-        accounts,
-        token,
-        allow_insecure_http: source.allow_insecure_http,
-        sort: fetch.sort,
-        timeout: Duration::from_secs(fetch.timeout_secs),
-        fetch: FetchOptions {
-            concurrency: usize::from(fetch.concurrency),
-            retry: RetryPolicy {
-                max_retries: fetch.max_retries,
-                ..RetryPolicy::default()
-            },
-            rate_limit: (fetch.rate_limit > 0).then_some(fetch.rate_limit),
-            rate_window: Duration::from_secs(fetch.rate_window_secs),
-            rate_share: fetch.rate_share,
-        },
-        tables: TableSelection {
-            contacts,
-            contact_inboxes,
-        },
-        sink: SinkSettings {
-            format: format?,
-            destination: sink.destination,
-            path: sink.path,
-            csv_safe: sink.csv_safe,
-            keep_inbox_secrets: sink.keep_inbox_secrets,
-            overwrite: sink.overwrite,
-            compression: compression?,
-            rows_per_file: sink.rows_per_file,
-        },
+    Some(SinkSettings {
+        format: format?,
+        destination: sink.destination,
+        path: sink.path,
+        csv_safe: sink.csv_safe,
+        keep_inbox_secrets: sink.keep_inbox_secrets,
+        overwrite: sink.overwrite,
+        compression: compression?,
+        rows_per_file: sink.rows_per_file,
     })
 }
 
@@ -897,16 +902,6 @@ impl KeyLines {
     }
 }
 
-/// Whether the URL points at this machine, where plain http does not leave it.
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(name)) => name == "localhost",
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -919,7 +914,7 @@ mod tests {
         }
     }
 
-    fn load(text: &str, sets: &[&str]) -> Result<Pipeline, Vec<ConfigProblem>> {
+    fn load(text: &str, sets: &[&str]) -> Result<PipelineFile, Vec<ConfigProblem>> {
         let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
         parse(Path::new("p.toml"), text, &sets, &env).map_err(|e| e.problems)
     }

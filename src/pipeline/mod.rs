@@ -17,6 +17,7 @@ mod saver;
 mod walk;
 mod write;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +27,11 @@ pub use checkpoint::{CheckpointError, JobParams};
 
 use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
+use ledger::Ledger;
 use saver::Saver;
 
 use crate::config::TableSelection;
-use crate::manifest::{Manifest, RateReport, Source, Tool};
+use crate::manifest::{Manifest, RateReport, Source, TableEntry, Tool};
 use crate::progress::Progress;
 use crate::sink::{Compression, Format, SinkError, SinkOptions};
 use crate::source::{
@@ -37,7 +39,7 @@ use crate::source::{
     RateGovernor, RateMode, public_base_url,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
-use crate::transform::flatten::FlattenError;
+use crate::transform::flatten::{FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
 
 /// Everything an export needs, resolved from flags, environment and defaults.
@@ -69,6 +71,41 @@ pub struct ExportSettings {
     /// trip saved, and a few requests wasted on a small account. Off when several accounts
     /// share one budget, where many small accounts would waste much of it.
     pub speculate: bool,
+    /// Where the export's notices go while it runs.
+    pub notices: Notices,
+}
+
+/// Something an export tells people while it runs, besides its summary: the command layer
+/// words and shows it (the library prints nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The output folder held an interrupted export, discarded because `resume` was off.
+    DiscardedInterrupted { out: PathBuf },
+    /// The custom attribute definitions could not be read: the export goes on, typing the
+    /// custom attribute columns from their values.
+    NoAttributeDefinitions { cause: String },
+}
+
+/// Where an export's notices go: a function the command layer gives.
+#[derive(Clone)]
+pub struct Notices(Arc<dyn Fn(&Notice) + Send + Sync>);
+
+impl Notices {
+    /// Notices handed to `tell`.
+    pub fn new(tell: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+
+    /// Passes one notice on.
+    pub fn tell(&self, notice: Notice) {
+        (self.0)(&notice);
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notices")
+    }
 }
 
 /// What a finished export reports.
@@ -263,10 +300,9 @@ fn open_output(
     if !settings.resume {
         let (dir, discarded) = OutputDir::prepare(out, settings.overwrite)?;
         if discarded {
-            eprintln!(
-                "chatwoot-export: note: discarded an interrupted export in {} (pass --resume to continue one)",
-                out.display()
-            );
+            settings
+                .notices
+                .tell(Notice::DiscardedInterrupted { out: out.clone() });
         }
         return Ok((dir, None));
     }
@@ -289,6 +325,21 @@ fn open_output(
 
 type Done = (Manifest, Vec<PathBuf>, FetchStatus);
 
+/// The run's state before the first page: fresh, or from the checkpoint of an interrupted run.
+struct Begun {
+    collector: Collector,
+    walk_state: WalkState,
+    /// The drift check's ledger: taken by a fresh walk of a large account before it keeps any
+    /// contact, and kept in the checkpoint, so a resumed run proves completeness against the
+    /// same counts instead of walking the list again.
+    ledger: Option<Ledger>,
+    saver: Saver,
+    started_at: String,
+    resumes: u32,
+}
+
+/// The export after the checks: fetch phase (walk, repair), final checkpoint, write phase,
+/// and the manifest from the run.
 async fn run(
     settings: &ExportSettings,
     params: &JobParams,
@@ -301,82 +352,25 @@ async fn run(
         error,
         resumable: false,
     };
-    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let inbox_secrets = || {
-        if settings.keep_inbox_secrets {
-            InboxSecrets::keep_all()
-        } else {
-            InboxSecrets::default()
-        }
-    };
-    let (mut collector, mut walk_state, started_at, resumes) = match &checkpoint {
-        Some(saved) => (
-            Collector::resume(dir, saved, inbox_secrets()).map_err(fatal)?,
-            saved.walk.clone(),
-            saved.started_at.clone(),
-            saved.resumes + 1,
-        ),
-        None => (
-            Collector::create(dir, inbox_secrets()).map_err(fatal)?,
-            WalkState {
-                next_page: 1,
-                ..WalkState::default()
-            },
-            now(),
-            0,
-        ),
-    };
-    // The drift check's ledger: taken by a fresh walk of a large account before it keeps any
-    // contact, and kept in the checkpoint, so a resumed run proves completeness against the
-    // same counts instead of walking the list again.
-    let mut ledger = checkpoint.as_ref().and_then(|saved| saved.ledger.clone());
-    let mut saver = Saver::new(
-        dir.work().to_owned(),
-        params.clone(),
-        started_at.clone(),
+    let Begun {
+        mut collector,
+        mut walk_state,
+        mut ledger,
+        mut saver,
+        started_at,
         resumes,
-        checkpoint
-            .as_ref()
-            .map(|saved| saved.walk.next_page.saturating_sub(1)),
-        ledger.clone(),
-    );
-    // Pages fetched ahead of the one being consumed: a few times what is in flight, so that one
-    // slow page does not hold back the requests behind it (about 15 KB a page).
-    let lookahead = settings.fetch.concurrency.saturating_mul(4);
-
-    let walk_options = walk::WalkOptions {
-        lookahead,
-        speculate: settings.speculate,
-        sort: &settings.client.sort,
-    };
-    let stages = async {
-        until_shutdown(
-            walk::walk(
-                fetcher,
-                &mut collector,
-                &mut walk_state,
-                progress,
-                &walk_options,
-                &mut ledger,
-                &mut saver,
-            ),
-            &settings.out,
-        )
-        .await?;
-        until_shutdown(
-            repair::repair(
-                fetcher,
-                &mut collector,
-                &walk_state,
-                ledger.as_ref(),
-                repair_max_requests(),
-                progress,
-            ),
-            &settings.out,
-        )
-        .await
-    };
-    let (drift, final_count) = match stages.await {
+    } = begin(settings, params, dir, checkpoint).map_err(fatal)?;
+    let fetched = fetch_phase(
+        settings,
+        fetcher,
+        &mut collector,
+        &mut walk_state,
+        &mut ledger,
+        &mut saver,
+        progress,
+    )
+    .await;
+    let (drift, final_count) = match fetched {
         Ok(done) => done,
         Err(error) => {
             return Err(stop(
@@ -434,7 +428,152 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
-    let manifest = Manifest {
+    let record = RunRecord {
+        walk_state,
+        unique,
+        duplicates,
+        pages,
+        status,
+        drift,
+        resumes,
+        started_at,
+    };
+    let manifest = manifest_from_run(settings, params, record, &flattener, tables);
+    Ok((manifest, written, status))
+}
+
+/// The run's starting state: from the checkpoint when resuming, else fresh.
+fn begin(
+    settings: &ExportSettings,
+    params: &JobParams,
+    dir: &OutputDir,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Begun, ExportError> {
+    let inbox_secrets = if settings.keep_inbox_secrets {
+        InboxSecrets::keep_all()
+    } else {
+        InboxSecrets::default()
+    };
+    let (collector, walk_state, started_at, resumes) = match &checkpoint {
+        Some(saved) => (
+            Collector::resume(dir, saved, inbox_secrets)?,
+            saved.walk.clone(),
+            saved.started_at.clone(),
+            saved.resumes + 1,
+        ),
+        None => (
+            Collector::create(dir, inbox_secrets)?,
+            WalkState {
+                next_page: 1,
+                ..WalkState::default()
+            },
+            now(),
+            0,
+        ),
+    };
+    let ledger = checkpoint.as_ref().and_then(|saved| saved.ledger.clone());
+    let saver = Saver::new(
+        dir.work().to_owned(),
+        params.clone(),
+        started_at.clone(),
+        resumes,
+        checkpoint
+            .as_ref()
+            .map(|saved| saved.walk.next_page.saturating_sub(1)),
+        ledger.clone(),
+    );
+    Ok(Begun {
+        collector,
+        walk_state,
+        ledger,
+        saver,
+        started_at,
+        resumes,
+    })
+}
+
+/// The time now, as the manifest writes it (RFC 3339, UTC, seconds).
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The fetch phase: the walk over the pages, then the drift repair, each stopped by Ctrl-C or
+/// SIGTERM. Returns the repair's report and the account's count at the end.
+async fn fetch_phase(
+    settings: &ExportSettings,
+    fetcher: &Arc<Fetcher>,
+    collector: &mut Collector,
+    walk_state: &mut WalkState,
+    ledger: &mut Option<Ledger>,
+    saver: &mut Saver,
+    progress: &Progress,
+) -> Result<(RepairReport, Option<u64>), ExportError> {
+    let walk_options = walk::WalkOptions {
+        // Pages fetched ahead of the one being consumed: a few times what is in flight, so
+        // that one slow page does not hold back the requests behind it (about 15 KB a page).
+        lookahead: settings.fetch.concurrency.saturating_mul(4),
+        notices: &settings.notices,
+        speculate: settings.speculate,
+        sort: &settings.client.sort,
+    };
+    until_shutdown(
+        walk::walk(
+            fetcher,
+            collector,
+            walk_state,
+            progress,
+            &walk_options,
+            ledger,
+            saver,
+        ),
+        &settings.out,
+    )
+    .await?;
+    until_shutdown(
+        repair::repair(
+            fetcher,
+            collector,
+            walk_state,
+            ledger.as_ref(),
+            repair_max_requests(),
+            progress,
+        ),
+        &settings.out,
+    )
+    .await
+}
+
+/// What the run did, for its manifest.
+struct RunRecord {
+    walk_state: WalkState,
+    unique: u64,
+    duplicates: u64,
+    pages: u64,
+    status: FetchStatus,
+    drift: RepairReport,
+    resumes: u32,
+    started_at: String,
+}
+
+/// The manifest of a finished run.
+fn manifest_from_run(
+    settings: &ExportSettings,
+    params: &JobParams,
+    record: RunRecord,
+    flattener: &Flattener,
+    tables: BTreeMap<String, TableEntry>,
+) -> Manifest {
+    let RunRecord {
+        walk_state,
+        unique,
+        duplicates,
+        pages,
+        status,
+        drift,
+        resumes,
+        started_at,
+    } = record;
+    Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
         // the exit code is 5.
         complete: drift.unresolved == 0,
@@ -470,8 +609,7 @@ async fn run(
         started_at,
         finished_at: now(),
         duration_secs: 0.0,
-    };
-    Ok((manifest, written, status))
+    }
 }
 
 /// What the manifest says of the rate limit, from the governor's status at the end.

@@ -1,12 +1,12 @@
-//! The human summary of a run: receives an `ExportSummary` and prints it on stderr (counts,
-//! the pace of the rate limit, drift repair, credentials left out, count difference). Used by
-//! both commands that export (`app` for `contacts` and `demo`, `runner` for `run`), so it
-//! lives below both.
+//! What the commands tell people on stderr: receives an `ExportSummary` and prints the
+//! summary (counts, the pace of the rate limit, drift repair, credentials left out, count
+//! difference), and words an export's `Notice`s. The one place that reports runs to people;
+//! the library below returns values and events and prints nothing.
 
 use indicatif::HumanCount;
 
 use crate::manifest::RateReport;
-use crate::pipeline::ExportSummary;
+use crate::pipeline::{ExportSummary, Notice, Notices};
 
 /// What the summary says of the rate limit: the pace learned, and the time spent paused.
 fn pace_note(rate: &RateReport) -> String {
@@ -22,12 +22,13 @@ fn pace_note(rate: &RateReport) -> String {
     note
 }
 
-pub(crate) fn print_summary(summary: &ExportSummary) {
+/// The human summary on stderr, naming the export's own folder.
+pub fn print_summary(summary: &ExportSummary) {
     print_summary_to(summary, &summary.out.display().to_string());
 }
 
 /// The human summary on stderr, naming `destination` as where the files went.
-pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
+pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
     let listed = summary.final_count.map_or_else(
         || "an unknown number".to_owned(),
         |n| HumanCount(n).to_string(),
@@ -78,5 +79,23 @@ pub(crate) fn print_summary_to(summary: &ExportSummary, destination: &str) {
              contacts were added or deleted during the export; see count_difference in manifest.json",
             HumanCount(summary.contacts)
         );
+    }
+}
+
+/// Notices that an export prints on stderr as it runs.
+pub fn notices() -> Notices {
+    Notices::new(|notice| eprintln!("chatwoot-export: {}", notice_text(notice)))
+}
+
+/// A notice as people read it, after the `chatwoot-export: ` prefix.
+fn notice_text(notice: &Notice) -> String {
+    match notice {
+        Notice::DiscardedInterrupted { out } => format!(
+            "note: discarded an interrupted export in {} (pass --resume to continue one)",
+            out.display()
+        ),
+        Notice::NoAttributeDefinitions { cause } => format!(
+            "warning: cannot read the custom attribute definitions ({cause}); custom_attributes columns are typed from their values alone"
+        ),
     }
 }
