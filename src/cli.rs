@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use url::Url;
 
 use crate::options::{
     DEFAULT_CONCURRENCY, DEFAULT_FORMAT, DEFAULT_MAX_RETRIES, DEFAULT_RATE_LIMIT,
@@ -47,7 +46,7 @@ pub struct Cli {
     pub command: Command,
     /// Format of the run's log events on stderr (account started, published, failed): text
     /// for people, json (one object a line) for log collectors. The token is never logged.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -129,41 +128,70 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct ContactsArgs {
-    /// The Chatwoot server, e.g. https://app.chatwoot.com (a path prefix is kept).
-    #[arg(long, env = "CHATWOOT_BASE_URL", value_name = "URL")]
-    pub base_url: Url,
+    /// The Chatwoot server, e.g. https://app.chatwoot.com (a path prefix is kept). A URL pasted
+    /// from the dashboard (https://HOST/app/accounts/3/contacts) gives the account id too.
+    #[arg(
+        long,
+        env = "CHATWOOT_BASE_URL",
+        value_name = "URL",
+        help_heading = "Source"
+    )]
+    pub base_url: String,
     /// The account's numeric id (in the dashboard URL: /app/accounts/ID/...).
-    #[arg(long, env = "CHATWOOT_ACCOUNT_ID", value_name = "N")]
-    pub account_id: u64,
-    /// Read the API token from this file instead of CHATWOOT_API_TOKEN.
-    #[arg(long, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "CHATWOOT_ACCOUNT_ID",
+        value_name = "N",
+        help_heading = "Source"
+    )]
+    pub account_id: Option<u64>,
+    /// Read the API token from this file; without it, the token is read from the environment
+    /// [env: CHATWOOT_API_TOKEN]
+    #[arg(long, value_name = "PATH", help_heading = "Source")]
     pub token_file: Option<PathBuf>,
-    /// Allow plain http:// to a host other than loopback (the token would cross the network
-    /// unencrypted).
-    #[arg(long)]
-    pub allow_insecure_http: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
 pub struct OutputArgs {
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = DEFAULT_FORMAT)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder (contacts.<ext>, contact_inboxes.<ext>, manifest.json), or an object store
     /// URL: s3://bucket/prefix, gs://..., az://..., file:///... (credentials from AWS_*,
     /// GOOGLE_*, AZURE_* variables).
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'o', long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Use the output folder even if it holds files other than a previous export.
-    #[arg(long)]
-    pub overwrite: bool,
     /// Do not draw the progress bar (it is hidden anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
+    /// none.
+    #[arg(long, value_name = "CODEC", value_parser = Compression::parse)]
+    pub compression: Option<Compression>,
+    /// Split each table into files of at most N rows: contacts-00000.parquet,
+    /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows_per_file: Option<u64>,
+}
+
+/// What protects the token, the data and earlier work (last in `contacts --help`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Safety")]
+pub struct SafetyArgs {
+    /// Allow plain http:// to a host other than loopback (the token would cross the network
+    /// unencrypted).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    /// Use the output folder even if it holds files other than a previous export.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Continue the interrupted export in --out (after Ctrl-C, a crash or a failure) without
     /// fetching its finished pages again. The other options must be the same. With an object
     /// store --out, the work is kept in a staging folder under ~/.cache/chatwoot-export/staging.
@@ -182,22 +210,17 @@ pub struct OutputArgs {
     /// are dropped and counted in manifest.json.
     #[arg(long)]
     pub keep_inbox_secrets: bool,
-    /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
-    /// none.
-    #[arg(long, value_name = "CODEC", value_parser = Compression::parse)]
-    pub compression: Option<Compression>,
-    /// Split each table into files of at most N rows: contacts-00000.parquet,
-    /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub rows_per_file: Option<u64>,
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Fetching")]
 pub struct FetchArgs {
     /// Most page requests in flight at once.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub concurrency: u16,
-    /// The list's sort key (created_at is the only stable one; a leading - sorts descending).
+    /// The list's sort key (created_at is the only stable one; a leading - sorts descending):
+    /// created_at, email, name, phone_number, last_activity_at, company, company_name, city or
+    /// country, or several joined by commas.
     #[arg(
         long,
         default_value = DEFAULT_SORT,
@@ -233,10 +256,15 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1500)]
     pub contacts: u64,
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = DEFAULT_FORMAT)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder, or an object store URL as for `contacts --out`.
-    #[arg(long, value_name = "DIR", default_value = "chatwoot-export-demo")]
+    #[arg(
+        short = 'o',
+        long,
+        value_name = "DIR",
+        default_value = "chatwoot-export-demo"
+    )]
     pub out: PathBuf,
     /// Seed of the fake data.
     #[arg(long, default_value_t = 42)]

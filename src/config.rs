@@ -16,7 +16,9 @@ use serde::Deserialize;
 use toml::{Table, Value};
 use url::Url;
 
-use crate::options::{FetchKnobs, SinkConflict, TOKEN_ENV, insecure_http, sink_conflicts};
+use crate::options::{
+    FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
+};
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
 use crate::source::FetchOptions;
@@ -607,6 +609,8 @@ fn check_fetch(fetch: &FetchKnobs, bad: &mut dyn FnMut(&str, String)) {
             "fetch.sort",
             "is empty: use created_at (the default)".into(),
         );
+    } else if let Err(why) = check_sort(&fetch.sort) {
+        bad("fetch.sort", why);
     }
 }
 

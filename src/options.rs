@@ -85,6 +85,42 @@ impl FetchKnobs {
     }
 }
 
+/// The keys Chatwoot sorts the contact list by (`sort=-KEY` descending). Chatwoot ignores any
+/// other key without an error and lists in no stable order, so an unknown key is refused.
+/// `company_name` is what the dashboard sends and some forks register instead of `company`.
+pub const SORT_KEYS: [&str; 9] = [
+    "created_at",
+    "email",
+    "name",
+    "phone_number",
+    "last_activity_at",
+    "company",
+    "company_name",
+    "city",
+    "country",
+];
+
+/// A `sort` value (keys joined by commas, each with an optional leading `-`), or why Chatwoot
+/// would not sort by it.
+pub fn check_sort(sort: &str) -> Result<(), String> {
+    let unknown: Vec<&str> = sort
+        .split(',')
+        .map(|key| key.trim().trim_start_matches('-'))
+        .filter(|key| !SORT_KEYS.contains(key))
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        keys => Err(format!(
+            "unknown sort key {}: use {} (a leading - sorts descending; created_at is the only stable one)",
+            keys.iter()
+                .map(|key| format!("{key:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            SORT_KEYS.join(", ")
+        )),
+    }
+}
+
 /// `--rate-share`: a fraction from 0.1 to 1.0.
 pub fn parse_rate_share(text: &str) -> Result<f64, String> {
     text.trim()
@@ -155,6 +191,25 @@ mod tests {
         assert_eq!(parse_rate_share("1"), Ok(1.0));
         assert!(parse_rate_share("0.05").is_err());
         assert!(parse_rate_share("half").is_err());
+    }
+
+    #[test]
+    fn sort_keys() {
+        for good in [
+            "created_at",
+            "-created_at",
+            "email,-name",
+            " city , country",
+        ] {
+            assert_eq!(check_sort(good), Ok(()), "{good}");
+        }
+        let nme = check_sort("nme").expect_err("unknown");
+        assert!(
+            nme.starts_with("unknown sort key \"nme\": use created_at, email,"),
+            "{nme}"
+        );
+        let two = check_sort("created_at,id,-x").expect_err("unknown");
+        assert!(two.starts_with("unknown sort key \"id\", \"x\": "), "{two}");
     }
 
     #[test]

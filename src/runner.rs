@@ -329,43 +329,66 @@ pub fn is_direct(target: &Target) -> bool {
 /// staged export is built in its job's fixed staging place, under that place's lock; a
 /// failure keeps what was fetched there for `--resume`, and a published export removes it.
 pub async fn export_to(
-    mut settings: ExportSettings,
+    settings: ExportSettings,
     target: &Target,
     vars: &RunVars,
     kept: KeptWork,
     on_summary: &OnSummary,
 ) -> Result<Exported, (Error, Option<ExportSummary>)> {
     if is_direct(target) {
-        settings.resume = match kept {
-            KeptWork::Refuse | KeptWork::Restart => false,
-            KeptWork::Resume => true,
-            KeptWork::ResumeIfAny => has_kept_work(&settings.out),
-        };
-        if kept == KeptWork::Refuse && has_kept_work(&settings.out) {
-            return Err((
-                kept_work_refusal(&[(vars.account_id, settings.out.clone())]),
-                None,
-            ));
-        }
-        let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
-        on_summary(&summary, &summary.out.display().to_string());
-        let files = summary
-            .manifest
-            .tables
-            .values()
-            .flat_map(|t| t.files.iter())
-            .chain(std::iter::once(&crate::store::MANIFEST_FILE.to_owned()))
-            .map(|name| summary.out.join(name).display().to_string())
-            .collect();
-        let published = Published {
-            files,
-            replaced: Vec::new(),
-        };
-        return match drift_verdict(&summary, target.destination.clone().into()) {
-            Ok(()) => Ok((summary, published)),
-            Err(error) => Err((error, Some(summary))),
-        };
+        export_direct(settings, target, vars, kept, on_summary).await
+    } else {
+        export_staged(settings, target, vars, kept, on_summary).await
     }
+}
+
+/// The export straight into the local folder `settings.out`.
+async fn export_direct(
+    mut settings: ExportSettings,
+    target: &Target,
+    vars: &RunVars,
+    kept: KeptWork,
+    on_summary: &OnSummary,
+) -> Result<Exported, (Error, Option<ExportSummary>)> {
+    settings.resume = match kept {
+        KeptWork::Refuse | KeptWork::Restart => false,
+        KeptWork::Resume => true,
+        KeptWork::ResumeIfAny => has_kept_work(&settings.out),
+    };
+    if kept == KeptWork::Refuse && has_kept_work(&settings.out) {
+        return Err((
+            kept_work_refusal(&[(vars.account_id, settings.out.clone())]),
+            None,
+        ));
+    }
+    let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
+    on_summary(&summary, &summary.out.display().to_string());
+    let files = summary
+        .manifest
+        .tables
+        .values()
+        .flat_map(|t| t.files.iter())
+        .chain(std::iter::once(&crate::store::MANIFEST_FILE.to_owned()))
+        .map(|name| summary.out.join(name).display().to_string())
+        .collect();
+    let published = Published {
+        files,
+        replaced: Vec::new(),
+    };
+    match drift_verdict(&summary, target.destination.clone().into()) {
+        Ok(()) => Ok((summary, published)),
+        Err(error) => Err((error, Some(summary))),
+    }
+}
+
+/// The export built in the job's staging place, then published to the destination.
+async fn export_staged(
+    mut settings: ExportSettings,
+    target: &Target,
+    vars: &RunVars,
+    kept: KeptWork,
+    on_summary: &OnSummary,
+) -> Result<Exported, (Error, Option<ExportSummary>)> {
     // Open first: a bad URL or missing credentials fail before any request to Chatwoot.
     let destination = Destination::open(&target.destination).map_err(|e| (e.into(), None))?;
     let removed = remove_old_staging(&std::env::temp_dir());

@@ -10,7 +10,7 @@ use crate::runner::{self, KeptWork, Target, drift_verdict, kept_work_refusal};
 use crate::store::{OutputDir, RunVars, is_url};
 
 pub async fn contacts(args: ContactsArgs) -> Result<(), Error> {
-    let kept = KeptWork::from_flags(args.output.resume, args.output.restart, false);
+    let kept = KeptWork::from_flags(args.safety.resume, args.safety.restart, false);
     let settings = settings::contacts(args)?;
     if let Some(url) = object_store_url(&settings) {
         return export_to_object_store(settings, url, kept).await;

@@ -16,6 +16,7 @@ use crate::runner::KeptWork;
 use crate::sink::Format;
 
 pub async fn demo(args: DemoArgs) -> Result<(), Error> {
+    settings::check_out(&args.out)?;
     let config = FakeServerConfig {
         contacts: args.contacts,
         seed: args.seed,

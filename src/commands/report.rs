@@ -29,14 +29,31 @@ pub fn print_summary(summary: &ExportSummary) {
 
 /// The human summary on stderr, naming `destination` as where the files went.
 pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
+    for line in summary_lines(summary, destination) {
+        eprintln!("chatwoot-export: {line}");
+    }
+}
+
+/// The summary of one account of a run of several: each line names the account, as their
+/// summaries come out mixed.
+pub fn print_account_summary_to(summary: &ExportSummary, destination: &str) {
+    let account_id = summary.manifest.source.account_id;
+    for line in summary_lines(summary, destination) {
+        eprintln!("chatwoot-export: account {account_id}: {line}");
+    }
+}
+
+/// The summary's lines, without the `chatwoot-export: ` prefix.
+fn summary_lines(summary: &ExportSummary, destination: &str) -> Vec<String> {
+    let mut lines = Vec::new();
     let listed = summary.final_count.map_or_else(
         || "an unknown number".to_owned(),
         |n| HumanCount(n).to_string(),
     );
     let fetch = &summary.fetch;
     // Counts with thousands separators: this is for people; programs read the manifest.
-    eprintln!(
-        "chatwoot-export: exported {} contacts and {} inbox links from {} pages in {:.1} s \
+    lines.push(format!(
+        "exported {} contacts and {} inbox links from {} pages in {:.1} s \
          ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
         HumanCount(summary.contacts),
         HumanCount(summary.inbox_links),
@@ -46,11 +63,11 @@ pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
         fetch.retries,
         fetch.governor.throttled,
         pace_note(&summary.manifest.rate),
-    );
+    ));
     let drift = &summary.drift;
     if drift.rounds > 0 {
-        eprintln!(
-            "chatwoot-export: drift: the account changed during the export; the repair recovered {} contacts \
+        lines.push(format!(
+            "drift: the account changed during the export; the repair recovered {} contacts \
              in {} requests ({} deleted during the export, {} unresolved){}",
             drift.recovered,
             drift.requests,
@@ -60,26 +77,27 @@ pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
                 .stopped
                 .as_ref()
                 .map_or(String::new(), |why| format!("; it stopped early: {why}"))
-        );
+        ));
     }
     let dropped = &summary.manifest.inbox_fields_dropped;
     if !dropped.is_empty() {
         let values: u64 = dropped.values().sum();
         let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
-        eprintln!(
-            "chatwoot-export: note: left out {values} values of inbox fields that look like credentials \
+        lines.push(format!(
+            "note: left out {values} values of inbox fields that look like credentials \
              ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
              or pass --keep-inbox-secrets to keep them",
             names.join(", ")
-        );
+        ));
     }
     if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
-        eprintln!(
-            "chatwoot-export: warning: {} contacts exported but the account lists {listed} ({difference:+}): \
+        lines.push(format!(
+            "warning: {} contacts exported but the account lists {listed} ({difference:+}): \
              contacts were added or deleted during the export; see count_difference in manifest.json",
             HumanCount(summary.contacts)
-        );
+        ));
     }
+    lines
 }
 
 /// Notices that an export prints on stderr as it runs.
@@ -98,4 +116,11 @@ fn notice_text(notice: &Notice) -> String {
             "warning: cannot read the custom attribute definitions ({cause}); custom_attributes columns are typed from their values alone"
         ),
     }
+}
+
+/// Says how a dashboard URL given as `--base-url` was read.
+pub fn dashboard_url_note(base_url: &str, account_id: u64) {
+    eprintln!(
+        "chatwoot-export: note: --base-url is a dashboard URL: exporting account {account_id} of {base_url}"
+    );
 }

@@ -31,6 +31,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     };
     let report = match refused {
         Some(kept) => Err(kept_work_refusal(&kept)),
+        // Several accounts' summaries come out mixed: each line names its account.
+        None if pipeline.accounts.len() > 1 => Ok(run_accounts(
+            jobs,
+            &target,
+            kept,
+            &start,
+            &report::print_account_summary_to,
+        )
+        .await),
         None => Ok(run_accounts(jobs, &target, kept, &start, &report::print_summary_to).await),
     };
     for server in servers {

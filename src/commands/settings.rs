@@ -14,16 +14,18 @@ use std::sync::Arc;
 use url::Url;
 
 use super::report;
-use crate::cli::{ContactsArgs, FetchArgs, OutputArgs};
+use crate::cli::{ContactsArgs, FetchArgs, OutputArgs, SafetyArgs};
 use crate::config::{self, PipelineFile, SinkSettings, TableSelection};
 use crate::error::Error;
-use crate::options::{FetchKnobs, SinkConflict, TOKEN_ENV, insecure_http, sink_conflicts};
+use crate::options::{
+    FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
+};
 use crate::pipeline::ExportSettings;
 use crate::runner::{RunStart, Target};
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
 use crate::source::{ClientOptions, FetchOptions, RateGovernor, public_base_url};
-use crate::store::RunVars;
+use crate::store::{RunVars, is_url};
 
 /// What an export does besides what it fetches and writes.
 struct Conduct {
@@ -96,22 +98,27 @@ fn client_options(
 
 /// `contacts`: the settings of its one export, after every check of its flags.
 pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
+    let (base_url, account_id) = base_url_and_account(&args.base_url, args.account_id)?;
     let token = read_token(args.token_file.as_deref())?;
-    check_base_url(&args.base_url, args.allow_insecure_http)?;
-    check_output_flags(&args.output)?;
+    check_base_url(&base_url, args.safety.allow_insecure_http)?;
+    check_output_flags(&args.output, args.safety.csv_safe)?;
+    check_out(&args.output.out)?;
     let knobs = args.fetch.knobs();
+    check_sort(&knobs.sort).map_err(|why| Error::Usage(format!("--sort {}: {why}", knobs.sort)))?;
     let OutputArgs {
         format,
         out,
-        overwrite,
         no_progress,
+        compression,
+        rows_per_file,
+    } = args.output;
+    let SafetyArgs {
+        overwrite,
         resume,
         csv_safe,
         keep_inbox_secrets,
-        compression,
-        rows_per_file,
         ..
-    } = args.output;
+    } = args.safety;
     let sink = SinkSettings {
         format,
         destination: out.display().to_string(),
@@ -122,13 +129,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         compression: compression.unwrap_or_default(),
         rows_per_file,
     };
-    let client = client_options(
-        args.base_url,
-        args.account_id,
-        token,
-        knobs.sort.clone(),
-        &knobs,
-    );
+    let client = client_options(base_url, account_id, token, knobs.sort.clone(), &knobs);
     let conduct = Conduct {
         progress: !no_progress,
         resume,
@@ -145,9 +146,70 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
     ))
 }
 
+/// The server and the account: `--base-url` as given, or, for a URL pasted from the dashboard
+/// (`https://HOST/app/accounts/3/contacts`), the server before `/app/` and the account in the
+/// path, said in a note. A URL without a scheme is refused rather than guessed: http would send
+/// the token in clear, https may not be what the server speaks.
+fn base_url_and_account(raw: &str, account_id: Option<u64>) -> Result<(Url, u64), Error> {
+    let raw = raw.trim();
+    if !raw.contains("://") {
+        return Err(Error::Usage(format!(
+            "--base-url {raw} has no scheme: write https://{raw} (or http://{raw} for a server on this machine)"
+        )));
+    }
+    let url = Url::parse(raw).map_err(|err| {
+        Error::Usage(format!(
+            "--base-url {raw} is not a URL ({err}): write e.g. https://app.chatwoot.com"
+        ))
+    })?;
+    let Some((base, from_url)) = dashboard_account(&url) else {
+        let account_id = account_id.ok_or_else(|| {
+            Error::Usage(
+                "no account: pass --account-id N (the N of /app/accounts/N/ in the dashboard URL)"
+                    .into(),
+            )
+        })?;
+        return Ok((url, account_id));
+    };
+    if let Some(given) = account_id.filter(|given| *given != from_url) {
+        return Err(Error::Usage(format!(
+            "--base-url is a dashboard URL of account {from_url} but --account-id is {given}: drop one of them"
+        )));
+    }
+    report::dashboard_url_note(&public_base_url(&base), from_url);
+    Ok((base, from_url))
+}
+
+/// A dashboard URL's server (what comes before `/app/accounts/N`) and account N.
+fn dashboard_account(url: &Url) -> Option<(Url, u64)> {
+    let segments: Vec<&str> = url.path_segments()?.collect();
+    let at = segments
+        .windows(3)
+        .position(|w| w[0] == "app" && w[1] == "accounts" && w[2].parse::<u64>().is_ok())?;
+    let account_id = segments[at + 2].parse().ok()?;
+    let mut base = url.clone();
+    base.set_path(&segments[..at].join("/"));
+    base.set_query(None);
+    base.set_fragment(None);
+    Some((base, account_id))
+}
+
+/// A local `--out` must be a folder (or not exist yet): a file there is a mistake, said before
+/// anything is fetched (`demo`: before its server starts).
+pub fn check_out(out: &Path) -> Result<(), Error> {
+    let local = out.to_str().is_none_or(|text| !is_url(text));
+    if local && out.is_file() {
+        return Err(Error::Usage(format!(
+            "--out {} is a file: name a folder (it is created if missing)",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `--csv-safe` and `--compression` only with the format they apply to.
-fn check_output_flags(output: &OutputArgs) -> Result<(), Error> {
-    let conflicts = sink_conflicts(output.format, output.csv_safe, output.compression.is_some());
+fn check_output_flags(output: &OutputArgs, csv_safe: bool) -> Result<(), Error> {
+    let conflicts = sink_conflicts(output.format, csv_safe, output.compression.is_some());
     match conflicts.first() {
         None => Ok(()),
         Some(SinkConflict::CsvSafeNotCsv) => Err(Error::Usage(format!(
@@ -274,9 +336,16 @@ fn read_token(token_file: Option<&Path>) -> Result<ApiToken, Error> {
     let raw = match token_file {
         Some(path) => {
             warn_if_others_can_read(path);
-            std::fs::read_to_string(path).map_err(|err| {
+            let text = std::fs::read_to_string(path).map_err(|err| {
                 Error::Usage(format!("cannot read --token-file {}: {err}", path.display()))
-            })?
+            })?;
+            if text.trim().is_empty() {
+                return Err(Error::Usage(format!(
+                    "--token-file {} is empty: put the API token in it (Chatwoot: Profile settings > Access Token)",
+                    path.display()
+                )));
+            }
+            text
         }
         None => std::env::var(TOKEN_ENV).map_err(|_| {
             Error::Usage(format!(
@@ -326,6 +395,34 @@ fn check_base_url(url: &Url, allow_insecure_http: bool) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dashboard_urls_give_the_server_and_the_account() {
+        let parse = |u: &str| {
+            dashboard_account(&Url::parse(u).expect("url")).map(|(base, id)| (base.to_string(), id))
+        };
+        for (pasted, base, id) in [
+            (
+                "https://chat.example.com/app/accounts/3/contacts",
+                "https://chat.example.com/",
+                3,
+            ),
+            (
+                "https://chat.example.com/app/accounts/12",
+                "https://chat.example.com/",
+                12,
+            ),
+            (
+                "https://example.com/chatwoot/app/accounts/7/contacts?page=2#top",
+                "https://example.com/chatwoot",
+                7,
+            ),
+        ] {
+            assert_eq!(parse(pasted), Some((base.to_owned(), id)), "{pasted}");
+        }
+        assert_eq!(parse("https://app.chatwoot.com"), None);
+        assert_eq!(parse("https://x.com/app/accounts/new"), None);
+    }
 
     #[test]
     fn plain_http_only_to_loopback() {

@@ -248,7 +248,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     });
-    let result = run(settings, &params, &dir, checkpoint, &fetcher, &progress).await;
+    let result = run(
+        settings, &params, &dir, checkpoint, &fetcher, &progress, clock,
+    )
+    .await;
     ticker.abort();
     progress.clear();
     let (manifest, written, stats) = match result {
@@ -347,6 +350,7 @@ async fn run(
     checkpoint: Option<Checkpoint>,
     fetcher: &Arc<Fetcher>,
     progress: &Progress,
+    clock: Instant,
 ) -> Result<Done, Failure> {
     let fatal = |error: ExportError| Failure {
         error,
@@ -437,6 +441,7 @@ async fn run(
         drift,
         resumes,
         started_at,
+        clock,
     };
     let manifest = manifest_from_run(settings, params, record, &flattener, tables);
     Ok((manifest, written, status))
@@ -553,6 +558,8 @@ struct RunRecord {
     drift: RepairReport,
     resumes: u32,
     started_at: String,
+    /// Started with the run, for its measured duration.
+    clock: Instant,
 }
 
 /// The manifest of a finished run.
@@ -572,6 +579,7 @@ fn manifest_from_run(
         drift,
         resumes,
         started_at,
+        clock,
     } = record;
     Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
@@ -608,7 +616,8 @@ fn manifest_from_run(
         tool: Tool::current(),
         started_at,
         finished_at: now(),
-        duration_secs: 0.0,
+        // Rounded to the millisecond: a time, not a benchmark.
+        duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     }
 }
 
