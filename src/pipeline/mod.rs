@@ -1,7 +1,9 @@
 //! The export, stage by stage: walk the pages -> repair drift -> write the tables -> manifest
 //! last.
 //!
-//! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`.
+//! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`,
+//! and tells what people should know while it runs (`Notice`) to the settings' `Notices`: it
+//! prints nothing itself.
 //! `walk` fetches pages (through the `source::Fetcher`: retries, the rate budget, adaptive
 //! concurrency) into the `collector`, which flattens, deduplicates and spills rows to disk, so
 //! memory stays flat whatever the account's size; `saver` checkpoints as it goes. `repair`
@@ -398,21 +400,7 @@ async fn run(
         },
         resumable: true,
     };
-    if let Err(error) = saver.save(&mut collector, &walk_state, true) {
-        // The walk's last checkpoint is still whole (checkpoints are replaced atomically); only
-        // what was fetched after it is fetched again.
-        return Err(match saver.saved_pages() {
-            Some(saved) => Failure {
-                error: ExportError::Resumable {
-                    source: Box::new(error),
-                    pages: saved,
-                    out: settings.out.clone(),
-                },
-                resumable: true,
-            },
-            None => fatal(error),
-        });
-    }
+    save_fetched(&mut saver, &mut collector, &walk_state, &settings.out)?;
 
     let status = fetcher.status();
     let unique = collector.unique();
@@ -445,6 +433,34 @@ async fn run(
     };
     let manifest = manifest_from_run(settings, params, record, &flattener, tables);
     Ok((manifest, written, status))
+}
+
+/// The checkpoint at the end of the fetch phase, with every page in the spills. If it cannot
+/// be saved, the walk's last checkpoint is still whole (checkpoints are replaced atomically):
+/// only what was fetched after it is fetched again.
+fn save_fetched(
+    saver: &mut Saver,
+    collector: &mut Collector,
+    walk_state: &WalkState,
+    out: &std::path::Path,
+) -> Result<(), Failure> {
+    let Err(error) = saver.save(collector, walk_state, true) else {
+        return Ok(());
+    };
+    Err(match saver.saved_pages() {
+        Some(saved) => Failure {
+            error: ExportError::Resumable {
+                source: Box::new(error),
+                pages: saved,
+                out: out.to_owned(),
+            },
+            resumable: true,
+        },
+        None => Failure {
+            error,
+            resumable: false,
+        },
+    })
 }
 
 /// The run's starting state: from the checkpoint when resuming, else fresh.
