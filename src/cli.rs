@@ -1,12 +1,17 @@
 //! The command line (clap derive): subcommands, flags, help text and examples.
 //!
-//! Emits raw arguments; `app` resolves them (with the environment and defaults) into settings.
+//! Emits raw arguments; `commands::settings` resolves them (with the environment and the
+//! defaults of `options`) into settings.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use url::Url;
 
+use crate::options::{
+    DEFAULT_CONCURRENCY, DEFAULT_FORMAT, DEFAULT_MAX_RETRIES, DEFAULT_RATE_LIMIT,
+    DEFAULT_RATE_SHARE, DEFAULT_RATE_WINDOW_SECS, DEFAULT_SORT, DEFAULT_TIMEOUT_SECS,
+    parse_rate_share,
+};
 use crate::sink::{Compression, Format};
 
 const EXIT_CODES: &str = "\
@@ -41,7 +46,7 @@ pub struct Cli {
     pub command: Command,
     /// Format of the run's log events on stderr (account started, published, failed): text
     /// for people, json (one object a line) for log collectors. The token is never logged.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -123,59 +128,49 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct ContactsArgs {
-    /// The Chatwoot server, e.g. https://app.chatwoot.com (a path prefix is kept).
-    #[arg(long, env = "CHATWOOT_BASE_URL", value_name = "URL")]
-    pub base_url: Url,
+    /// The Chatwoot server, e.g. https://app.chatwoot.com (a path prefix is kept). A URL pasted
+    /// from the dashboard (https://HOST/app/accounts/3/contacts) gives the account id too.
+    #[arg(
+        long,
+        env = "CHATWOOT_BASE_URL",
+        value_name = "URL",
+        help_heading = "Source"
+    )]
+    pub base_url: String,
     /// The account's numeric id (in the dashboard URL: /app/accounts/ID/...).
-    #[arg(long, env = "CHATWOOT_ACCOUNT_ID", value_name = "N")]
-    pub account_id: u64,
-    /// Read the API token from this file instead of CHATWOOT_API_TOKEN.
-    #[arg(long, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "CHATWOOT_ACCOUNT_ID",
+        value_name = "N",
+        help_heading = "Source"
+    )]
+    pub account_id: Option<u64>,
+    /// Read the API token from this file; without it, the token is read from the environment
+    /// [env: CHATWOOT_API_TOKEN]
+    #[arg(long, value_name = "PATH", help_heading = "Source")]
     pub token_file: Option<PathBuf>,
-    /// Allow plain http:// to a host other than loopback (the token would cross the network
-    /// unencrypted).
-    #[arg(long)]
-    pub allow_insecure_http: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
 pub struct OutputArgs {
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder (contacts.<ext>, contact_inboxes.<ext>, manifest.json), or an object store
     /// URL: s3://bucket/prefix, gs://..., az://..., file:///... (credentials from AWS_*,
     /// GOOGLE_*, AZURE_* variables).
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'o', long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Use the output folder even if it holds files other than a previous export.
-    #[arg(long)]
-    pub overwrite: bool,
     /// Do not draw the progress bar (it is hidden anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
-    /// Continue the interrupted export in --out (after Ctrl-C, a crash or a failure) without
-    /// fetching its finished pages again. The other options must be the same. With an object
-    /// store --out, the work is kept in a staging folder under ~/.cache/chatwoot-export/staging.
-    #[arg(long, conflicts_with = "restart")]
-    pub resume: bool,
-    /// Discard the work an interrupted or failed export kept for --resume and start over
-    /// (without either flag, kept work stops the run: exit 2).
-    #[arg(long)]
-    pub restart: bool,
-    /// CSV only: prefix text cells starting with = + - @ tab or CR with ' so spreadsheets do
-    /// not run them as formulas (not lossless: -5 in a text column becomes '-5).
-    #[arg(long)]
-    pub csv_safe: bool,
-    /// Keep inbox fields that look like credentials (imap_password, hmac_token,
-    /// provider_config...), which Chatwoot before PR #10888 sent to admin tokens. Off: they
-    /// are dropped and counted in manifest.json.
-    #[arg(long)]
-    pub keep_inbox_secrets: bool,
     /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
     /// none.
     #[arg(long, value_name = "CODEC", value_parser = Compression::parse)]
@@ -203,33 +198,67 @@ fn parse_table(name: &str) -> Result<String, String> {
     }
 }
 
+/// What protects the token, the data and earlier work (last in `contacts --help`).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Safety")]
+pub struct SafetyArgs {
+    /// Allow plain http:// to a host other than loopback (the token would cross the network
+    /// unencrypted).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    /// Use the output folder even if it holds files other than a previous export.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Continue the interrupted export in --out (after Ctrl-C, a crash or a failure) without
+    /// fetching its finished pages again. The other options must be the same. With an object
+    /// store --out, the work is kept in a staging folder under ~/.cache/chatwoot-export/staging.
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Discard the work an interrupted or failed export kept for --resume and start over
+    /// (without either flag, kept work stops the run: exit 2).
+    #[arg(long)]
+    pub restart: bool,
+    /// CSV only: prefix text cells starting with = + - @ tab or CR with ' so spreadsheets do
+    /// not run them as formulas (not lossless: -5 in a text column becomes '-5).
+    #[arg(long)]
+    pub csv_safe: bool,
+    /// Keep inbox fields that look like credentials (imap_password, hmac_token,
+    /// provider_config...), which Chatwoot before PR #10888 sent to admin tokens. Off: they
+    /// are dropped and counted in manifest.json.
+    #[arg(long)]
+    pub keep_inbox_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fetching")]
 pub struct FetchArgs {
     /// Most page requests in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub concurrency: u16,
-    /// The list's sort key (created_at is the only stable one; a leading - sorts descending).
+    /// The list's sort key (created_at is the only stable one; a leading - sorts descending):
+    /// created_at, email, name, phone_number, last_activity_at, company, company_name, city or
+    /// country, or several joined by commas.
     #[arg(
         long,
-        default_value = "created_at",
+        default_value = DEFAULT_SORT,
         value_name = "KEY",
         allow_hyphen_values = true
     )]
     pub sort: String,
     /// Time limit for one page request, body included.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS, value_name = "SECS")]
     pub timeout_secs: u64,
     /// Retries of a page after a transient error (5xx, dropped connection, time-out, bad JSON);
     /// 429s are handled by the rate governor and not counted here.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_MAX_RETRIES, value_name = "N")]
     pub max_retries: u32,
     /// Requests allowed per window (Chatwoot's default is 3000 a minute per IP; some installs
     /// use 300): where the pace starts and the fastest it goes. A slower limit (rack-attack,
     /// nginx, a CDN) is learned from the server's refusals; 0 starts unpaced and learns it.
-    #[arg(long, default_value_t = 3000, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_RATE_LIMIT, value_name = "N")]
     pub rate_limit: u64,
     /// The window of --rate-limit (Chatwoot: 60 s).
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_RATE_WINDOW_SECS, value_name = "SECS")]
     pub rate_window_secs: u64,
     /// The part of the server's rate limit this export takes, 0.1 to 1.0. The limit is per
     /// client IP, so the rest is left to the agents' dashboards and integrations on the same
@@ -238,44 +267,21 @@ pub struct FetchArgs {
     pub rate_share: f64,
 }
 
-/// The part of the rate limit an export takes by default: 10% is left to the other users of
-/// the IP (a dashboard tab makes a request every few seconds; 10% of Chatwoot's 3,000 a minute
-/// is 300, of the 300 some installs use, 30).
-pub const DEFAULT_RATE_SHARE: f64 = 0.9;
-
-/// `--rate-share`: a fraction from 0.1 to 1.0.
-pub fn parse_rate_share(text: &str) -> Result<f64, String> {
-    text.trim()
-        .parse::<f64>()
-        .map_err(|_| rate_share_range(text))
-        .and_then(|share| check_rate_share(share).map_err(|_| rate_share_range(text)))
-}
-
-/// A rate share (`--rate-share`, `fetch.rate_share`) as it is, or why it is not one.
-pub fn check_rate_share(share: f64) -> Result<f64, String> {
-    if (0.1..=1.0).contains(&share) {
-        Ok(share)
-    } else {
-        Err(rate_share_range(&share.to_string()))
-    }
-}
-
-fn rate_share_range(text: &str) -> String {
-    format!(
-        "{text:?} is not a fraction from 0.1 to 1.0 (0.9 leaves 10% of the limit to others on the IP)"
-    )
-}
-
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many contacts the fake account holds.
     #[arg(long, default_value_t = 1500)]
     pub contacts: u64,
     /// Output file format.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DEFAULT_FORMAT)]
     pub format: Format,
     /// Output folder, or an object store URL as for `contacts --out`.
-    #[arg(long, value_name = "DIR", default_value = "chatwoot-export-demo")]
+    #[arg(
+        short = 'o',
+        long,
+        value_name = "DIR",
+        default_value = "chatwoot-export-demo"
+    )]
     pub out: PathBuf,
     /// Seed of the fake data.
     #[arg(long, default_value_t = 42)]

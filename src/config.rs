@@ -1,8 +1,8 @@
 //! Pipeline files: TOML -> `--set` overrides -> `${VAR}` interpolation -> typed sections ->
-//! pure validation that collects every problem -> a resolved `Pipeline`.
+//! pure validation that collects every problem -> a resolved `PipelineFile`.
 //!
 //! Receives the file's text, the `--set key=value` overrides and a way to read the
-//! environment (a closure, so validation stays pure and testable); emits a `Pipeline` or a
+//! environment (a closure, so validation stays pure and testable); emits a `PipelineFile` or a
 //! `ConfigErrors` that lists every problem with its key and, when it can be found, its line.
 //! Invariants: unknown keys are errors; the token is never written in the file, only as
 //! `${ENV_VAR}`; nothing here touches the network or the disk.
@@ -14,15 +14,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Table, Value};
-use url::{Host, Url};
+use url::Url;
 
+use crate::options::{
+    FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
+};
 use crate::secret::ApiToken;
 use crate::sink::{Compression, Format};
-use crate::source::{FetchOptions, RetryPolicy};
+use crate::source::FetchOptions;
 use crate::table::TABLES;
 
-/// The environment variable that holds the API token.
-pub const TOKEN_ENV: &str = "CHATWOOT_API_TOKEN";
 /// `base_url` that starts the built-in fake Chatwoot in-process (the demo pipeline).
 pub const BUILTIN_FAKE: &str = "builtin:fake";
 /// The placeholders a path template may use.
@@ -73,12 +74,13 @@ impl fmt::Display for ConfigErrors {
 
 // ---- The file's shape (serde) ----
 
+/// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PipelineFile {
+struct RawFile {
     source: SourceSection,
     #[serde(default)]
-    fetch: FetchSection,
+    fetch: FetchKnobs,
     #[serde(default)]
     tables: TablesSection,
     sink: SinkSection,
@@ -97,32 +99,6 @@ struct SourceSection {
     token: Option<String>,
     #[serde(default)]
     allow_insecure_http: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FetchSection {
-    sort: String,
-    concurrency: u16,
-    rate_limit: u64,
-    rate_window_secs: u64,
-    rate_share: f64,
-    max_retries: u32,
-    timeout_secs: u64,
-}
-
-impl Default for FetchSection {
-    fn default() -> Self {
-        Self {
-            sort: "created_at".into(),
-            concurrency: 8,
-            rate_limit: 3000,
-            rate_window_secs: 60,
-            rate_share: crate::cli::DEFAULT_RATE_SHARE,
-            max_retries: 8,
-            timeout_secs: 60,
-        }
-    }
 }
 
 /// `[tables.<name>]` sections by table name (`check_unknown_keys` reports names that are no
@@ -321,7 +297,7 @@ pub struct SinkSettings {
 
 /// A validated pipeline, ready to run.
 #[derive(Clone, Debug)]
-pub struct Pipeline {
+pub struct PipelineFile {
     pub source: SourceUrl,
     pub accounts: Vec<u64>,
     /// `None` only for the built-in fake server.
@@ -340,24 +316,12 @@ pub fn parse(
     text: &str,
     sets: &[String],
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, ConfigErrors> {
+) -> Result<PipelineFile, ConfigErrors> {
     let fail = |problems| ConfigErrors {
         file: file.to_owned(),
         problems,
     };
-    let mut table: Table = match text.parse() {
-        Ok(table) => table,
-        Err(err) => {
-            let err: toml::de::Error = err;
-            let line = err.span().map(|span| line_of_offset(text, span.start));
-            let message = err.message().trim().to_owned();
-            return Err(fail(vec![ConfigProblem {
-                key: "(file)".into(),
-                line,
-                message: format!("not valid TOML: {message}"),
-            }]));
-        }
-    };
+    let mut table = parse_toml(text).map_err(|problem| fail(vec![problem]))?;
     let lines = KeyLines::new(text);
     let mut problems = Vec::new();
     let problem = |key: &str, message: String| ConfigProblem {
@@ -380,57 +344,17 @@ pub fn parse(
             "unknown key: remove it or check its spelling (see the README's pipeline keys)".into(),
         ));
     });
-    // The token must be a reference to the environment, checked before interpolation.
-    // `Err`: a literal token, already reported.
-    let token_var: Result<Option<String>, ()> = match table
-        .get("source")
-        .and_then(|s| s.get("token"))
-        .map(Value::as_str)
-    {
-        None => Ok(None),
-        Some(Some(raw)) => match env_reference(raw) {
-            Some(name) => Ok(Some(name.to_owned())),
-            None => {
-                problems.push(problem(
-                    "source.token",
-                    "write the token as ${ENV_VAR} (e.g. \"${CHATWOOT_API_TOKEN}\"), never the token itself: pipeline files get copied and committed".into(),
-                ));
-                Err(())
-            }
-        },
-        Some(None) => Ok(None), // wrong type: reported by the typed pass
-    };
+    let token_var = token_reference(&table, &mut |key, message| {
+        problems.push(problem(key, message));
+    });
     interpolate(&mut table, "", env, &mut |key, message| {
         problems.push(problem(&key, message));
     });
-    // Typed pass: each failure names its key; remove the key and go on, so every type
-    // error is reported, not only the first.
-    let mut parsed = None;
-    for _ in 0..64 {
-        match serde_path_to_error::deserialize::<_, PipelineFile>(Value::Table(table.clone())) {
-            Ok(file) => {
-                parsed = Some(file);
-                break;
-            }
-            Err(err) => {
-                let path = err.path().to_string();
-                let message = err.inner().message().trim().to_owned();
-                let key = if path == "." { String::new() } else { path };
-                let missing = message.starts_with("missing field");
-                let full = match (missing, key.is_empty()) {
-                    (true, true) => missing_field(&message),
-                    (true, false) => format!("{key}.{}", missing_field(&message)),
-                    _ => key.clone(),
-                };
-                if !problems.iter().any(|p| p.key == full) {
-                    problems.push(problem(&full, describe(&message)));
-                }
-                if missing || !remove_key(&mut table, &key) {
-                    break;
-                }
-            }
+    let parsed = deserialize(table, &mut |key, message| {
+        if !problems.iter().any(|p| p.key == key) {
+            problems.push(problem(key, message));
         }
-    }
+    });
     let Some(parsed) = parsed else {
         return Err(fail(problems));
     };
@@ -443,25 +367,121 @@ pub fn parse(
     }
 }
 
+/// The file's TOML, or its syntax error with the line.
+fn parse_toml(text: &str) -> Result<Table, ConfigProblem> {
+    text.parse().map_err(|err: toml::de::Error| {
+        let line = err.span().map(|span| line_of_offset(text, span.start));
+        let message = err.message().trim().to_owned();
+        ConfigProblem {
+            key: "(file)".into(),
+            line,
+            message: format!("not valid TOML: {message}"),
+        }
+    })
+}
+
+/// The environment variable `source.token` names. The token must be a reference to the
+/// environment, checked before interpolation; `Err`: a literal token, reported.
+fn token_reference(
+    table: &Table,
+    report: &mut dyn FnMut(&str, String),
+) -> Result<Option<String>, ()> {
+    match table
+        .get("source")
+        .and_then(|s| s.get("token"))
+        .map(Value::as_str)
+    {
+        None => Ok(None),
+        Some(Some(raw)) => match env_reference(raw) {
+            Some(name) => Ok(Some(name.to_owned())),
+            None => {
+                report(
+                    "source.token",
+                    "write the token as ${ENV_VAR} (e.g. \"${CHATWOOT_API_TOKEN}\"), never the token itself: pipeline files get copied and committed".into(),
+                );
+                Err(())
+            }
+        },
+        Some(None) => Ok(None), // wrong type: reported by the typed pass
+    }
+}
+
+/// The typed pass: each failure names its key; the key is removed and the pass goes on, so
+/// every type error is reported, not only the first. `None` if the file still has no shape.
+fn deserialize(mut table: Table, report: &mut dyn FnMut(&str, String)) -> Option<RawFile> {
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, RawFile>(Value::Table(table.clone())) {
+            Ok(file) => return Some(file),
+            Err(err) => {
+                let path = err.path().to_string();
+                let message = err.inner().message().trim().to_owned();
+                let key = if path == "." { String::new() } else { path };
+                let missing = message.starts_with("missing field");
+                let full = match (missing, key.is_empty()) {
+                    (true, true) => missing_field(&message),
+                    (true, false) => format!("{key}.{}", missing_field(&message)),
+                    _ => key.clone(),
+                };
+                report(&full, describe(&message));
+                if missing || !remove_key(&mut table, &key) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Semantic checks and resolution; reports through `report` and returns `None` if any failed.
 fn resolve(
-    file: PipelineFile,
+    file: RawFile,
     token_var: Result<Option<String>, ()>,
     env: &dyn Fn(&str) -> Option<String>,
     report: &mut dyn FnMut(&str, String),
-) -> Option<Pipeline> {
+) -> Option<PipelineFile> {
     let mut ok = true;
     let mut bad = |key: &str, message: String| {
         ok = false;
         report(key, message);
     };
-    let PipelineFile {
+    let RawFile {
         source,
         fetch,
         tables,
         sink,
     } = file;
+    let allow_insecure_http = source.allow_insecure_http;
+    let (url, accounts, token) = resolve_source(source, token_var, env, &mut bad);
+    check_fetch(&fetch, &mut bad);
 
+    let selection = resolve_tables(tables, &mut bad);
+
+    let sink = resolve_sink(sink, accounts.len(), &mut bad);
+
+    if !ok {
+        return None;
+    }
+    Some(PipelineFile {
+        source: url?,
+        accounts,
+        token,
+        allow_insecure_http,
+        timeout: fetch.timeout(),
+        fetch: fetch.fetch_options(),
+        sort: fetch.sort,
+        tables: selection,
+        sink: sink?,
+    })
+}
+
+/// `[source]`: where the contacts come from, which accounts, and the token (read from the
+/// environment variable the file names).
+fn resolve_source(
+    source: SourceSection,
+    token_var: Result<Option<String>, ()>,
+    env: &dyn Fn(&str) -> Option<String>,
+    bad: &mut dyn FnMut(&str, String),
+) -> (Option<SourceUrl>, Vec<u64>, Option<ApiToken>) {
     let url = if source.base_url == BUILTIN_FAKE {
         Some(SourceUrl::BuiltinFake)
     } else {
@@ -536,44 +556,23 @@ fn resolve(
         }
     };
     if let Some(SourceUrl::Chatwoot(url)) = &url
-        && url.scheme() == "http"
-        && !source.allow_insecure_http
-        && !is_loopback(url)
+        && insecure_http(url, source.allow_insecure_http)
     {
         bad(
             "source.base_url",
             "plain http would send the token unencrypted: use https, or set allow_insecure_http = true".into(),
         );
     }
+    (url, accounts, token)
+}
 
-    for (key, value, min) in [
-        ("fetch.concurrency", u64::from(fetch.concurrency), 1),
-        ("fetch.rate_window_secs", fetch.rate_window_secs, 1),
-        ("fetch.timeout_secs", fetch.timeout_secs, 1),
-    ] {
-        if value < min {
-            bad(key, format!("must be at least {min}"));
-        }
-    }
-    if let Err(why) = crate::cli::check_rate_share(fetch.rate_share) {
-        bad("fetch.rate_share", why);
-    }
-    if fetch.concurrency > 256 {
-        bad("fetch.concurrency", "must be at most 256".into());
-    }
-    if fetch.sort.trim_start_matches('-').is_empty() {
-        bad(
-            "fetch.sort",
-            "is empty: use created_at (the default)".into(),
-        );
-    }
-
+/// `[tables.<name>]`: which tables are written, with which columns. A table the file does not
+/// name keeps its default; one it names is written unless `enabled = false`.
+fn resolve_tables(tables: TablesSection, bad: &mut dyn FnMut(&str, String)) -> TableSelection {
     let mut selection = TableSelection::default();
     let mut sections = tables;
     for (index, described) in TABLES.iter().enumerate() {
         let name = described.name;
-        // A table the file does not name keeps its default; one it names is written unless
-        // `enabled = false`.
         let Some(table) = sections.remove(name) else {
             continue;
         };
@@ -610,7 +609,42 @@ fn resolve(
             exclude: table.exclude,
         };
     }
+    selection
+}
 
+/// `[fetch]`: the bounds of each knob (its defaults are `FetchKnobs`').
+fn check_fetch(fetch: &FetchKnobs, bad: &mut dyn FnMut(&str, String)) {
+    for (key, value, min) in [
+        ("fetch.concurrency", u64::from(fetch.concurrency), 1),
+        ("fetch.rate_window_secs", fetch.rate_window_secs, 1),
+        ("fetch.timeout_secs", fetch.timeout_secs, 1),
+    ] {
+        if value < min {
+            bad(key, format!("must be at least {min}"));
+        }
+    }
+    if let Err(why) = crate::options::check_rate_share(fetch.rate_share) {
+        bad("fetch.rate_share", why);
+    }
+    if fetch.concurrency > 256 {
+        bad("fetch.concurrency", "must be at most 256".into());
+    }
+    if fetch.sort.trim_start_matches('-').is_empty() {
+        bad(
+            "fetch.sort",
+            "is empty: use created_at (the default)".into(),
+        );
+    } else if let Err(why) = check_sort(&fetch.sort) {
+        bad("fetch.sort", why);
+    }
+}
+
+/// `[sink]`: the format, the options that fit it, and where the files go.
+fn resolve_sink(
+    sink: SinkSection,
+    accounts: usize,
+    bad: &mut dyn FnMut(&str, String),
+) -> Option<SinkSettings> {
     let format = match sink.format.as_str() {
         "parquet" => Some(Format::Parquet),
         "csv" => Some(Format::Csv),
@@ -623,21 +657,24 @@ fn resolve(
             None
         }
     };
-    if sink.csv_safe && format.is_some_and(|f| f != Format::Csv) {
-        bad(
-            "sink.csv_safe",
-            "applies only to format = \"csv\": set the format or drop csv_safe".into(),
-        );
+    let conflicts = format.map_or_else(Vec::new, |format| {
+        sink_conflicts(format, sink.csv_safe, sink.compression.is_some())
+    });
+    for conflict in &conflicts {
+        match conflict {
+            SinkConflict::CsvSafeNotCsv => bad(
+                "sink.csv_safe",
+                "applies only to format = \"csv\": set the format or drop csv_safe".into(),
+            ),
+            SinkConflict::CompressionNotParquet => bad(
+                "sink.compression",
+                "applies only to format = \"parquet\": set the format or drop compression".into(),
+            ),
+        }
     }
     let compression = match &sink.compression {
         None => Some(Compression::default()),
-        Some(_) if format.is_some_and(|f| f != Format::Parquet) => {
-            bad(
-                "sink.compression",
-                "applies only to format = \"parquet\": set the format or drop compression".into(),
-            );
-            None
-        }
+        Some(_) if conflicts.contains(&SinkConflict::CompressionNotParquet) => None,
         Some(text) => Compression::parse(text)
             .map_err(|message| bad("sink.compression", message))
             .ok(),
@@ -658,51 +695,28 @@ fn resolve(
         for problem in template_problems(template) {
             bad("sink.path", problem);
         }
-        if accounts.len() > 1 && !template.contains("{account_id}") {
+        if accounts > 1 && !template.contains("{account_id}") {
             bad(
                 "sink.path",
                 "several accounts would write to the same place: put {account_id} in the path"
                     .into(),
             );
         }
-    } else if accounts.len() > 1 {
+    } else if accounts > 1 {
         bad(
             "sink.path",
             "several accounts need a path template with {account_id}, e.g. \"account_id={account_id}\"".into(),
         );
     }
-
-    if !ok {
-        return None;
-    }
-    Some(Pipeline {
-        source: url?,
-        accounts,
-        token,
-        allow_insecure_http: source.allow_insecure_http,
-        sort: fetch.sort,
-        timeout: Duration::from_secs(fetch.timeout_secs),
-        fetch: FetchOptions {
-            concurrency: usize::from(fetch.concurrency),
-            retry: RetryPolicy {
-                max_retries: fetch.max_retries,
-                ..RetryPolicy::default()
-            },
-            rate_limit: (fetch.rate_limit > 0).then_some(fetch.rate_limit),
-            rate_window: Duration::from_secs(fetch.rate_window_secs),
-            rate_share: fetch.rate_share,
-        },
-        tables: selection,
-        sink: SinkSettings {
-            format: format?,
-            destination: sink.destination,
-            path: sink.path,
-            csv_safe: sink.csv_safe,
-            keep_inbox_secrets: sink.keep_inbox_secrets,
-            overwrite: sink.overwrite,
-            compression: compression?,
-            rows_per_file: sink.rows_per_file,
-        },
+    Some(SinkSettings {
+        format: format?,
+        destination: sink.destination,
+        path: sink.path,
+        csv_safe: sink.csv_safe,
+        keep_inbox_secrets: sink.keep_inbox_secrets,
+        overwrite: sink.overwrite,
+        compression: compression?,
+        rows_per_file: sink.rows_per_file,
     })
 }
 
@@ -931,16 +945,6 @@ impl KeyLines {
     }
 }
 
-/// Whether the URL points at this machine, where plain http does not leave it.
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(name)) => name == "localhost",
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -953,7 +957,7 @@ mod tests {
         }
     }
 
-    fn load(text: &str, sets: &[&str]) -> Result<Pipeline, Vec<ConfigProblem>> {
+    fn load(text: &str, sets: &[&str]) -> Result<PipelineFile, Vec<ConfigProblem>> {
         let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
         parse(Path::new("p.toml"), text, &sets, &env).map_err(|e| e.problems)
     }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use chatwoot_export::app;
 use chatwoot_export::cli::{Cli, Command, LogFormat};
+use chatwoot_export::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(cli)) {
+    match runtime.block_on(commands::execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("chatwoot-export: error: {}", err.one_line());

@@ -67,8 +67,12 @@ pub struct Manifest {
     pub label_walk: Option<LabelWalkReport>,
     pub source: Source,
     pub tool: Tool,
+    /// When the export started (RFC 3339, UTC; a resumed export keeps its first start).
     pub started_at: String,
+    /// When the export finished, just before the manifest was written (RFC 3339, UTC).
     pub finished_at: String,
+    /// The time the run that finished the export took, measured (a resumed export: since it
+    /// resumed), so it can be less than `finished_at` minus `started_at`.
     pub duration_secs: f64,
 }
 

@@ -1,33 +1,25 @@
-//! Runs a validated pipeline: every account concurrently within one shared request budget,
-//! each exported to its destination, and a run report.
+//! Runs exports to their destinations: every account of a run concurrently (within the one
+//! request budget their settings share), each exported and published, and a run report.
 //!
-//! Receives a `config::Pipeline` (or, for `contacts --out URL`, one account's settings and an
-//! object store URL); emits the files (directly into a local folder, or staged in a temporary
-//! folder and published through `store::Destination`) and a `RunReport`. One failing account
-//! does not stop the others: each gets its own partition, manifest and report entry.
+//! Receives resolved `ExportSettings` per account and a `Target` (for `contacts --out URL`, one
+//! account); emits the files (directly into a local folder, or staged in a temporary folder and
+//! published through `store::Destination`), each finished export's summary to the caller's
+//! `OnSummary`, and a `RunReport`. Prints nothing. One failing account does not stop the
+//! others: each gets its own partition, manifest and report entry.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use url::Url;
 
-use crate::config::{Pipeline, SourceUrl};
 use crate::error::{EXIT_FAILURE, Error};
-use crate::fake::{FakeServer, FakeServerConfig};
-use crate::pipeline::{ExportSettings, ExportSummary, SharedSchemas, export};
-use crate::report::{print_summary, print_summary_to};
+use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::rng::Rng;
-use crate::secret::ApiToken;
-use crate::source::{ClientOptions, RateGovernor};
 use crate::store::{
     Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url,
     remove_old_staging, staging_root,
 };
-
-/// How many contacts each account of the built-in fake server holds.
-const BUILTIN_FAKE_CONTACTS: u64 = 1500;
 
 /// One account's outcome, as `--json` prints it.
 #[derive(Debug, Serialize)]
@@ -108,149 +100,81 @@ pub struct Target {
     pub path: Option<String>,
 }
 
-/// Runs every account of the pipeline and reports on each.
-/// `kept`: what to do with the work earlier failed runs kept (refuse, resume, restart); with
-/// `Refuse`, any account's kept work stops the run before it starts.
-pub async fn run_pipeline(
-    pipeline: &Pipeline,
-    progress: bool,
-    kept: KeptWork,
-) -> Result<RunReport, Error> {
-    let clock = Instant::now();
-    let started = chrono::Utc::now();
-    let nonce = Rng::from_entropy().next_u64();
-    // The built-in fake: one server per account, in-process, on loopback.
-    let mut servers = Vec::new();
-    let mut sources = Vec::new();
-    for &account_id in &pipeline.accounts {
-        match &pipeline.source {
-            SourceUrl::Chatwoot(url) => {
-                let token = pipeline
-                    .token
-                    .clone()
-                    .ok_or_else(|| Error::Usage("no API token: set source.token".into()))?;
-                sources.push((url.clone(), token));
-            }
-            SourceUrl::BuiltinFake => {
-                let config = FakeServerConfig {
-                    contacts: BUILTIN_FAKE_CONTACTS,
-                    seed: 42 + account_id,
-                    account_id,
-                    ..FakeServerConfig::default()
-                };
-                let server = FakeServer::start(config.clone(), 0)
-                    .await
-                    .map_err(|source| Error::Io {
-                        what: "cannot start the built-in fake Chatwoot on 127.0.0.1".into(),
-                        source,
-                    })?;
-                eprintln!(
-                    "chatwoot-export: builtin:fake: account {account_id} ({BUILTIN_FAKE_CONTACTS} contacts) is served at {}",
-                    server.base_url()
-                );
-                let url =
-                    Url::parse(&server.base_url()).map_err(|e| Error::Usage(e.to_string()))?;
-                let token =
-                    ApiToken::new(&config.token).map_err(|e| Error::Usage(e.to_string()))?;
-                sources.push((url, token));
-                servers.push(server);
-            }
+/// When a run of several accounts started, and the random part of its id.
+#[derive(Clone, Copy, Debug)]
+pub struct RunStart {
+    clock: Instant,
+    started: chrono::DateTime<chrono::Utc>,
+    nonce: u64,
+}
+
+impl RunStart {
+    /// A run starting now.
+    pub fn now() -> Self {
+        Self {
+            clock: Instant::now(),
+            started: chrono::Utc::now(),
+            nonce: Rng::from_entropy().next_u64(),
         }
     }
-    // Chatwoot limits requests per client IP: every account of the run takes from one budget.
-    let governor = Arc::new(RateGovernor::new(
-        pipeline.fetch.rate_limit,
-        pipeline.fetch.rate_window,
-        pipeline.fetch.rate_share,
-    ));
-    let several = pipeline.accounts.len() > 1;
-    // Several accounts write their tables in one schema, the union of all of theirs, so that
-    // engines reading the lake's folders see every column in every file.
-    let schemas = several.then(|| Arc::new(SharedSchemas::new(pipeline.accounts.clone())));
-    let target = Target {
-        destination: pipeline.sink.destination.clone(),
-        path: pipeline.sink.path.clone(),
-    };
-    let jobs = pipeline
-        .accounts
-        .iter()
-        .zip(sources)
-        .map(|(&account_id, (base_url, token))| {
-            let settings = ExportSettings {
-                client: ClientOptions {
-                    base_url,
-                    account_id,
-                    token,
-                    sort: pipeline.sort.clone(),
-                    timeout: pipeline.timeout,
-                },
-                fetch: pipeline.fetch,
-                format: pipeline.sink.format,
-                out: target.destination.clone().into(),
-                overwrite: pipeline.sink.overwrite,
-                // One bar per account would garble the terminal.
-                progress: progress && !several,
-                resume: false,
-                keep_inbox_secrets: pipeline.sink.keep_inbox_secrets,
-                csv_safe: pipeline.sink.csv_safe,
-                compression: pipeline.sink.compression,
-                rows_per_file: pipeline.sink.rows_per_file,
-                tables: pipeline.tables.clone(),
-                governor: Some(Arc::clone(&governor)),
-                speculate: !several,
-                schemas: schemas.clone(),
+
+    /// The placeholders of `account_id`'s partition in this run.
+    pub fn vars(&self, account_id: u64) -> RunVars {
+        RunVars::now(account_id, self.started, self.nonce)
+    }
+}
+
+/// Told each finished export's summary and where its files went (the command layer prints it).
+pub type OnSummary = dyn Fn(&ExportSummary, &str) + Send + Sync;
+
+/// The accounts of `jobs` that hold work a failed or interrupted run kept: `(account, folder)`.
+pub fn kept_work(jobs: &[(ExportSettings, RunVars)], target: &Target) -> Vec<(u64, PathBuf)> {
+    jobs.iter()
+        .filter_map(|(settings, vars)| {
+            let folder = if is_direct(target) {
+                has_kept_work(&settings.out).then(|| settings.out.clone())
+            } else {
+                let place = staging_place(settings, target);
+                place.has_kept_work().then_some(place.folder)
             };
-            (settings, RunVars::now(account_id, started, nonce))
+            folder.map(|folder| (vars.account_id, folder))
         })
-        .collect::<Vec<_>>();
-    if kept == KeptWork::Refuse {
-        let kept_work: Vec<(u64, std::path::PathBuf)> = jobs
-            .iter()
-            .filter_map(|(settings, vars)| {
-                let folder = if is_direct(&target) {
-                    has_kept_work(&settings.out).then(|| settings.out.clone())
-                } else {
-                    let place = staging_place(settings, &target);
-                    place.has_kept_work().then_some(place.folder)
-                };
-                folder.map(|folder| (vars.account_id, folder))
-            })
-            .collect();
-        if !kept_work.is_empty() {
-            for server in servers {
-                server.shutdown().await;
-            }
-            return Err(kept_work_refusal(&kept_work));
+        .collect()
+}
+
+/// Runs every job (one account each, all at once) and reports on each; one failing account
+/// does not stop the others. `kept`: what to do with the work earlier failed runs kept.
+pub async fn run_accounts(
+    jobs: Vec<(ExportSettings, RunVars)>,
+    target: &Target,
+    kept: KeptWork,
+    start: &RunStart,
+    on_summary: &OnSummary,
+) -> RunReport {
+    let jobs = jobs.into_iter().map(|(settings, vars)| async move {
+        let schemas = settings.schemas.clone();
+        let report = account(settings, target, &vars, kept, on_summary).await;
+        // Ended without writing (failed, or only published kept work): nobody waits for it.
+        if let Some(schemas) = schemas {
+            schemas.leave(vars.account_id);
         }
-    }
-    let jobs = jobs.into_iter().map(|(settings, vars)| {
-        let target = target.clone();
-        async move {
-            let schemas = settings.schemas.clone();
-            let report = account(settings, &target, &vars, kept).await;
-            // Ended without writing (failed, or only published kept work): nobody waits for it.
-            if let Some(schemas) = schemas {
-                schemas.leave(vars.account_id);
-            }
-            report
-        }
+        report
     });
     let accounts = futures::future::join_all(jobs).await;
-    for server in servers {
-        server.shutdown().await;
-    }
     let failed = accounts.iter().filter(|a| a.status != "complete").count();
-    Ok(RunReport {
+    RunReport {
         status: match failed {
             0 => "complete",
             n if n == accounts.len() => "failed",
             _ => "partial",
         },
-        run_id: RunVars::now(0, started, nonce).run_id,
-        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        duration_secs: clock.elapsed().as_secs_f64(),
+        run_id: start.vars(0).run_id,
+        started_at: start
+            .started
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        duration_secs: start.clock.elapsed().as_secs_f64(),
         accounts,
-    })
+    }
 }
 
 /// Exports one account to its target and reports, whatever happened.
@@ -259,11 +183,12 @@ pub async fn account(
     target: &Target,
     vars: &RunVars,
     kept: KeptWork,
+    on_summary: &OnSummary,
 ) -> AccountReport {
     let clock = Instant::now();
     let account_id = settings.client.account_id;
     tracing::info!(account_id, run_id = %vars.run_id, destination = %target.destination, "account started");
-    let result = export_to(settings, target, vars, kept).await;
+    let result = export_to(settings, target, vars, kept, on_summary).await;
     let elapsed = clock.elapsed();
     let report = account_report(account_id, result, elapsed);
     // Counts, names and messages only: errors are already scrubbed of the token.
@@ -378,7 +303,7 @@ impl KeptWork {
 }
 
 /// The one-line refusal for a rerun that would discard kept work: `(account, folder)` each.
-pub fn kept_work_refusal(kept: &[(u64, std::path::PathBuf)]) -> Error {
+pub fn kept_work_refusal(kept: &[(u64, PathBuf)]) -> Error {
     let what = kept
         .iter()
         .map(|(account_id, folder)| format!("account {account_id} is kept in {}", folder.display()))
@@ -410,42 +335,66 @@ pub fn is_direct(target: &Target) -> bool {
 /// staged export is built in its job's fixed staging place, under that place's lock; a
 /// failure keeps what was fetched there for `--resume`, and a published export removes it.
 pub async fn export_to(
+    settings: ExportSettings,
+    target: &Target,
+    vars: &RunVars,
+    kept: KeptWork,
+    on_summary: &OnSummary,
+) -> Result<Exported, (Error, Option<ExportSummary>)> {
+    if is_direct(target) {
+        export_direct(settings, target, vars, kept, on_summary).await
+    } else {
+        export_staged(settings, target, vars, kept, on_summary).await
+    }
+}
+
+/// The export straight into the local folder `settings.out`.
+async fn export_direct(
     mut settings: ExportSettings,
     target: &Target,
     vars: &RunVars,
     kept: KeptWork,
+    on_summary: &OnSummary,
 ) -> Result<Exported, (Error, Option<ExportSummary>)> {
-    if is_direct(target) {
-        settings.resume = match kept {
-            KeptWork::Refuse | KeptWork::Restart => false,
-            KeptWork::Resume => true,
-            KeptWork::ResumeIfAny => has_kept_work(&settings.out),
-        };
-        if kept == KeptWork::Refuse && has_kept_work(&settings.out) {
-            return Err((
-                kept_work_refusal(&[(vars.account_id, settings.out.clone())]),
-                None,
-            ));
-        }
-        let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
-        print_summary(&summary);
-        let files = summary
-            .manifest
-            .tables
-            .values()
-            .flat_map(|t| t.files.iter())
-            .chain(std::iter::once(&crate::store::MANIFEST_FILE.to_owned()))
-            .map(|name| summary.out.join(name).display().to_string())
-            .collect();
-        let published = Published {
-            files,
-            replaced: Vec::new(),
-        };
-        return match check_drift(&summary, &target.destination) {
-            Ok(()) => Ok((summary, published)),
-            Err(error) => Err((error, Some(summary))),
-        };
+    settings.resume = match kept {
+        KeptWork::Refuse | KeptWork::Restart => false,
+        KeptWork::Resume => true,
+        KeptWork::ResumeIfAny => has_kept_work(&settings.out),
+    };
+    if kept == KeptWork::Refuse && has_kept_work(&settings.out) {
+        return Err((
+            kept_work_refusal(&[(vars.account_id, settings.out.clone())]),
+            None,
+        ));
     }
+    let summary = export(&settings).await.map_err(|e| (e.into(), None))?;
+    on_summary(&summary, &summary.out.display().to_string());
+    let files = summary
+        .manifest
+        .tables
+        .values()
+        .flat_map(|t| t.files.iter())
+        .chain(std::iter::once(&crate::store::MANIFEST_FILE.to_owned()))
+        .map(|name| summary.out.join(name).display().to_string())
+        .collect();
+    let published = Published {
+        files,
+        replaced: Vec::new(),
+    };
+    match drift_verdict(&summary, target.destination.clone().into()) {
+        Ok(()) => Ok((summary, published)),
+        Err(error) => Err((error, Some(summary))),
+    }
+}
+
+/// The export built in the job's staging place, then published to the destination.
+async fn export_staged(
+    mut settings: ExportSettings,
+    target: &Target,
+    vars: &RunVars,
+    kept: KeptWork,
+    on_summary: &OnSummary,
+) -> Result<Exported, (Error, Option<ExportSummary>)> {
     // Open first: a bad URL or missing credentials fail before any request to Chatwoot.
     let destination = Destination::open(&target.destination).map_err(|e| (e.into(), None))?;
     let removed = remove_old_staging(&std::env::temp_dir());
@@ -515,8 +464,8 @@ pub async fn export_to(
     if let Err(err) = place.discard() {
         tracing::warn!(folder = %place.folder.display(), error = %err, "cannot remove the staging folder after publishing");
     }
-    print_summary_to(&summary, &target.destination);
-    match check_drift(&summary, &target.destination) {
+    on_summary(&summary, &target.destination);
+    match drift_verdict(&summary, target.destination.clone().into()) {
         Ok(()) => Ok((summary, published)),
         Err(error) => Err((error, Some(summary))),
     }
@@ -566,13 +515,12 @@ fn finished_export(settings: &ExportSettings) -> Result<ExportSummary, Error> {
     ))
 }
 
-/// Exit code 5 when the account changed and the repair could not account for every contact.
-fn check_drift(summary: &ExportSummary, destination: &str) -> Result<(), Error> {
+/// Exit code 5 when the account changed and the repair could not account for every contact;
+/// `out` names where the files are.
+pub fn drift_verdict(summary: &ExportSummary, out: PathBuf) -> Result<(), Error> {
     match summary.drift.unresolved {
-        0 => Error::check_label_walk(summary, std::path::Path::new(destination)),
-        unresolved => Err(Error::Drift {
-            unresolved,
-            out: destination.into(),
-        }),
+        // A complete walk can still have a label walk that missed its counts: exit 5 too.
+        0 => Error::check_label_walk(summary, &out),
+        unresolved => Err(Error::Drift { unresolved, out }),
     }
 }

@@ -209,7 +209,8 @@ impl FakeServer {
                 let _ = stopped.await;
             });
             if let Err(err) = serve.await {
-                eprintln!("fake server stopped: {err}");
+                // Logged, not printed: the server is library code, and this is a diagnosis.
+                tracing::error!(error = %err, "fake server stopped");
             }
         });
         Ok(Self {

@@ -1,7 +1,9 @@
 //! The export, stage by stage: walk the pages -> repair drift -> fill the side tables ->
 //! write the tables -> manifest last.
 //!
-//! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`.
+//! Receives resolved `ExportSettings`; emits the output folder's files and an `ExportSummary`,
+//! and tells what people should know while it runs (`Notice`) to the settings' `Notices`: it
+//! prints nothing itself.
 //! `walk` fetches pages (through the `source::Fetcher`: retries, the rate budget, adaptive
 //! concurrency) into the `collector`, which flattens, deduplicates and spills rows to disk, so
 //! memory stays flat whatever the account's size; `saver` checkpoints as it goes. `repair`
@@ -20,6 +22,7 @@ mod side_tables;
 mod walk;
 mod write;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +33,11 @@ pub use shared_schema::SharedSchemas;
 
 use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
+use ledger::Ledger;
 use saver::Saver;
 
 use crate::config::TableSelection;
-use crate::manifest::{Manifest, RateReport, Source, Tool};
+use crate::manifest::{LabelWalkReport, Manifest, RateReport, Source, TableEntry, Tool};
 use crate::progress::Progress;
 use crate::sink::{Compression, Format, SinkError, SinkOptions};
 use crate::source::{
@@ -41,7 +45,7 @@ use crate::source::{
     RateGovernor, RateMode, public_base_url,
 };
 use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
-use crate::transform::flatten::FlattenError;
+use crate::transform::flatten::{FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
 
 /// Everything an export needs, resolved from flags, environment and defaults.
@@ -76,6 +80,49 @@ pub struct ExportSettings {
     /// Where the accounts of one run agree on one schema per table before writing; `None`:
     /// this export's own columns.
     pub schemas: Option<Arc<SharedSchemas>>,
+    /// Where the export's notices go while it runs.
+    pub notices: Notices,
+}
+
+/// Something an export tells people while it runs, besides its summary: the command layer
+/// words and shows it (the library prints nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The output folder held an interrupted export, discarded because `resume` was off.
+    DiscardedInterrupted { out: PathBuf },
+    /// The custom attribute definitions could not be read: the export goes on, typing the
+    /// custom attribute columns from their values.
+    NoAttributeDefinitions { cause: String },
+    /// The `contact_labels` walk's cost, known from every label's first page, before the rest
+    /// of it is spent.
+    LabelWalkCost {
+        labels: u64,
+        tagged: u64,
+        requests: u64,
+        sent: u64,
+    },
+}
+
+/// Where an export's notices go: a function the command layer gives.
+#[derive(Clone)]
+pub struct Notices(Arc<dyn Fn(&Notice) + Send + Sync>);
+
+impl Notices {
+    /// Notices handed to `tell`.
+    pub fn new(tell: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+
+    /// Passes one notice on.
+    pub fn tell(&self, notice: Notice) {
+        (self.0)(&notice);
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notices")
+    }
 }
 
 /// What a finished export reports.
@@ -218,7 +265,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     });
-    let result = run(settings, &params, &dir, checkpoint, &fetcher, &progress).await;
+    let result = run(
+        settings, &params, &dir, checkpoint, &fetcher, &progress, clock,
+    )
+    .await;
     ticker.abort();
     progress.clear();
     let (manifest, written, stats) = match result {
@@ -270,10 +320,9 @@ fn open_output(
     if !settings.resume {
         let (dir, discarded) = OutputDir::prepare(out, settings.overwrite)?;
         if discarded {
-            eprintln!(
-                "chatwoot-export: note: discarded an interrupted export in {} (pass --resume to continue one)",
-                out.display()
-            );
+            settings
+                .notices
+                .tell(Notice::DiscardedInterrupted { out: out.clone() });
         }
         return Ok((dir, None));
     }
@@ -296,6 +345,21 @@ fn open_output(
 
 type Done = (Manifest, Vec<PathBuf>, FetchStatus);
 
+/// The run's state before the first page: fresh, or from the checkpoint of an interrupted run.
+struct Begun {
+    collector: Collector,
+    walk_state: WalkState,
+    /// The drift check's ledger: taken by a fresh walk of a large account before it keeps any
+    /// contact, and kept in the checkpoint, so a resumed run proves completeness against the
+    /// same counts instead of walking the list again.
+    ledger: Option<Ledger>,
+    saver: Saver,
+    started_at: String,
+    resumes: u32,
+}
+
+/// The export after the checks: fetch phase (walk, repair), final checkpoint, write phase,
+/// and the manifest from the run.
 async fn run(
     settings: &ExportSettings,
     params: &JobParams,
@@ -303,87 +367,31 @@ async fn run(
     checkpoint: Option<Checkpoint>,
     fetcher: &Arc<Fetcher>,
     progress: &Progress,
+    clock: Instant,
 ) -> Result<Done, Failure> {
     let fatal = |error: ExportError| Failure {
         error,
         resumable: false,
     };
-    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let inbox_secrets = || {
-        if settings.keep_inbox_secrets {
-            InboxSecrets::keep_all()
-        } else {
-            InboxSecrets::default()
-        }
-    };
-    let (mut collector, mut walk_state, started_at, resumes) = match &checkpoint {
-        Some(saved) => (
-            Collector::resume(dir, saved, inbox_secrets()).map_err(fatal)?,
-            saved.walk.clone(),
-            saved.started_at.clone(),
-            saved.resumes + 1,
-        ),
-        None => (
-            Collector::create(dir, inbox_secrets()).map_err(fatal)?,
-            WalkState {
-                next_page: 1,
-                ..WalkState::default()
-            },
-            now(),
-            0,
-        ),
-    };
-    // The drift check's ledger: taken by a fresh walk of a large account before it keeps any
-    // contact, and kept in the checkpoint, so a resumed run proves completeness against the
-    // same counts instead of walking the list again.
-    let mut ledger = checkpoint.as_ref().and_then(|saved| saved.ledger.clone());
-    let mut saver = Saver::new(
-        dir.work().to_owned(),
-        params.clone(),
-        started_at.clone(),
+    let Begun {
+        mut collector,
+        mut walk_state,
+        mut ledger,
+        mut saver,
+        started_at,
         resumes,
-        checkpoint
-            .as_ref()
-            .map(|saved| saved.walk.next_page.saturating_sub(1)),
-        ledger.clone(),
-    );
-    // Pages fetched ahead of the one being consumed: a few times what is in flight, so that one
-    // slow page does not hold back the requests behind it (about 15 KB a page).
-    let lookahead = settings.fetch.concurrency.saturating_mul(4);
-
-    let walk_options = walk::WalkOptions {
-        lookahead,
-        speculate: settings.speculate,
-        sort: &settings.client.sort,
-    };
-    let stages = async {
-        until_shutdown(
-            walk::walk(
-                fetcher,
-                &mut collector,
-                &mut walk_state,
-                progress,
-                &walk_options,
-                &mut ledger,
-                &mut saver,
-            ),
-            &settings.out,
-        )
-        .await?;
-        until_shutdown(
-            repair::repair(
-                fetcher,
-                &mut collector,
-                &walk_state,
-                ledger.as_ref(),
-                repair_max_requests(),
-                progress,
-            ),
-            &settings.out,
-        )
-        .await
-    };
-    let (drift, final_count) = match stages.await {
+    } = begin(settings, params, dir, checkpoint).map_err(fatal)?;
+    let fetched = fetch_phase(
+        settings,
+        fetcher,
+        &mut collector,
+        &mut walk_state,
+        &mut ledger,
+        &mut saver,
+        progress,
+    )
+    .await;
+    let (drift, final_count) = match fetched {
         Ok(done) => done,
         Err(error) => {
             return Err(stop(
@@ -407,21 +415,7 @@ async fn run(
         },
         resumable: true,
     };
-    if let Err(error) = saver.save(&mut collector, &walk_state, true) {
-        // The walk's last checkpoint is still whole (checkpoints are replaced atomically); only
-        // what was fetched after it is fetched again.
-        return Err(match saver.saved_pages() {
-            Some(saved) => Failure {
-                error: ExportError::Resumable {
-                    source: Box::new(error),
-                    pages: saved,
-                    out: settings.out.clone(),
-                },
-                resumable: true,
-            },
-            None => fatal(error),
-        });
-    }
+    save_fetched(&mut saver, &mut collector, &walk_state, &settings.out)?;
 
     let side = until_shutdown(
         side_tables::fill(
@@ -430,6 +424,7 @@ async fn run(
             &settings.tables,
             collector.definitions.take(),
             progress,
+            &settings.notices,
         ),
         &settings.out,
     )
@@ -479,11 +474,191 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
-    let manifest = Manifest {
+    let record = RunRecord {
+        walk_state,
+        unique,
+        duplicates,
+        pages,
+        status,
+        drift,
+        resumes,
+        started_at,
+        clock,
+        label_walk: side.label_walk,
+    };
+    let manifest = manifest_from_run(settings, params, record, &flattener, tables);
+    Ok((manifest, written, status))
+}
+
+/// The checkpoint at the end of the fetch phase, with every page in the spills. If it cannot
+/// be saved, the walk's last checkpoint is still whole (checkpoints are replaced atomically):
+/// only what was fetched after it is fetched again.
+fn save_fetched(
+    saver: &mut Saver,
+    collector: &mut Collector,
+    walk_state: &WalkState,
+    out: &std::path::Path,
+) -> Result<(), Failure> {
+    let Err(error) = saver.save(collector, walk_state, true) else {
+        return Ok(());
+    };
+    Err(match saver.saved_pages() {
+        Some(saved) => Failure {
+            error: ExportError::Resumable {
+                source: Box::new(error),
+                pages: saved,
+                out: out.to_owned(),
+            },
+            resumable: true,
+        },
+        None => Failure {
+            error,
+            resumable: false,
+        },
+    })
+}
+
+/// The run's starting state: from the checkpoint when resuming, else fresh.
+fn begin(
+    settings: &ExportSettings,
+    params: &JobParams,
+    dir: &OutputDir,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Begun, ExportError> {
+    let inbox_secrets = if settings.keep_inbox_secrets {
+        InboxSecrets::keep_all()
+    } else {
+        InboxSecrets::default()
+    };
+    let (collector, walk_state, started_at, resumes) = match &checkpoint {
+        Some(saved) => (
+            Collector::resume(dir, saved, inbox_secrets)?,
+            saved.walk.clone(),
+            saved.started_at.clone(),
+            saved.resumes + 1,
+        ),
+        None => (
+            Collector::create(dir, inbox_secrets)?,
+            WalkState {
+                next_page: 1,
+                ..WalkState::default()
+            },
+            now(),
+            0,
+        ),
+    };
+    let ledger = checkpoint.as_ref().and_then(|saved| saved.ledger.clone());
+    let saver = Saver::new(
+        dir.work().to_owned(),
+        params.clone(),
+        started_at.clone(),
+        resumes,
+        checkpoint
+            .as_ref()
+            .map(|saved| saved.walk.next_page.saturating_sub(1)),
+        ledger.clone(),
+    );
+    Ok(Begun {
+        collector,
+        walk_state,
+        ledger,
+        saver,
+        started_at,
+        resumes,
+    })
+}
+
+/// The time now, as the manifest writes it (RFC 3339, UTC, seconds).
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The fetch phase: the walk over the pages, then the drift repair, each stopped by Ctrl-C or
+/// SIGTERM. Returns the repair's report and the account's count at the end.
+async fn fetch_phase(
+    settings: &ExportSettings,
+    fetcher: &Arc<Fetcher>,
+    collector: &mut Collector,
+    walk_state: &mut WalkState,
+    ledger: &mut Option<Ledger>,
+    saver: &mut Saver,
+    progress: &Progress,
+) -> Result<(RepairReport, Option<u64>), ExportError> {
+    let walk_options = walk::WalkOptions {
+        // Pages fetched ahead of the one being consumed: a few times what is in flight, so
+        // that one slow page does not hold back the requests behind it (about 15 KB a page).
+        lookahead: settings.fetch.concurrency.saturating_mul(4),
+        notices: &settings.notices,
+        speculate: settings.speculate,
+        sort: &settings.client.sort,
+    };
+    until_shutdown(
+        walk::walk(
+            fetcher,
+            collector,
+            walk_state,
+            progress,
+            &walk_options,
+            ledger,
+            saver,
+        ),
+        &settings.out,
+    )
+    .await?;
+    until_shutdown(
+        repair::repair(
+            fetcher,
+            collector,
+            walk_state,
+            ledger.as_ref(),
+            repair_max_requests(),
+            progress,
+        ),
+        &settings.out,
+    )
+    .await
+}
+
+/// What the run did, for its manifest.
+struct RunRecord {
+    walk_state: WalkState,
+    unique: u64,
+    duplicates: u64,
+    pages: u64,
+    status: FetchStatus,
+    drift: RepairReport,
+    resumes: u32,
+    started_at: String,
+    /// Started with the run, for its measured duration.
+    clock: Instant,
+    /// The `contact_labels` walk, when that table was selected.
+    label_walk: Option<LabelWalkReport>,
+}
+
+/// The manifest of a finished run.
+fn manifest_from_run(
+    settings: &ExportSettings,
+    params: &JobParams,
+    record: RunRecord,
+    flattener: &Flattener,
+    tables: BTreeMap<String, TableEntry>,
+) -> Manifest {
+    let RunRecord {
+        walk_state,
+        unique,
+        duplicates,
+        pages,
+        status,
+        drift,
+        resumes,
+        started_at,
+        clock,
+        label_walk,
+    } = record;
+    Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
         // the exit code is 5. So is one whose label walk did not end with the counts announced.
-        complete: drift.unresolved == 0
-            && side.label_walk.as_ref().is_none_or(|walk| walk.complete),
+        complete: drift.unresolved == 0 && label_walk.as_ref().is_none_or(|walk| walk.complete),
         format: settings.format,
         expected_count: walk_state.expected_count,
         final_count: walk_state.final_count,
@@ -507,7 +682,7 @@ async fn run(
         csv_safe: settings.csv_safe,
         compression: (settings.format == Format::Parquet).then_some(settings.compression),
         tables,
-        label_walk: side.label_walk,
+        label_walk,
         source: Source {
             base_url: params.base_url.clone(),
             account_id: params.account_id,
@@ -516,9 +691,9 @@ async fn run(
         tool: Tool::current(),
         started_at,
         finished_at: now(),
-        duration_secs: 0.0,
-    };
-    Ok((manifest, written, status))
+        // Rounded to the millisecond: a time, not a benchmark.
+        duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    }
 }
 
 /// What the manifest says of the rate limit, from the governor's status at the end.

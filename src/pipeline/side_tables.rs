@@ -16,8 +16,8 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use serde_json::Value;
 
-use super::ExportError;
 use super::write::Filled;
+use super::{ExportError, Notice, Notices};
 use crate::config::TableSelection;
 use crate::manifest::LabelWalkReport;
 use crate::progress::Progress;
@@ -45,6 +45,7 @@ pub async fn fill(
     selection: &TableSelection,
     mut definitions: Option<Vec<Value>>,
     progress: &Progress,
+    notices: &Notices,
 ) -> Result<SideTables, ExportError> {
     let selected = |fill: Fill| {
         TABLES
@@ -82,7 +83,7 @@ pub async fn fill(
             Fill::Labels => records_to_rows(&mut shape, &labels),
             Fill::LabelWalk => {
                 let titles = label_titles(&labels);
-                let (pairs, report) = walk_labels(fetcher, &titles, progress).await?;
+                let (pairs, report) = walk_labels(fetcher, &titles, progress, notices).await?;
                 side.label_walk = Some(report);
                 pair_rows(&mut shape, &pairs)
             }
@@ -175,6 +176,7 @@ async fn walk_labels(
     fetcher: &Arc<Fetcher>,
     titles: &[String],
     progress: &Progress,
+    notices: &Notices,
 ) -> Result<(Vec<(i64, String)>, LabelWalkReport), ExportError> {
     let sent_before = fetcher.status().governor.sent;
     progress.phase("contact_labels: the first page of each label");
@@ -188,7 +190,12 @@ async fn walk_labels(
         titles.len(),
         predicted - titles.len() as u64
     );
-    eprintln!("chatwoot-export: note: {message}");
+    notices.tell(Notice::LabelWalkCost {
+        labels: titles.len() as u64,
+        tagged,
+        requests: predicted,
+        sent: titles.len() as u64,
+    });
     progress.phase(&message);
     let rest = titles
         .iter()

@@ -27,12 +27,12 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::ExportError;
 use super::checkpoint::WalkState;
 use super::collector::Collector;
 use super::ledger::Ledger;
 use super::repair;
 use super::saver::Saver;
+use super::{ExportError, Notice, Notices};
 use crate::progress::Progress;
 use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
 
@@ -87,6 +87,8 @@ impl Drop for Window {
 /// How the walk goes: pages in flight, and what it needs for the drift check.
 pub struct WalkOptions<'a> {
     pub lookahead: usize,
+    /// Where the walk's notices go (the command layer shows them).
+    pub notices: &'a Notices,
     pub speculate: bool,
     /// The list's sort key (the ledger reads the oldest and newest days from it).
     pub sort: &'a str,
@@ -124,7 +126,8 @@ pub async fn walk(
             definitions.abort();
         }
         let (_, first) = first?;
-        state.attribute_definitions = declare_definitions(collector, definitions.await?);
+        state.attribute_definitions =
+            declare_definitions(collector, definitions.await?, options.notices);
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
@@ -208,6 +211,7 @@ async fn walk_pages(
 fn declare_definitions(
     collector: &mut Collector,
     fetched: Result<Vec<AttributeDefinition>, FetchError>,
+    notices: &Notices,
 ) -> Option<u64> {
     match fetched {
         Ok(definitions) => {
@@ -220,10 +224,9 @@ fn declare_definitions(
             Some(declared)
         }
         Err(error) => {
-            eprintln!(
-                "chatwoot-export: warning: cannot read the custom attribute definitions ({}); custom_attributes columns are typed from their values alone",
-                error.short_cause()
-            );
+            notices.tell(Notice::NoAttributeDefinitions {
+                cause: error.short_cause(),
+            });
             None
         }
     }

@@ -1,6 +1,7 @@
 //! The integration test binary: runs the real `chatwoot-export` binary against the fake
 //! Chatwoot server on 127.0.0.1 and checks what it wrote against the server's ground truth.
 
+mod cli;
 mod csv_safe;
 mod drift;
 mod engines;

@@ -1,0 +1,135 @@
+//! What the commands tell people on stderr: receives an `ExportSummary` and prints the
+//! summary (counts, the pace of the rate limit, drift repair, credentials left out, count
+//! difference), and words an export's `Notice`s. The one place that reports runs to people;
+//! the library below returns values and events and prints nothing.
+
+use indicatif::HumanCount;
+
+use crate::manifest::RateReport;
+use crate::pipeline::{ExportSummary, Notice, Notices};
+
+/// What the summary says of the rate limit: the pace learned, and the time spent paused.
+fn pace_note(rate: &RateReport) -> String {
+    let mut note = String::new();
+    if rate.mode == "learned"
+        && let Some(limit) = rate.limit_per_minute
+    {
+        note += &format!(", limit learned {}/min", HumanCount(limit.round() as u64));
+    }
+    if rate.paused_secs >= 0.5 {
+        note += &format!(", {:.0} s paused by the rate limit", rate.paused_secs);
+    }
+    note
+}
+
+/// The human summary on stderr, naming the export's own folder.
+pub fn print_summary(summary: &ExportSummary) {
+    print_summary_to(summary, &summary.out.display().to_string());
+}
+
+/// The human summary on stderr, naming `destination` as where the files went.
+pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
+    for line in summary_lines(summary, destination) {
+        eprintln!("chatwoot-export: {line}");
+    }
+}
+
+/// The summary of one account of a run of several: each line names the account, as their
+/// summaries come out mixed.
+pub fn print_account_summary_to(summary: &ExportSummary, destination: &str) {
+    let account_id = summary.manifest.source.account_id;
+    for line in summary_lines(summary, destination) {
+        eprintln!("chatwoot-export: account {account_id}: {line}");
+    }
+}
+
+/// The summary's lines, without the `chatwoot-export: ` prefix.
+fn summary_lines(summary: &ExportSummary, destination: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let listed = summary.final_count.map_or_else(
+        || "an unknown number".to_owned(),
+        |n| HumanCount(n).to_string(),
+    );
+    let fetch = &summary.fetch;
+    // Counts with thousands separators: this is for people; programs read the manifest.
+    lines.push(format!(
+        "exported {} contacts and {} inbox links from {} pages in {:.1} s \
+         ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
+        HumanCount(summary.contacts),
+        HumanCount(summary.inbox_links),
+        HumanCount(summary.pages),
+        summary.elapsed.as_secs_f64(),
+        summary.duplicates_dropped,
+        fetch.retries,
+        fetch.governor.throttled,
+        pace_note(&summary.manifest.rate),
+    ));
+    let drift = &summary.drift;
+    if drift.rounds > 0 {
+        lines.push(format!(
+            "drift: the account changed during the export; the repair recovered {} contacts \
+             in {} requests ({} deleted during the export, {} unresolved){}",
+            drift.recovered,
+            drift.requests,
+            drift.deleted_during_export,
+            drift.unresolved,
+            drift
+                .stopped
+                .as_ref()
+                .map_or(String::new(), |why| format!("; it stopped early: {why}"))
+        ));
+    }
+    let dropped = &summary.manifest.inbox_fields_dropped;
+    if !dropped.is_empty() {
+        let values: u64 = dropped.values().sum();
+        let names: Vec<&str> = dropped.keys().map(String::as_str).collect();
+        lines.push(format!(
+            "note: left out {values} values of inbox fields that look like credentials \
+             ({}): this server embeds inbox secrets in contacts; see inbox_fields_dropped in manifest.json, \
+             or pass --keep-inbox-secrets to keep them",
+            names.join(", ")
+        ));
+    }
+    if let Some(difference) = summary.manifest.count_difference.filter(|d| *d != 0) {
+        lines.push(format!(
+            "warning: {} contacts exported but the account lists {listed} ({difference:+}): \
+             contacts were added or deleted during the export; see count_difference in manifest.json",
+            HumanCount(summary.contacts)
+        ));
+    }
+    lines
+}
+
+/// Notices that an export prints on stderr as it runs.
+pub fn notices() -> Notices {
+    Notices::new(|notice| eprintln!("chatwoot-export: {}", notice_text(notice)))
+}
+
+/// A notice as people read it, after the `chatwoot-export: ` prefix.
+fn notice_text(notice: &Notice) -> String {
+    match notice {
+        Notice::DiscardedInterrupted { out } => format!(
+            "note: discarded an interrupted export in {} (pass --resume to continue one)",
+            out.display()
+        ),
+        Notice::NoAttributeDefinitions { cause } => format!(
+            "warning: cannot read the custom attribute definitions ({cause}); custom_attributes columns are typed from their values alone"
+        ),
+        Notice::LabelWalkCost {
+            labels,
+            tagged,
+            requests,
+            sent,
+        } => format!(
+            "note: contact_labels: {labels} labels tag {tagged} contacts: {requests} requests ({sent} sent, {} to go)",
+            requests - sent
+        ),
+    }
+}
+
+/// Says how a dashboard URL given as `--base-url` was read.
+pub fn dashboard_url_note(base_url: &str, account_id: u64) {
+    eprintln!(
+        "chatwoot-export: note: --base-url is a dashboard URL: exporting account {account_id} of {base_url}"
+    );
+}
