@@ -12,7 +12,7 @@ use crate::options::{
     DEFAULT_RATE_SHARE, DEFAULT_RATE_WINDOW_SECS, DEFAULT_SORT, DEFAULT_TIMEOUT_SECS,
     parse_rate_share,
 };
-use crate::sink::{Compression, Format};
+use crate::sink::{ColumnNames, Compression, Format};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -185,6 +185,11 @@ pub struct OutputArgs {
     /// request count printed before it starts).
     #[arg(long = "table", value_name = "NAME", value_parser = parse_table)]
     pub tables: Vec<String>,
+    /// Column names as the attribute keys make them (verbatim), or lowercase ASCII letters,
+    /// digits and _ for Athena, Glue and unquoted SQL (snake; the manifest keeps each
+    /// original name).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ColumnNames::Verbatim)]
+    pub column_names: ColumnNames,
 }
 
 /// A `--table` name: one of the described tables.

@@ -20,7 +20,7 @@ use crate::options::{
     FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
 };
 use crate::secret::ApiToken;
-use crate::sink::{Compression, Format};
+use crate::sink::{ColumnNames, Compression, Format};
 use crate::source::FetchOptions;
 use crate::table::TABLES;
 
@@ -138,6 +138,7 @@ struct SinkSection {
     overwrite: bool,
     compression: Option<String>,
     rows_per_file: Option<u64>,
+    column_names: Option<String>,
 }
 
 fn default_format() -> String {
@@ -180,6 +181,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "overwrite",
             "compression",
             "rows_per_file",
+            "column_names",
         ],
     ),
 ];
@@ -293,6 +295,8 @@ pub struct SinkSettings {
     /// Most rows in one file; a bigger table is written as numbered files. `None`: one file
     /// per table.
     pub rows_per_file: Option<u64>,
+    /// Column names as the keys make them, or snake case.
+    pub column_names: ColumnNames,
 }
 
 /// A validated pipeline, ready to run.
@@ -679,6 +683,17 @@ fn resolve_sink(
             .map_err(|message| bad("sink.compression", message))
             .ok(),
     };
+    let column_names = match sink.column_names.as_deref() {
+        None | Some("verbatim") => Some(ColumnNames::Verbatim),
+        Some("snake") => Some(ColumnNames::Snake),
+        Some(other) => {
+            bad(
+                "sink.column_names",
+                format!("must be verbatim or snake, not {other:?}"),
+            );
+            None
+        }
+    };
     if sink.rows_per_file == Some(0) {
         bad(
             "sink.rows_per_file",
@@ -717,6 +732,7 @@ fn resolve_sink(
         overwrite: sink.overwrite,
         compression: compression?,
         rows_per_file: sink.rows_per_file,
+        column_names: column_names?,
     })
 }
 

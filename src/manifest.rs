@@ -147,6 +147,9 @@ pub struct ColumnEntry {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: String,
+    /// The name the column had before `column_names = "snake"` renamed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -180,6 +183,7 @@ impl TableEntry {
             .map(|c| ColumnEntry {
                 name: c.name.clone(),
                 ty: c.ty.manifest_name().into(),
+                source_name: None,
             })
             .collect();
         Self {

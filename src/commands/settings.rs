@@ -23,7 +23,7 @@ use crate::options::{
 use crate::pipeline::{ExportSettings, SharedSchemas};
 use crate::runner::{RunStart, Target};
 use crate::secret::ApiToken;
-use crate::sink::{Compression, Format};
+use crate::sink::{ColumnNames, Compression, Format};
 use crate::source::{ClientOptions, FetchOptions, RateGovernor, public_base_url};
 use crate::store::{RunVars, is_url};
 
@@ -58,6 +58,7 @@ fn export_settings(
         csv_safe: sink.csv_safe,
         compression: sink.compression,
         rows_per_file: sink.rows_per_file,
+        column_names: sink.column_names,
         tables,
         governor: conduct.governor,
         speculate: conduct.speculate,
@@ -114,6 +115,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         compression,
         rows_per_file,
         tables,
+        column_names,
     } = args.output;
     let SafetyArgs {
         overwrite,
@@ -131,6 +133,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         overwrite,
         compression: compression.unwrap_or_default(),
         rows_per_file,
+        column_names,
     };
     let client = client_options(base_url, account_id, token, knobs.sort.clone(), &knobs);
     let conduct = Conduct {
@@ -253,6 +256,7 @@ pub fn demo(
         overwrite: false,
         compression: Compression::default(),
         rows_per_file: None,
+        column_names: ColumnNames::Verbatim,
     };
     let conduct = Conduct {
         progress,

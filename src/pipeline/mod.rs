@@ -39,7 +39,7 @@ use saver::Saver;
 use crate::config::TableSelection;
 use crate::manifest::{LabelWalkReport, Manifest, RateReport, Source, TableEntry, Tool};
 use crate::progress::Progress;
-use crate::sink::{Compression, Format, SinkError, SinkOptions};
+use crate::sink::{ColumnNames, Compression, Format, SinkError, SinkOptions};
 use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
     RateGovernor, RateMode, public_base_url,
@@ -65,6 +65,8 @@ pub struct ExportSettings {
     pub csv_safe: bool,
     /// Parquet: the pages' codec.
     pub compression: Compression,
+    /// Column names as the keys make them, or snake case.
+    pub column_names: ColumnNames,
     /// Most rows in one file; more make numbered files (`contacts-00000.parquet`, ...).
     /// `None`: one file per table.
     pub rows_per_file: Option<u64>,
@@ -463,6 +465,7 @@ async fn run(
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
         compression: settings.compression,
+        column_names: settings.column_names,
     };
     let (tables, written) = write::write_tables(
         settings.format,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::ExportError;
@@ -18,10 +18,11 @@ use super::shared_schema::TableColumns;
 use crate::config::{ColumnFilter, TableSelection};
 use crate::manifest::TableEntry;
 use crate::progress::Progress;
-use crate::sink::{Format, SinkError, SinkOptions, TableWriter};
+use crate::sink::{ColumnNames, Format, SinkError, SinkOptions, TableWriter};
 use crate::store::{OutputDir, StoreError};
 use crate::table::Table;
 use crate::transform::batch::BatchBuilder;
+use crate::transform::column_names::snake_names;
 use crate::transform::flatten::Flattener;
 use crate::transform::schema::{ColumnDef, TableSchema, TableShape};
 use crate::transform::spill::SpillReader;
@@ -69,10 +70,16 @@ pub fn write_tables(
             parts: Vec::new(),
             current: None,
         };
-        let (file_names, rows) = write_table(files, schema, &keep, spill)?;
+        let names = output_names(schema, &keep, options.column_names);
+        let (file_names, rows) = write_table(files, schema, &keep, &names, spill)?;
         written.extend(file_names.iter().map(|name| dir.root().join(name)));
         let mut entry = TableEntry::new(file_names, rows, schema);
         entry.columns = keep.iter().map(|&i| entry.columns[i].clone()).collect();
+        for (column, name) in entry.columns.iter_mut().zip(names) {
+            if column.name != name {
+                column.source_name = Some(std::mem::replace(&mut column.name, name));
+            }
+        }
         tables.insert(table.to_owned(), entry);
     }
     Ok((tables, written))
@@ -100,6 +107,18 @@ pub fn final_schema(shape: &TableShape, others: Option<&Vec<ColumnDef>>) -> Tabl
     }
 }
 
+/// The names the kept columns get in the files.
+fn output_names(schema: &TableSchema, keep: &[usize], naming: ColumnNames) -> Vec<String> {
+    let kept: Vec<&str> = keep
+        .iter()
+        .map(|&i| schema.columns[i].name.as_str())
+        .collect();
+    match naming {
+        ColumnNames::Verbatim => kept.iter().map(|name| (*name).to_owned()).collect(),
+        ColumnNames::Snake => snake_names(&kept),
+    }
+}
+
 /// The positions of the columns the filter keeps. Filtering happens on the final schema, at
 /// write time, so inference and the spill files do not need to know about it.
 fn kept_columns(schema: &TableSchema, filter: &ColumnFilter) -> Vec<usize> {
@@ -113,6 +132,7 @@ fn write_table(
     mut writer: TableFiles<'_>,
     schema: &TableSchema,
     keep: &[usize],
+    names: &[String],
     spill: &Path,
 ) -> Result<(Vec<String>, u64), ExportError> {
     let table = writer.table;
@@ -121,12 +141,19 @@ fn write_table(
         path: spill.to_owned(),
         source,
     };
-    let projected: SchemaRef = Arc::new(
-        schema
-            .arrow
-            .project(keep)
-            .map_err(|e| sink_error(e.into()))?,
-    );
+    let projected = schema
+        .arrow
+        .project(keep)
+        .map_err(|e| sink_error(e.into()))?;
+    let projected: SchemaRef = Arc::new(Schema::new_with_metadata(
+        projected
+            .fields()
+            .iter()
+            .zip(names)
+            .map(|(field, name)| field.as_ref().clone().with_name(name))
+            .collect::<Vec<_>>(),
+        projected.metadata().clone(),
+    ));
     let mut reader = SpillReader::open(spill).map_err(spill_error)?;
     let mut batch = BatchBuilder::new(schema.clone());
     let mut rows = 0u64;
@@ -134,6 +161,9 @@ fn write_table(
         let batch = batch
             .finish()
             .and_then(|batch| batch.project(keep))
+            .and_then(|batch| {
+                RecordBatch::try_new(Arc::clone(&projected), batch.columns().to_vec())
+            })
             .map_err(|e| sink_error(e.into()))?;
         writer.write(&projected, &batch)
     };

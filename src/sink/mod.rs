@@ -173,6 +173,30 @@ pub struct SinkOptions {
     pub csv_safe: bool,
     /// Parquet: the pages' codec.
     pub compression: Compression,
+    /// The columns' names as the server's keys make them, or snake case for SQL engines.
+    pub column_names: ColumnNames,
+}
+
+/// How columns are named in the files (`--column-names`, `sink.column_names`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnNames {
+    /// As the attribute keys make them (`custom_attributes__Plan Name`).
+    #[default]
+    Verbatim,
+    /// Lowercase ASCII letters, digits and `_` (`custom_attributes__plan_name`), as Athena,
+    /// Glue and unquoted SQL want; the manifest keeps each column's original name.
+    Snake,
 }
 
 /// A failure while encoding or writing a table file.

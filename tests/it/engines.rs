@@ -16,15 +16,27 @@ use serde_json::{Value, json};
 
 use crate::harness::{Fake, TOKEN, run_python, run_with_env};
 
-/// Runs one night of a `run` over `accounts` into `lake`, partitioned by account and `night`.
-fn night(fake: &Fake, dir: &Path, lake: &Path, format: &str, accounts: &[u64], night: &str) {
+/// A Parquet lake at `lake`, no extra sink lines.
+fn parquet(lake: &Path) -> (&Path, &str, &str) {
+    (lake, "parquet", "")
+}
+
+/// Runs one night of a `run` over `accounts` into `lake`, partitioned by account and `night`,
+/// with `extra` lines in `[sink]`.
+fn night(
+    fake: &Fake,
+    dir: &Path,
+    (lake, format, extra): (&Path, &str, &str),
+    accounts: &[u64],
+    night: &str,
+) {
     let file = dir.join(format!("{format}-{night}.toml"));
     let accounts: Vec<String> = accounts.iter().map(u64::to_string).collect();
     std::fs::write(
         &file,
         format!(
             "[source]\nbase_url = \"{}\"\naccounts = [{}]\n[sink]\nformat = \"{format}\"\n\
-             destination = \"{}\"\npath = \"{{table}}/account_id={{account_id}}/dt={night}\"\n",
+             destination = \"{}\"\npath = \"{{table}}/account_id={{account_id}}/dt={night}\"\n{extra}\n",
             fake.base_url(),
             accounts.join(", "),
             lake.display()
@@ -76,19 +88,29 @@ fn a_three_account_two_night_lake_reads_right_in_spark_duckdb_polars_pandas_and_
         ..FakeServerConfig::default()
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let (one, two, csv) = (
+    let (one, two, csv, snake) = (
         dir.path().join("one"),
         dir.path().join("two"),
         dir.path().join("csv"),
+        dir.path().join("snake"),
     );
-    night(&fake, dir.path(), &one, "parquet", &[1, 2, 3], "2026-11-28");
+    let all = [1, 2, 3];
+    night(&fake, dir.path(), parquet(&one), &all, "2026-11-28");
     // Account 1 has attributes the others lack: the second night's schema is wider than the
     // first's, as when an account adds a custom attribute.
-    night(&fake, dir.path(), &two, "parquet", &[2, 3], "2026-11-27");
-    night(&fake, dir.path(), &two, "parquet", &[1, 2, 3], "2026-11-28");
+    night(&fake, dir.path(), parquet(&two), &[2, 3], "2026-11-27");
+    night(&fake, dir.path(), parquet(&two), &all, "2026-11-28");
     // A rerun of the night replaces its files: no engine may read them twice.
-    night(&fake, dir.path(), &two, "parquet", &[1, 2, 3], "2026-11-28");
-    night(&fake, dir.path(), &csv, "csv", &[1, 2, 3], "2026-11-28");
+    night(&fake, dir.path(), parquet(&two), &all, "2026-11-28");
+    night(&fake, dir.path(), (&csv, "csv", ""), &all, "2026-11-28");
+    let snake_names = "column_names = \"snake\"";
+    night(
+        &fake,
+        dir.path(),
+        (&snake, "parquet", snake_names),
+        &all,
+        "2026-11-28",
+    );
     let columns = |account: u64| -> usize {
         let truth = fake.truth_of(account);
         let mut keys: Vec<&String> = truth
@@ -113,6 +135,7 @@ fn a_three_account_two_night_lake_reads_right_in_spark_duckdb_polars_pandas_and_
             one.to_str().expect("utf-8"),
             two.to_str().expect("utf-8"),
             csv.to_str().expect("utf-8"),
+            snake.to_str().expect("utf-8"),
             truth_file.to_str().expect("utf-8"),
         ],
     );
@@ -125,5 +148,9 @@ fn a_three_account_two_night_lake_reads_right_in_spark_duckdb_polars_pandas_and_
             "{engine} did not read the two nights: {out}"
         );
     }
-    assert_eq!(passed.len(), 15, "every check ran: {out}");
+    assert!(
+        passed.contains(&"ok spark snake names in SQL without backticks"),
+        "{out}"
+    );
+    assert_eq!(passed.len(), 16, "every check ran: {out}");
 }

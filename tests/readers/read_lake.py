@@ -2,13 +2,15 @@
 (Spark, DuckDB, Polars, pandas, pyarrow) exactly as docs/guide.md tells them to, and checks
 each one against the manifests and the fake server's truth (tests/it/engines.rs).
 
-    read_lake.py ONE_NIGHT_LAKE TWO_NIGHT_LAKE CSV_LAKE TRUTH.json
+    read_lake.py ONE_NIGHT_LAKE TWO_NIGHT_LAKE CSV_LAKE SNAKE_LAKE TRUTH.json
 
 - ONE_NIGHT_LAKE (Parquet, one run): every engine reads `contacts` with NO options.
 - TWO_NIGHT_LAKE (Parquet, two runs whose accounts differ, the second run twice): every engine
   reads it with the one schema option the guide gives (Spark `mergeSchema`, DuckDB
   `union_by_name`, Polars `how="diagonal_relaxed"`, pyarrow/pandas a unified schema).
 - CSV_LAKE (CSV, one run): Spark (header, multiLine, escape) and DuckDB `read_csv`.
+- SNAKE_LAKE (Parquet, one run, `column_names = "snake"`): Spark SQL selects every column
+  by name without backticks; values are checked through the manifest's `source_name`s.
 
 Every read must give: every column any manifest lists plus the typed partition columns
 (account_id an integer, dt a date), exactly the rows the manifests count (no file read twice,
@@ -50,12 +52,13 @@ def manifests(lake: str, table: str) -> list[dict]:
 
 
 def expected(lake: str, table: str):
+    """The columns every manifest lists (with each one's original name), and rows per
+    partition."""
     found = manifests(lake, table)
-    columns = []
+    columns = {}
     for entry in found:
         for column in entry["m"]["tables"][table]["columns"]:
-            if column["name"] not in columns:
-                columns.append(column["name"])
+            columns.setdefault(column["name"], column.get("source_name", column["name"]))
     rows = {(e["account_id"], e["dt"]): e["m"]["tables"][table]["rows"] for e in found}
     return columns, rows
 
@@ -68,7 +71,7 @@ class Checker:
     def check(self, engine: str, what: str, rows: list[dict], columns: list[str], lake: str,
               table: str, csv: bool = False) -> None:
         want_columns, want_rows = expected(lake, table)
-        missing = [c for c in want_columns + ["account_id", "dt"] if c not in columns]
+        missing = [c for c in list(want_columns) + ["account_id", "dt"] if c not in columns]
         assert not missing, f"{engine} {what}: columns missing: {missing}"
         got: dict[tuple, int] = {}
         for row in rows:
@@ -84,11 +87,11 @@ class Checker:
             contact = str(int(row["id"]))
             email = truth["emails"].get(contact)
             assert row["email"] == email, f"{engine} {what}: contact {contact} email {row['email']!r} != {email!r}"
-            for column in want_columns:
-                if not column.startswith("custom_attributes__"):
+            for column, original in want_columns.items():
+                if not original.startswith("custom_attributes__"):
                     continue
                 value = row.get(column)
-                truth_value = truth["custom"].get(column, {}).get(contact)
+                truth_value = truth["custom"].get(original, {}).get(contact)
                 if truth_value is None:
                     assert value is None or value == "", (
                         f"{engine} {what}: {column} of {contact} (account {row['account_id']}) "
@@ -158,7 +161,7 @@ def spark_rows(frame) -> tuple[list[dict], list[str]]:
 
 
 def main() -> None:
-    one, two, csv_lake, truth_path = sys.argv[1:5]
+    one, two, csv_lake, snake, truth_path = sys.argv[1:6]
     with open(truth_path, encoding="utf-8") as f:
         checker = Checker(json.load(f))
     t = "contacts"
@@ -207,6 +210,14 @@ def main() -> None:
                  .option("escape", '"').csv(f"{csv_lake}/{t}"))
         rows, columns = spark_rows(frame)
         checker.check("spark", "csv one run", rows, columns, csv_lake, t, csv=True)
+        spark.read.parquet(f"{snake}/{t}").createOrReplaceTempView("contacts")
+        names, _ = expected(snake, t)
+        renamed = [n for n, original in names.items() if n != original]
+        assert renamed, "snake names renamed no column: the lake proves nothing"
+        # Every column by its bare name: a name Spark SQL cannot take unquoted fails to parse.
+        frame = spark.sql(f"SELECT {', '.join(list(names) + ['account_id', 'dt'])} FROM contacts")
+        rows, columns = spark_rows(frame)
+        checker.check("spark", "snake names in SQL without backticks", rows, columns, snake, t)
     finally:
         spark.stop()
 
