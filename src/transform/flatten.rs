@@ -22,7 +22,7 @@ use super::inbox_secrets::InboxSecrets;
 use super::number::number_cell;
 use super::schema::{ColumnType, TableShape, created_at_secs};
 use super::spill::RowBuffer;
-use super::stream::{StreamState, Walk};
+use super::stream::{ContactScan, StreamState};
 use super::{Cell, Row};
 
 /// The `contacts` columns of the contract, in output order.
@@ -177,7 +177,7 @@ impl Flattener {
         out.inboxes.clear();
         self.contacts.mark();
         self.inboxes.mark();
-        let fast = Walk::new(
+        let fast = ContactScan::new(
             &mut self.stream,
             &mut self.contacts,
             &mut self.inboxes,

@@ -107,7 +107,7 @@ pub struct StreamState {
     /// Where each link row's `contact_id` value is, to fill in once the id is known (it may
     /// come after `contact_inboxes` in the object).
     contact_id_slots: Vec<usize>,
-    /// The `contacts` column of `created_at`, whose value the walk also hands back.
+    /// The `contacts` column of `created_at`, whose value the scan also hands back.
     created_at: u32,
 }
 
@@ -207,8 +207,8 @@ impl StreamState {
     }
 }
 
-/// One contact's walk: the state, the shapes and the output rows.
-pub struct Walk<'a> {
+/// One contact's scan: the state, the shapes and the output rows.
+pub struct ContactScan<'a> {
     pub state: &'a mut StreamState,
     pub contacts: &'a mut TableShape,
     pub inboxes: &'a mut TableShape,
@@ -220,7 +220,7 @@ pub struct Walk<'a> {
     created_at: Option<i64>,
 }
 
-impl<'a> Walk<'a> {
+impl<'a> ContactScan<'a> {
     pub fn new(
         state: &'a mut StreamState,
         contacts: &'a mut TableShape,
@@ -249,7 +249,7 @@ impl<'a> Walk<'a> {
         self.state.contact_id_slots.clear();
         let mut json = serde_json::Deserializer::from_str(text);
         ValueSeed {
-            walk: self,
+            scan: self,
             node: ROOT,
         }
         .deserialize(&mut json)
@@ -319,7 +319,7 @@ fn fallback<E: de::Error>(why: &'static str) -> E {
 
 /// The value of node `node`.
 struct ValueSeed<'w, 'a> {
-    walk: &'w mut Walk<'a>,
+    scan: &'w mut ContactScan<'a>,
     node: u32,
 }
 
@@ -333,15 +333,15 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
 
 impl ValueSeed<'_, '_> {
     fn kind(&self) -> Kind {
-        self.walk.state.nodes[self.node as usize].kind
+        self.scan.state.nodes[self.node as usize].kind
     }
 
     fn int<E: de::Error>(self, value: i64) -> Result<(), E> {
         if self.kind() == Kind::Id {
-            if self.walk.id.is_some() {
+            if self.scan.id.is_some() {
                 return Err(fallback("two ids"));
             }
-            self.walk.id = Some(value);
+            self.scan.id = Some(value);
         }
         self.scalar(Some(CellRef::Int(value)))
     }
@@ -358,7 +358,7 @@ impl ValueSeed<'_, '_> {
     fn scalar<E: de::Error>(self, cell: Option<CellRef<'_>>) -> Result<(), E> {
         match self.kind() {
             Kind::Root => Err(fallback("a contact that is not an object")),
-            _ => self.walk.leaf(self.node, cell),
+            _ => self.scan.leaf(self.node, cell),
         }
     }
 
@@ -367,7 +367,7 @@ impl ValueSeed<'_, '_> {
         match self.kind() {
             Kind::Root | Kind::Id => Err(fallback("a contact or id that is not a scalar")),
             _ => self
-                .walk
+                .scan
                 .leaf(self.node, Some(CellRef::Json(&value.to_string()))),
         }
     }
@@ -436,7 +436,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
         match self.kind() {
             Kind::Root | Kind::Additional | Kind::Nested | Kind::Custom | Kind::Id => {
                 let first = map.next_key_seed(KeySeed {
-                    walk: &mut *self.walk,
+                    scan: &mut *self.scan,
                     parent: self.node,
                     previous: NO_NODE,
                 })?;
@@ -446,13 +446,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
                 }
                 match self.kind() {
                     Kind::Root => {
-                        self.walk.contact.begin_row();
-                        entries(self.walk, ROOT, first, &mut map)?;
-                        self.walk.contact.end_row();
+                        self.scan.contact.begin_row();
+                        entries(self.scan, ROOT, first, &mut map)?;
+                        self.scan.contact.end_row();
                         Ok(())
                     }
                     Kind::Id => Err(fallback("an id that is an object")),
-                    _ => entries(self.walk, self.node, first, &mut map),
+                    _ => entries(self.scan, self.node, first, &mut map),
                 }
             }
             Kind::Field | Kind::Inboxes => {
@@ -481,7 +481,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         match self.kind() {
             Kind::Inboxes => {
-                while seq.next_element_seed(LinkSeed(&mut *self.walk))?.is_some() {}
+                while seq.next_element_seed(LinkSeed(&mut *self.scan))?.is_some() {}
                 Ok(())
             }
             _ => {
@@ -495,7 +495,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
 /// The entries of an object whose keys are children of `parent`, its first key (`first`)
 /// already read.
 fn entries<'de, A: MapAccess<'de>>(
-    walk: &mut Walk<'_>,
+    scan: &mut ContactScan<'_>,
     parent: u32,
     first: Option<u32>,
     map: &mut A,
@@ -503,11 +503,11 @@ fn entries<'de, A: MapAccess<'de>>(
     let mut key = first;
     while let Some(node) = key {
         map.next_value_seed(ValueSeed {
-            walk: &mut *walk,
+            scan: &mut *scan,
             node,
         })?;
         key = map.next_key_seed(KeySeed {
-            walk: &mut *walk,
+            scan: &mut *scan,
             parent,
             previous: node,
         })?;
@@ -517,7 +517,7 @@ fn entries<'de, A: MapAccess<'de>>(
 
 /// A key: the child node of `parent`, checked to be new in this object.
 struct KeySeed<'w, 'a> {
-    walk: &'w mut Walk<'a>,
+    scan: &'w mut ContactScan<'a>,
     parent: u32,
     /// The key before it in the object, or `NO_NODE`.
     previous: u32,
@@ -542,16 +542,16 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
         if self.previous == NO_NODE && key == NUMBER_TOKEN {
             return Ok(NUMBER_KEY);
         }
-        let state = &mut *self.walk.state;
+        let state = &mut *self.scan.state;
         let node = state.next_child(self.parent, self.previous, key);
         let node_ref = &mut state.nodes[node as usize];
         if node_ref.odd {
             return Err(fallback("a key serde_json treats specially"));
         }
-        if node_ref.seen == self.walk.serial {
+        if node_ref.seen == self.scan.serial {
             return Err(fallback("a key twice in one object"));
         }
-        node_ref.seen = self.walk.serial;
+        node_ref.seen = self.scan.serial;
         Ok(node)
     }
 }
@@ -583,7 +583,7 @@ impl<'de> Visitor<'de> for FixedKey {
 }
 
 /// One `contact_inboxes` item: a row of `contact_inboxes`.
-struct LinkSeed<'w, 'a>(&'w mut Walk<'a>);
+struct LinkSeed<'w, 'a>(&'w mut ContactScan<'a>);
 
 impl<'de> DeserializeSeed<'de> for LinkSeed<'_, '_> {
     type Value = ();
@@ -601,15 +601,15 @@ impl<'de> Visitor<'de> for LinkSeed<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let walk = self.0;
-        let serial = walk.state.next_serial();
-        walk.links.begin_row();
+        let scan = self.0;
+        let serial = scan.state.next_serial();
+        scan.links.begin_row();
         // The id is filled in at the end of the contact.
-        let contact_id = walk.state.contact_id;
-        mark(&mut walk.state.inbox_marks, contact_id, serial)?;
-        walk.inboxes.observe_ref(contact_id, CellRef::Int(0));
-        let at = walk.links.push(contact_id, CellRef::Int(0));
-        walk.state.contact_id_slots.push(at);
+        let contact_id = scan.state.contact_id;
+        mark(&mut scan.state.inbox_marks, contact_id, serial)?;
+        scan.inboxes.observe_ref(contact_id, CellRef::Int(0));
+        let at = scan.links.push(contact_id, CellRef::Int(0));
+        scan.state.contact_id_slots.push(at);
         // Each field once: `Value` would keep only the last of two (and an empty second
         // `inbox` would leave no mark to catch it by).
         let mut seen = [false; LINK_KEYS.len()];
@@ -619,26 +619,26 @@ impl<'de> Visitor<'de> for LinkSeed<'_, '_> {
             }
             if LINK_KEYS[key] == "inbox" {
                 map.next_value_seed(InboxSeed {
-                    walk: &mut *walk,
+                    scan: &mut *scan,
                     serial,
                 })?;
             } else {
-                let column = walk.state.source_id;
+                let column = scan.state.source_id;
                 map.next_value_seed(ScalarSeed {
-                    walk: &mut *walk,
+                    scan: &mut *scan,
                     column,
                     serial,
                 })?;
             }
         }
-        walk.links.end_row();
+        scan.links.end_row();
         Ok(())
     }
 }
 
 /// The `inbox` object of a link.
 struct InboxSeed<'w, 'a> {
-    walk: &'w mut Walk<'a>,
+    scan: &'w mut ContactScan<'a>,
     serial: u32,
 }
 
@@ -659,9 +659,9 @@ impl<'de> Visitor<'de> for InboxSeed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(FixedKey(&INBOX_KEYS))? {
-            let column = self.walk.state.inbox_fields[key];
+            let column = self.scan.state.inbox_fields[key];
             map.next_value_seed(ScalarSeed {
-                walk: &mut *self.walk,
+                scan: &mut *self.scan,
                 column,
                 serial: self.serial,
             })?;
@@ -672,7 +672,7 @@ impl<'de> Visitor<'de> for InboxSeed<'_, '_> {
 
 /// A scalar of a link row; objects and arrays there are the general path's business.
 struct ScalarSeed<'w, 'a> {
-    walk: &'w mut Walk<'a>,
+    scan: &'w mut ContactScan<'a>,
     column: u32,
     serial: u32,
 }
@@ -687,7 +687,7 @@ impl<'de> DeserializeSeed<'de> for ScalarSeed<'_, '_> {
 
 impl ScalarSeed<'_, '_> {
     fn cell<E: de::Error>(self, cell: Option<CellRef<'_>>) -> Result<(), E> {
-        self.walk.link_leaf(self.column, self.serial, cell)
+        self.scan.link_leaf(self.column, self.serial, cell)
     }
 }
 

@@ -428,10 +428,12 @@ fn a_run_of_several_accounts_names_the_account_in_each_summary() {
             .expect("summary");
         assert!(line.ends_with(&format!("-> {}", lake.display())), "{line}");
         let partition = lake.join(format!("account_id={account}"));
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(partition.join("_manifest.json")).expect("manifest"),
-        )
-        .expect("json");
+        let manifest_at = lake.join(format!(
+            "_chatwoot_export/account_id={account}/manifest.json"
+        ));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest_at).expect("manifest"))
+                .expect("json");
         let rows: usize = manifest["tables"]["contacts"]["files"]
             .as_array()
             .expect("files")

@@ -223,7 +223,10 @@ fn under_umask_022_every_file_and_folder_is_owner_only() {
         String::from_utf8_lossy(&output.stderr)
     );
     let (wrong, seen) = not_owner_only(&lake);
-    assert_eq!(seen, 4, "the folder, two tables and the manifest");
+    assert_eq!(
+        seen, 5,
+        "the folder, two tables, the manifests' folder (_chatwoot_export) and the manifest"
+    );
     assert_eq!(wrong, Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(&tmp).expect("dir").count(),
