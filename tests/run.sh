@@ -38,6 +38,8 @@ done
 
 # No import circles between the crate's files (issue 16): stdlib Python, before anything builds.
 python3 tests/import_cycles.py src
+# Every relative link and #anchor of the Markdown docs resolves (README, docs/, benches/).
+python3 scripts/check-doc-links.py
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

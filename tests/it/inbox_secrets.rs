@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::export::assert_export_matches;
 use crate::harness::{Fake, all_file_bytes, assert_no_token, export, manifest};
 
-/// The legacy inbox fields the README's rule leaves out: every credential the fake server
+/// The legacy inbox fields docs/security.md's rule leaves out: every credential the fake server
 /// plants, plus `smtp_authentication`, harmless but named like one.
 const DROPPED: &[&str] = &[
     "website_token",
