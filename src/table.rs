@@ -5,7 +5,7 @@
 //! fills it and whether a run writes it when nothing selects it. Collection, checkpoints,
 //! writing, the pipeline file's `[tables.<name>]` sections, the manifest and both stores read
 //! this list, so a new table is one entry here plus what fills it (see
-//! docs/architecture-tables.md).
+//! docs/architecture.md, "Adding a table").
 
 use crate::transform::flatten::{CONTACT_COLUMNS, CONTACT_GROUPS, INBOX_COLUMNS, INBOX_GROUPS};
 use crate::transform::schema::ColumnType;
