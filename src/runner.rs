@@ -44,6 +44,9 @@ pub struct AccountReport {
     /// Contacts the drift repair recovered and those it could not reconcile.
     pub drift_recovered: u64,
     pub drift_unresolved: u64,
+    /// How many times this account's export was resumed (`--resume`) before it ended: 0 for
+    /// one that ran through at once.
+    pub resumes: u32,
 }
 
 /// The whole run, as `--json` prints it.
@@ -236,6 +239,7 @@ fn account_report(
             rate: crate::manifest::RateReport::default(),
             drift_recovered: 0,
             drift_unresolved: 0,
+            resumes: 0,
         },
     }
 }
@@ -271,6 +275,7 @@ fn report(
         rate: manifest.rate.clone(),
         drift_recovered: manifest.drift.recovered,
         drift_unresolved: manifest.drift.unresolved,
+        resumes: manifest.resumes,
     }
 }
 

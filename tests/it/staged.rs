@@ -267,12 +267,12 @@ fn a_second_run_of_the_same_job_refuses_on_its_lock_and_restart_starts_over() {
 }
 
 #[test]
-fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
-    let (moto, fake, cache) = s3_job(2);
+fn run_file_with_three_accounts_resumes_every_one_after_ctrl_c() {
+    let (moto, fake, cache) = s3_job(3);
     let file = cache.path().join("two.toml");
     std::fs::write(
         &file,
-        "[source]\nbase_url = \"${CHATWOOT_BASE_URL}\"\naccounts = [1, 2]\ntoken = \"${CHATWOOT_API_TOKEN}\"\n\
+        "[source]\nbase_url = \"${CHATWOOT_BASE_URL}\"\naccounts = [1, 2, 3]\ntoken = \"${CHATWOOT_API_TOKEN}\"\n\
          [fetch]\nconcurrency = 2\n\
          [sink]\nformat = \"parquet\"\ndestination = \"s3://lake/two\"\npath = \"{table}/account_id={account_id}\"\n",
     )
@@ -284,12 +284,12 @@ fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
     let args = ["run", file, "--no-progress"];
 
     let child = spawn(&args, &env);
-    wait_for_staged_pages(cache.path(), 2, 20);
+    wait_for_staged_pages(cache.path(), 3, 20);
     let stopped = interrupt(child);
     assert_ne!(stopped.code, 0, "{}", stopped.stderr);
     assert!(stopped.stderr.contains("--resume"), "{}", stopped.stderr);
     let kept = staged_checkpoints(cache.path());
-    assert_eq!(kept.len(), 2, "one staging place per account");
+    assert_eq!(kept.len(), 3, "one staging place per account");
     // The pages left to each walk: the planned ones not kept, and the one past the plan.
     let remaining: u64 = kept
         .iter()
@@ -310,6 +310,7 @@ fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
     assert!(
         refused.stderr.contains("account 1 is kept in")
             && refused.stderr.contains("account 2 is kept in")
+            && refused.stderr.contains("account 3 is kept in")
             && refused
                 .stderr
                 .contains("--resume to continue it, or with --restart to discard it"),
@@ -322,18 +323,28 @@ fn run_file_with_two_accounts_resumes_both_after_ctrl_c() {
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     let report: Value = serde_json::from_str(&resumed.stdout).expect("JSON report");
     let mut check = 0;
-    for account_id in [1, 2] {
-        let manifest = assert_partitions_exact(&moto, &fake, (account_id, 2), &|table| {
+    for account_id in [1, 2, 3] {
+        let manifest = assert_partitions_exact(&moto, &fake, (account_id, 3), &|table| {
             format!("two/{table}/account_id={account_id}")
         });
         assert_eq!(manifest["resumes"], 1, "account {account_id}");
+        let reported = report["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .find(|a| a["account_id"] == account_id)
+            .expect("the account in the report");
+        assert_eq!(
+            reported["resumes"], 1,
+            "the report says it resumed: {reported}"
+        );
         assert_eq!(manifest["drift"]["unresolved"], 0);
         check += manifest["drift"]["requests"]
             .as_u64()
             .expect("drift.requests");
     }
     assert_eq!(report["status"], "complete");
-    // Both walks went on where they stopped: only the pages left and the drift checks.
+    // Every walk went on where it stopped: only the pages left and the drift checks.
     let resumed_requests = fake.requests() - before;
     eprintln!(
         "resumed run FILE: {resumed_requests} requests, {remaining} pages left, {check} drift check requests"
