@@ -90,9 +90,14 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
             args.output.format.extension()
         )));
     }
-    if args.output.compression.is_some() && args.output.format != crate::sink::Format::Parquet {
+    if args.output.compression.is_some()
+        && !matches!(
+            args.output.format,
+            crate::sink::Format::Parquet | crate::sink::Format::Delta
+        )
+    {
         return Err(Error::Usage(format!(
-            "--compression applies only to Parquet, not --format {}: drop --compression",
+            "--compression applies only to Parquet and Delta, not --format {}: drop --compression",
             args.output.format.extension()
         )));
     }
@@ -146,10 +151,10 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
 }
 
 /// `--out` when it names an object store (`s3://`, `gs://`, `az://`, `file://`) rather than
-/// a local folder.
+/// a local folder, or any `--out` of a Delta export (staged, then committed to the table).
 fn object_store_url(settings: &ExportSettings) -> Option<String> {
     let out = settings.out.to_str()?;
-    is_url(out).then(|| out.to_owned())
+    (is_url(out) || settings.format == crate::sink::Format::Delta).then(|| out.to_owned())
 }
 
 /// Exports into the job's staging place, then uploads it to `url` with the manifest last
@@ -234,7 +239,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         .out
         .join(format!("contacts.{}", args.format.extension()));
     let reader = match args.format {
-        crate::sink::Format::Parquet => "read_parquet",
+        crate::sink::Format::Parquet | crate::sink::Format::Delta => "read_parquet",
         crate::sink::Format::Csv => "read_csv",
         crate::sink::Format::Ndjson => "read_json",
     };

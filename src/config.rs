@@ -590,10 +590,11 @@ fn resolve(
         "parquet" => Some(Format::Parquet),
         "csv" => Some(Format::Csv),
         "ndjson" => Some(Format::Ndjson),
+        "delta" => Some(Format::Delta),
         other => {
             bad(
                 "sink.format",
-                format!("must be parquet, csv or ndjson, not {other:?}"),
+                format!("must be parquet, csv, ndjson or delta, not {other:?}"),
             );
             None
         }
@@ -606,10 +607,10 @@ fn resolve(
     }
     let compression = match &sink.compression {
         None => Some(Compression::default()),
-        Some(_) if format.is_some_and(|f| f != Format::Parquet) => {
+        Some(_) if format.is_some_and(|f| !matches!(f, Format::Parquet | Format::Delta)) => {
             bad(
                 "sink.compression",
-                "applies only to format = \"parquet\": set the format or drop compression".into(),
+                "applies only to format = \"parquet\" or \"delta\": set the format or drop compression".into(),
             );
             None
         }

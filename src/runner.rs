@@ -20,9 +20,10 @@ use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::report::{print_summary, print_summary_to};
 use crate::rng::Rng;
 use crate::secret::ApiToken;
+use crate::sink::Format;
 use crate::source::{ClientOptions, RateGovernor};
 use crate::store::{
-    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url,
+    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url, publish_delta,
     remove_old_staging, staging_root,
 };
 
@@ -203,7 +204,7 @@ pub async fn run_pipeline(
         let kept_work: Vec<(u64, std::path::PathBuf)> = jobs
             .iter()
             .filter_map(|(settings, vars)| {
-                let folder = if is_direct(&target) {
+                let folder = if is_direct(&target, settings.format) {
                     has_kept_work(&settings.out).then(|| settings.out.clone())
                 } else {
                     let place = staging_place(settings, &target);
@@ -388,9 +389,10 @@ pub fn staging_place(settings: &ExportSettings, target: &Target) -> StagingPlace
     )
 }
 
-/// Whether the job writes straight into a local folder (no staging).
-pub fn is_direct(target: &Target) -> bool {
-    !is_url(&target.destination) && target.path.is_none()
+/// Whether the job writes straight into a local folder (no staging; a Delta table is always
+/// staged, then committed).
+pub fn is_direct(target: &Target, format: Format) -> bool {
+    !is_url(&target.destination) && target.path.is_none() && format != Format::Delta
 }
 
 /// The export, straight into a local folder or staged and published to a destination. On
@@ -403,7 +405,7 @@ pub async fn export_to(
     vars: &RunVars,
     kept: KeptWork,
 ) -> Result<Exported, (Error, Option<ExportSummary>)> {
-    if is_direct(target) {
+    if is_direct(target, settings.format) {
         settings.resume = match kept {
             KeptWork::Refuse | KeptWork::Restart => false,
             KeptWork::Resume => true,
@@ -490,7 +492,12 @@ pub async fn export_to(
         export(&settings).await.map_err(|e| (e.into(), None))?
     };
     let template = target.path.as_deref().unwrap_or("");
-    let published = match destination.publish(&settings.out, template, vars).await {
+    let publishing = if settings.format == Format::Delta {
+        publish_delta(&destination, &settings.out, template, vars).await
+    } else {
+        destination.publish(&settings.out, template, vars).await
+    };
+    let published = match publishing {
         Ok(published) => published,
         Err(error) => {
             let kept = LakeError::Kept {

@@ -459,7 +459,8 @@ async fn run(
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         values_kept_as_text: flattener.values_kept_as_text(),
         csv_safe: settings.csv_safe,
-        compression: (settings.format == Format::Parquet).then_some(settings.compression),
+        compression: matches!(settings.format, Format::Parquet | Format::Delta)
+            .then_some(settings.compression),
         tables,
         source: Source {
             base_url: params.base_url.clone(),

@@ -2,6 +2,7 @@
 //! Chatwoot server on 127.0.0.1 and checks what it wrote against the server's ground truth.
 
 mod csv_safe;
+mod delta;
 mod drift;
 mod errors;
 mod exact;
