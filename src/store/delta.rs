@@ -62,6 +62,12 @@ pub enum DeltaError {
     PartitionClash { table: String, column: String },
 }
 
+impl From<DeltaError> for LakeError {
+    fn from(error: DeltaError) -> Self {
+        LakeError::Delta(Box::new(error))
+    }
+}
+
 /// Commits the complete export in `staging` to one Delta table per exported table.
 #[cfg(not(feature = "delta"))]
 pub async fn publish(

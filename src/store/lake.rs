@@ -76,8 +76,10 @@ pub enum LakeError {
         source: Box<LakeError>,
         folder: PathBuf,
     },
+    /// A failure to commit to a Delta table (store/delta.rs's `DeltaError`, boxed so that this
+    /// module does not import that one).
     #[error(transparent)]
-    Delta(#[from] super::delta::DeltaError),
+    Delta(Box<dyn std::error::Error + Send + Sync>),
     #[error("the staged export in {} is unreadable ({detail}); please report this", path.display())]
     Staging { path: PathBuf, detail: String },
     #[error(
