@@ -173,6 +173,7 @@ mod imp {
     use futures::TryStreamExt;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use serde_json::{Value, json};
+    use uuid::Uuid;
 
     use super::{DeltaError, Layout, delta_type};
     use crate::manifest::Manifest;
@@ -182,7 +183,7 @@ mod imp {
     /// Commits lost to a concurrent writer (another account's run) before giving up.
     const COMMIT_ATTEMPTS: usize = 10;
     /// Key of this tool's facts in each commit's `commitInfo`.
-    pub const COMMIT_INFO_KEY: &str = "chatwoot_export";
+    const COMMIT_INFO_KEY: &str = "chatwoot_export";
     const MAPPING_MODE: &str = "delta.columnMapping.mode";
     const MAPPING_MAX_ID: &str = "delta.columnMapping.maxColumnId";
     const MAPPING_ID: &str = "delta.columnMapping.id";
@@ -453,7 +454,7 @@ mod imp {
             match state {
                 None => {
                     let protocol: Protocol = serde_json::from_value(
-                        json!({"minReaderVersion": 2, "minWriterVersion": 5}),
+                        json!({"minReaderVersion": 1, "minWriterVersion": 2}),
                     )
                     .map_err(|e| fail(e.into()))?;
                     actions.push(Action::Protocol(protocol));
@@ -516,8 +517,8 @@ mod imp {
         .into())
     }
 
-    /// A schema field: nullable, with its column mapping id and a physical name equal to its
-    /// name (the Parquet files keep the names the other formats use).
+    /// A schema field: nullable; in a table with column mapping (one another engine created
+    /// or converted), with its id and a physical name equal to its name.
     fn field(name: &str, data_type: &str, id: Option<i64>) -> Value {
         let metadata = match id {
             Some(id) => json!({MAPPING_ID: id, MAPPING_NAME: name}),
@@ -526,7 +527,9 @@ mod imp {
         json!({"name": name, "type": data_type, "nullable": true, "metadata": metadata})
     }
 
-    /// The metadata of a new table: the run's columns, then the partition columns.
+    /// The metadata of a new table: the run's columns, then the partition columns. No column
+    /// mapping: Polars refuses tables that use it, and the Parquet files keep the names every
+    /// other format uses (docs/delta.md says what that means for Spark writers).
     fn new_metadata(
         shown: &str,
         fields: &[(String, String)],
@@ -537,22 +540,21 @@ mod imp {
             let data_type = if *column == "dt" { "date" } else { "long" };
             ((*column).to_owned(), data_type.to_owned())
         });
-        let mut schema = Vec::new();
-        for (index, (name, data_type)) in fields.iter().cloned().chain(partition_types).enumerate()
-        {
-            let id = i64::try_from(index).unwrap_or(i64::MAX - 1) + 1;
-            schema.push(field(&name, &data_type, Some(id)));
-        }
-        let max_id = schema.len();
+        let schema: Vec<Value> = fields
+            .iter()
+            .cloned()
+            .chain(partition_types)
+            .map(|(name, data_type)| field(&name, &data_type, None))
+            .collect();
         let table_name = shown.rsplit('/').next().unwrap_or(shown);
         let value = json!({
-            "id": uuid_v4(),
+            "id": Uuid::new_v4().to_string(),
             "name": table_name,
             "description": "Chatwoot contacts exported by chatwoot-export",
             "format": {"provider": "parquet", "options": {}},
             "schemaString": json!({"type": "struct", "fields": schema}).to_string(),
             "partitionColumns": partition_columns,
-            "configuration": {MAPPING_MODE: "name", MAPPING_MAX_ID: max_id.to_string()},
+            "configuration": {},
             "createdTime": chrono::Utc::now().timestamp_millis(),
         });
         serde_json::from_value(value).map_err(|e| {
@@ -627,20 +629,113 @@ mod imp {
             .map_err(|e| broken(format!("cannot build the table's new metadata: {e}")))
     }
 
-    /// A random table id, as Delta writers make them (a UUID v4 in text).
-    fn uuid_v4() -> String {
-        let mut rng = crate::rng::Rng::from_entropy();
-        let (high, low) = (rng.next_u64(), rng.next_u64());
-        let high = (high & !0xf000) | 0x4000;
-        let low = (low & !(0xc << 60)) | (0x8 << 60);
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            high >> 32,
-            (high >> 16) & 0xffff,
-            high & 0xffff,
-            low >> 48,
-            low & 0xffff_ffff_ffff
-        )
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn columns(list: &[(&str, &str)]) -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect()
+        }
+
+        fn schema_of(metadata: &Metadata) -> Vec<(String, String, Value)> {
+            let value = serde_json::to_value(metadata).expect("json");
+            let schema: Value =
+                serde_json::from_str(value["schemaString"].as_str().expect("schema"))
+                    .expect("json");
+            schema["fields"]
+                .as_array()
+                .expect("fields")
+                .iter()
+                .map(|f| {
+                    (
+                        f["name"].as_str().expect("name").to_owned(),
+                        f["type"].as_str().expect("type").to_owned(),
+                        f["metadata"].clone(),
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn new_columns_are_appended_and_types_never_change() {
+            let partition = [("account_id", "3".to_owned())];
+            let created = new_metadata(
+                "lake/contacts",
+                &columns(&[
+                    ("id", "long"),
+                    ("custom_attributes__signup source", "string"),
+                ]),
+                &partition,
+                &["account_id".to_owned()],
+            )
+            .expect("metadata");
+            let fields = schema_of(&created);
+            let names: Vec<&str> = fields.iter().map(|f| f.0.as_str()).collect();
+            assert_eq!(
+                names,
+                ["id", "custom_attributes__signup source", "account_id"]
+            );
+            assert_eq!(fields[2].1, "long");
+            assert_eq!(fields[1].2, json!({}), "no column mapping");
+
+            // The same columns again, in another order: nothing to change.
+            let same = columns(&[
+                ("custom_attributes__signup source", "string"),
+                ("id", "long"),
+            ]);
+            assert!(
+                evolved_metadata("t", &created, &same)
+                    .expect("ok")
+                    .is_none()
+            );
+            // A new attribute: appended, the table's id and partitioning kept.
+            let wider = columns(&[("id", "long"), ("custom_attributes__vip", "boolean")]);
+            let evolved = evolved_metadata("t", &created, &wider)
+                .expect("ok")
+                .expect("a new schema");
+            let fields = schema_of(&evolved);
+            assert_eq!(fields.len(), 4);
+            assert_eq!(fields[3].0, "custom_attributes__vip");
+            assert_eq!(fields[3].1, "boolean");
+            let (old, new) = (
+                serde_json::to_value(&created).expect("json"),
+                serde_json::to_value(&evolved).expect("json"),
+            );
+            assert_eq!(new["id"], old["id"]);
+            assert_eq!(new["partitionColumns"], old["partitionColumns"]);
+            // A column of another type: refused, naming it.
+            let retyped = columns(&[("id", "string")]);
+            let error = evolved_metadata("t", &created, &retyped).expect_err("a conflict");
+            let message = error.to_string();
+            assert!(
+                message.contains("\"id\"")
+                    && message.contains("long")
+                    && message.contains("string"),
+                "{message}"
+            );
+        }
+
+        #[test]
+        fn a_table_with_column_mapping_gets_the_next_column_ids() {
+            let mut value = serde_json::to_value(
+                new_metadata("t", &columns(&[("id", "long")]), &[], &[]).expect("metadata"),
+            )
+            .expect("json");
+            value["schemaString"] = Value::from(
+                json!({"type": "struct", "fields": [field("id", "long", Some(1))]}).to_string(),
+            );
+            value["configuration"] = json!({MAPPING_MODE: "name", MAPPING_MAX_ID: "1"});
+            let mapped: Metadata = serde_json::from_value(value).expect("metadata");
+            let evolved = evolved_metadata("t", &mapped, &columns(&[("plan", "string")]))
+                .expect("ok")
+                .expect("a new schema");
+            let fields = schema_of(&evolved);
+            assert_eq!(fields[1].2, json!({MAPPING_ID: 2, MAPPING_NAME: "plan"}));
+            let config = serde_json::to_value(&evolved).expect("json")["configuration"].clone();
+            assert_eq!(config[MAPPING_MAX_ID], "2");
+        }
     }
 }
 
