@@ -17,10 +17,10 @@
 //! removed from the table, not deleted, so time travel can read them until `VACUUM`. A column
 //! the table does not have yet is added by a metadata action in the same commit (schema
 //! evolution); a column whose type differs from the table's is refused before anything is
-//! committed. Tables use column mapping by name with each column's physical name equal to its
-//! name, because Chatwoot attribute keys hold spaces and other characters Delta refuses
-//! otherwise, while the Parquet files keep the names the other formats use. The run's manifest
-//! facts (run id, counts, drift) go into the commit's `commitInfo` under `chatwoot_export` and
+//! committed. Tables are plain (reader 1, writer 2, no column mapping: Polars refuses column
+//! mapping), and their columns keep the names of the other formats, attribute keys verbatim:
+//! every reader reads them, while Spark refuses to write to columns whose names hold spaces or
+//! `,;{}()=` (docs/delta.md). The run's manifest facts (run id, counts, drift) go into the commit's `commitInfo` under `chatwoot_export` and
 //! into the partition's `_manifest.json` (which Delta readers never list). Concurrent runs of
 //! other accounts commit too: a lost race reloads the table and commits again.
 
