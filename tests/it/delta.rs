@@ -416,3 +416,58 @@ print(json.dumps({"rows": n}))
     }
     assert_eq!(got["rows"], 30, "{got}");
 }
+
+#[test]
+fn contacts_to_s3_commit_a_delta_table_there_and_a_rerun_is_one_more_version() {
+    let moto = crate::lake::Moto::start();
+    let fake = Fake::with_contacts(50);
+    let base = fake.base_url();
+    let args = crate::lake::contacts_to(&base, "s3://lake/delta", &["--format", "delta"]);
+    for _ in 0..2 {
+        let run = run_with_env(&args, &moto.env());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(!run.stderr.contains(TOKEN));
+    }
+    let options = serde_json::json!({
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    });
+    let script = r#"
+import json, sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]))
+rows = table.to_pyarrow_table(columns=["id", "account_id"])
+print(json.dumps({
+    "version": table.version(),
+    "ids": sorted(rows.column("id").to_pylist()),
+    "accounts": sorted(set(rows.column("account_id").to_pylist())),
+    "facts": [h.get("chatwoot_export", {}).get("rows") for h in table.history()],
+}))
+"#;
+    let printed = run_python(script, &["s3://lake/delta/contacts", &options.to_string()]);
+    let got: Value = serde_json::from_str(&printed).expect("json");
+    let mut ids: Vec<i64> = fake
+        .truth()
+        .iter()
+        .map(|c| c["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(got["version"], 1, "one commit per run: {got}");
+    assert_eq!(got["ids"], serde_json::json!(ids), "the rerun's rows only");
+    assert_eq!(got["accounts"], serde_json::json!([1]));
+    assert_eq!(got["facts"], serde_json::json!([50, 50]), "{got}");
+    let objects = crate::lake::objects(&moto.store(), "delta/contacts");
+    let data: Vec<&str> = objects
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| name.ends_with(".parquet"))
+        .collect();
+    assert_eq!(
+        data.len(),
+        2,
+        "the first run's file stays for time travel: {data:?}"
+    );
+}
