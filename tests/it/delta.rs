@@ -3,7 +3,9 @@
 //! `deltalake` package (delta-rs) and Polars `read_delta`, compared with the fake's ground
 //! truth, their history and time travel checked. DuckDB's `delta` extension is downloaded on
 //! first use, which the offline test machines cannot do: `duckdb_reads_the_table_if_its_delta_extension_loads`
-//! says so when it skips.
+//! says so when it skips. Every script ends with `os._exit(0)` once its output is flushed:
+//! the `deltalake` package's threads can abort the interpreter's own exit ("terminate called
+//! without an active exception", delta-io/delta-rs#2184), after the work is done.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,7 +23,7 @@ use crate::readers::{assert_same, read};
 /// Parquet file the Rust readers compare with the ground truth. Prints the version read, the
 /// table's columns, and the columns outside the contract's that hold a value in these rows.
 const DELTA_READ: &str = r#"
-import json, sys
+import json, os, sys
 import pyarrow as pa, pyarrow.parquet as pq
 from deltalake import DeltaTable
 uri, account, version, columns, out = sys.argv[1:]
@@ -44,22 +46,26 @@ print(json.dumps({
     "filled_elsewhere": filled,
     "accounts": sorted(set(rows.column("account_id").to_pylist())),
 }))
+sys.stdout.flush()
+os._exit(0)
 "#;
 
 /// The table's history, oldest first: each commit's operation and this tool's facts.
 const DELTA_HISTORY: &str = r#"
-import json, sys
+import json, os, sys
 from deltalake import DeltaTable
 history = DeltaTable(sys.argv[1]).history()
 print(json.dumps([
     {"version": h["version"], "operation": h["operation"], "facts": h.get("chatwoot_export")}
     for h in sorted(history, key=lambda h: h["version"])
 ], default=str))
+sys.stdout.flush()
+os._exit(0)
 "#;
 
 /// Rows by account of the latest version, with Polars' `read_delta`.
 const POLARS_COUNTS: &str = r#"
-import json, sys
+import json, os, sys
 import polars as pl
 frame = pl.read_delta(sys.argv[1])
 counts = frame.group_by("account_id").len().sort("account_id")
@@ -67,6 +73,8 @@ print(json.dumps({
     "counts": {str(a): n for a, n in counts.iter_rows()},
     "columns": frame.columns,
 }))
+sys.stdout.flush()
+os._exit(0)
 "#;
 
 /// Keeps reading the table's rows by account until the file `argv[2]` exists, one JSON line
@@ -84,6 +92,8 @@ while True:
     print(json.dumps(counts), flush=True)
     if last:
         break
+sys.stdout.flush()
+os._exit(0)
 "#;
 
 /// The contract's column names of a table, as JSON for the Python readers.
@@ -436,7 +446,7 @@ fn contacts_to_s3_commit_a_delta_table_there_and_a_rerun_is_one_more_version() {
         "AWS_ALLOW_HTTP": "true",
     });
     let script = r#"
-import json, sys
+import json, os, sys
 from deltalake import DeltaTable
 table = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]))
 rows = table.to_pyarrow_table(columns=["id", "account_id"])
@@ -446,6 +456,8 @@ print(json.dumps({
     "accounts": sorted(set(rows.column("account_id").to_pylist())),
     "facts": [h.get("chatwoot_export", {}).get("rows") for h in table.history()],
 }))
+sys.stdout.flush()
+os._exit(0)
 "#;
     let printed = run_python(script, &["s3://lake/delta/contacts", &options.to_string()]);
     let got: Value = serde_json::from_str(&printed).expect("json");
