@@ -375,6 +375,10 @@ impl Destination {
     /// Puts a staged file into `partition` as `name`, visible once complete (in a folder:
     /// written under its hidden temporary name, then renamed). For store/delta.rs, whose files
     /// no reader sees before the Delta commit that lists them.
+    #[cfg_attr(
+        not(feature = "delta"),
+        expect(dead_code, reason = "only the Delta writer places files this way")
+    )]
     pub(super) async fn place(
         &self,
         local: &LocalPath,
