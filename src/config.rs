@@ -653,10 +653,11 @@ fn resolve_sink(
         "parquet" => Some(Format::Parquet),
         "csv" => Some(Format::Csv),
         "ndjson" => Some(Format::Ndjson),
+        "delta" => Some(Format::Delta),
         other => {
             bad(
                 "sink.format",
-                format!("must be parquet, csv or ndjson, not {other:?}"),
+                format!("must be parquet, csv, ndjson or delta, not {other:?}"),
             );
             None
         }
@@ -672,7 +673,7 @@ fn resolve_sink(
             ),
             SinkConflict::CompressionNotParquet => bad(
                 "sink.compression",
-                "applies only to format = \"parquet\": set the format or drop compression".into(),
+                "applies only to format = \"parquet\" or \"delta\": set the format or drop compression".into(),
             ),
         }
     }

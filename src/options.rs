@@ -159,7 +159,7 @@ pub fn sink_conflicts(format: Format, csv_safe: bool, compression: bool) -> Vec<
     if csv_safe && format != Format::Csv {
         conflicts.push(SinkConflict::CsvSafeNotCsv);
     }
-    if compression && format != Format::Parquet {
+    if compression && !matches!(format, Format::Parquet | Format::Delta) {
         conflicts.push(SinkConflict::CompressionNotParquet);
     }
     conflicts

@@ -16,8 +16,9 @@ use serde::Serialize;
 use crate::error::{EXIT_FAILURE, Error};
 use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::rng::Rng;
+use crate::sink::Format;
 use crate::store::{
-    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url,
+    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url, publish_delta,
     remove_old_staging, staging_root,
 };
 
@@ -134,7 +135,7 @@ pub type OnSummary = dyn Fn(&ExportSummary, &str) + Send + Sync;
 pub fn kept_work(jobs: &[(ExportSettings, RunVars)], target: &Target) -> Vec<(u64, PathBuf)> {
     jobs.iter()
         .filter_map(|(settings, vars)| {
-            let folder = if is_direct(target) {
+            let folder = if is_direct(target, settings.format) {
                 has_kept_work(&settings.out).then(|| settings.out.clone())
             } else {
                 let place = staging_place(settings, target);
@@ -330,9 +331,10 @@ pub fn staging_place(settings: &ExportSettings, target: &Target) -> StagingPlace
     )
 }
 
-/// Whether the job writes straight into a local folder (no staging).
-pub fn is_direct(target: &Target) -> bool {
-    !is_url(&target.destination) && target.path.is_none()
+/// Whether the job writes straight into a local folder (no staging; a Delta table is always
+/// staged, then committed).
+pub fn is_direct(target: &Target, format: Format) -> bool {
+    !is_url(&target.destination) && target.path.is_none() && format != Format::Delta
 }
 
 /// The export, straight into a local folder or staged and published to a destination. On
@@ -346,7 +348,7 @@ pub async fn export_to(
     kept: KeptWork,
     on_summary: &OnSummary,
 ) -> Result<Exported, (Error, Option<ExportSummary>)> {
-    if is_direct(target) {
+    if is_direct(target, settings.format) {
         export_direct(settings, target, vars, kept, on_summary).await
     } else {
         export_staged(settings, target, vars, kept, on_summary).await
@@ -456,7 +458,12 @@ async fn export_staged(
         export(&settings).await.map_err(|e| (e.into(), None))?
     };
     let template = target.path.as_deref().unwrap_or("");
-    let published = match destination.publish(&settings.out, template, vars).await {
+    let publishing = if settings.format == Format::Delta {
+        publish_delta(&destination, &settings.out, template, vars).await
+    } else {
+        destination.publish(&settings.out, template, vars).await
+    };
+    let published = match publishing {
         Ok(published) => published,
         Err(error) => {
             let kept = LakeError::Kept {

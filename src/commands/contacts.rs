@@ -28,10 +28,10 @@ pub async fn contacts(args: ContactsArgs) -> Result<(), Error> {
 }
 
 /// `--out` when it names an object store (`s3://`, `gs://`, `az://`, `file://`) rather than
-/// a local folder.
+/// a local folder, or any `--out` of a Delta export (staged, then committed to the table).
 pub(super) fn object_store_url(settings: &ExportSettings) -> Option<String> {
     let out = settings.out.to_str()?;
-    is_url(out).then(|| out.to_owned())
+    (is_url(out) || settings.format == crate::sink::Format::Delta).then(|| out.to_owned())
 }
 
 /// Exports into the job's staging place, then uploads it to `url` with the manifest last

@@ -64,7 +64,8 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
         .out
         .join(format!("contacts.{}", args.format.extension()));
     let reader = match args.format {
-        Format::Parquet => "read_parquet",
+        // A Delta table's files are Parquet: the hint reads the newest one of the demo.
+        Format::Parquet | Format::Delta => "read_parquet",
         Format::Csv => "read_csv",
         Format::Ndjson => "read_json",
     };

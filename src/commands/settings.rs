@@ -224,7 +224,7 @@ fn check_output_flags(output: &OutputArgs, csv_safe: bool) -> Result<(), Error> 
             output.format.extension()
         ))),
         Some(SinkConflict::CompressionNotParquet) => Err(Error::Usage(format!(
-            "--compression applies only to Parquet, not --format {}: drop --compression",
+            "--compression applies only to Parquet and Delta, not --format {}: drop --compression",
             output.format.extension()
         ))),
     }

@@ -683,7 +683,8 @@ fn manifest_from_run(
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         values_kept_as_text: flattener.values_kept_as_text(),
         csv_safe: settings.csv_safe,
-        compression: (settings.format == Format::Parquet).then_some(settings.compression),
+        compression: matches!(settings.format, Format::Parquet | Format::Delta)
+            .then_some(settings.compression),
         tables,
         label_walk,
         source: Source {

@@ -29,13 +29,16 @@ pub enum Format {
     Csv,
     /// One JSON object a line, nulls written explicitly.
     Ndjson,
+    /// A Delta Lake table: the Parquet files of `parquet`, committed with delta-rs
+    /// (store/delta.rs), one commit per run and table.
+    Delta,
 }
 
 impl Format {
-    /// The file name extension.
+    /// The file name extension (Delta tables hold Parquet files).
     pub fn extension(self) -> &'static str {
         match self {
-            Format::Parquet => "parquet",
+            Format::Parquet | Format::Delta => "parquet",
             Format::Csv => "csv",
             Format::Ndjson => "ndjson",
         }
@@ -226,7 +229,7 @@ impl TableWriter {
     ) -> Result<Self, SinkError> {
         let out = BufWriter::with_capacity(1 << 20, file);
         Ok(match format {
-            Format::Parquet => Self::Parquet(parquet::ParquetSink::create(
+            Format::Parquet | Format::Delta => Self::Parquet(parquet::ParquetSink::create(
                 out,
                 schema,
                 options.compression.codec()?,

@@ -91,6 +91,10 @@ pub enum LakeError {
         source: Box<LakeError>,
         folder: PathBuf,
     },
+    /// A failure to commit to a Delta table (store/delta.rs's `DeltaError`, boxed so that this
+    /// module does not import that one).
+    #[error(transparent)]
+    Delta(Box<dyn std::error::Error + Send + Sync>),
     #[error("the staged export in {} is unreadable ({detail}); please report this", path.display())]
     Staging { path: PathBuf, detail: String },
     #[error(
@@ -187,7 +191,7 @@ enum Backend {
 }
 
 /// A partition, as the folders under the destination.
-type Partition = Vec<String>;
+pub(super) type Partition = Vec<String>;
 
 impl Destination {
     /// A local folder (created owner-only if missing).
@@ -439,8 +443,65 @@ impl Destination {
         }
     }
 
+    /// Puts a staged file into `partition` as `name`, visible once complete (in a folder:
+    /// written under its hidden temporary name, then renamed). For store/delta.rs, whose files
+    /// no reader sees before the Delta commit that lists them.
+    #[cfg_attr(
+        not(feature = "delta"),
+        expect(dead_code, reason = "only the Delta writer places files this way")
+    )]
+    pub(super) async fn place(
+        &self,
+        local: &LocalPath,
+        partition: &Partition,
+        name: &str,
+    ) -> Result<String, LakeError> {
+        self.upload(local, partition, name).await?;
+        if let Backend::Folder(root) = &self.backend {
+            let folder = folder_of(root, partition);
+            std::fs::rename(folder.join(temp_name(name)), folder.join(name))
+                .map_err(|source| self.upload_error(partition, name, source.into()))?;
+        }
+        Ok(self.show(partition, name))
+    }
+
+    /// The object store holding `folder` (rooted at the store's root, as delta-rs wants it)
+    /// and the folder's URL. A local folder is created owner-only first.
+    #[cfg_attr(
+        not(feature = "delta"),
+        expect(dead_code, reason = "only the Delta writer opens stores this way")
+    )]
+    pub(super) fn store_for(
+        &self,
+        folder: &Partition,
+    ) -> Result<(Arc<dyn ObjectStore>, Url), LakeError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let path = folder_of(root, folder);
+                owner_only_dir()
+                    .recursive(true)
+                    .create(&path)
+                    .map_err(|source| LakeError::Local {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let url = std::path::absolute(&path)
+                    .ok()
+                    .and_then(|path| Url::from_directory_path(path).ok())
+                    .ok_or_else(|| LakeError::Unsupported(path.display().to_string()))?;
+                let local = object_store::local::LocalFileSystem::new();
+                Ok((Arc::new(local), url))
+            }
+            Backend::Store { store, .. } => {
+                let shown = format!("{}/", self.show(folder, ""));
+                let url = Url::parse(&shown).map_err(|_| LakeError::Unsupported(shown))?;
+                Ok((Arc::clone(store), url))
+            }
+        }
+    }
+
     /// Writes a small object (a manifest): in a folder through a hidden temporary name.
-    async fn put(
+    pub(super) async fn put(
         &self,
         partition: &Partition,
         name: &str,
@@ -463,7 +524,7 @@ impl Destination {
     }
 
     /// The names of the files directly in `partition`.
-    async fn list(&self, partition: &Partition) -> Result<Vec<String>, LakeError> {
+    pub(super) async fn list(&self, partition: &Partition) -> Result<Vec<String>, LakeError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Cleanup {
             destination: self.display.clone(),
             object: self.show(partition, ""),
@@ -498,7 +559,7 @@ impl Destination {
         }
     }
 
-    async fn delete(&self, partition: &Partition, name: &str) -> Result<(), LakeError> {
+    pub(super) async fn delete(&self, partition: &Partition, name: &str) -> Result<(), LakeError> {
         let deleted: Result<(), Box<dyn std::error::Error + Send + Sync>> = match &self.backend {
             Backend::Folder(root) => {
                 match std::fs::remove_file(folder_of(root, partition).join(name)) {
@@ -522,7 +583,7 @@ impl Destination {
     }
 
     /// `DEST/partition/name` for messages and the run report.
-    fn show(&self, partition: &Partition, name: &str) -> String {
+    pub(super) fn show(&self, partition: &Partition, name: &str) -> String {
         let mut shown = self.display.clone();
         for part in partition.iter().map(String::as_str).chain([name]) {
             if !part.is_empty() {
@@ -557,7 +618,7 @@ fn partition_of(relative: &str) -> Partition {
 }
 
 /// Where `partition`'s manifest lives: the same path under `MANIFESTS_FOLDER`.
-fn manifest_partition(partition: &Partition) -> Partition {
+pub(super) fn manifest_partition(partition: &Partition) -> Partition {
     std::iter::once(MANIFESTS_FOLDER.to_owned())
         .chain(partition.iter().cloned())
         .collect()
@@ -639,7 +700,7 @@ fn is_ours(name: &str) -> bool {
 /// `.<name>.tmp`, or `<name>#<digits>`, the staging name under which earlier versions (through
 /// `object_store`'s local store) wrote a file into a lake folder, visible to every engine. `<name>` is
 /// one of this tool's data files or a partition manifest; nothing else is ever matched.
-fn is_leftover(name: &str) -> bool {
+pub(super) fn is_leftover(name: &str) -> bool {
     let ours = |inner: &str| {
         is_ours(inner) || inner == PARTITION_MANIFEST || inner == OLD_PARTITION_MANIFEST
     };

@@ -3,6 +3,7 @@
 
 mod cli;
 mod csv_safe;
+mod delta;
 mod drift;
 mod engines;
 mod errors;
