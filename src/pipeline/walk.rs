@@ -38,7 +38,7 @@ use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
 
 /// Pages requested together with page 1, before the plan is known (as many as the adaptive
 /// concurrency starts with).
-const SPECULATIVE_START: u64 = 8;
+pub(super) const SPECULATIVE_START: u64 = 8;
 
 type Fetched = Result<ContactsPage, FetchError>;
 
@@ -131,10 +131,7 @@ pub async fn walk(
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
-        state.planned_pages = match state.expected_count {
-            Some(count) if state.page_size > 0 => count.div_ceil(state.page_size).max(1),
-            _ => 1,
-        };
+        state.planned_pages = planned_pages(state.expected_count, state.page_size);
         if state.expected_count.is_some()
             && repair::wants_ledger(state.planned_pages, SPECULATIVE_START)
         {
@@ -203,6 +200,36 @@ async fn walk_pages(
         saver.save(collector, state, false)?;
     }
     saver.save(collector, state, true)
+}
+
+/// The pages a walk plans from page 1: its `meta.count` over its size (1 when it says too
+/// little to plan by).
+pub(super) fn planned_pages(count: Option<u64>, page_size: u64) -> u64 {
+    match count {
+        Some(count) if page_size > 0 => count.div_ceil(page_size).max(1),
+        _ => 1,
+    }
+}
+
+/// The list requests of a fresh walk that meets no drift, the ledger's own not counted (`plan`
+/// predicts with it): with a ledger, the pages sent with page 1, then every planned page and
+/// the empty one past them; without, the planned pages and the empty one, or at least the
+/// pages sent with page 1 (when page 1 is the last, those past the end may be cancelled
+/// unsent: an upper bound then).
+pub(super) fn clean_walk_requests(
+    planned_pages: u64,
+    first_empty: bool,
+    speculate: bool,
+    ledger: bool,
+) -> u64 {
+    let with_first = if speculate { SPECULATIVE_START } else { 1 };
+    if ledger {
+        with_first + planned_pages + 1
+    } else if first_empty {
+        with_first
+    } else {
+        with_first.max(planned_pages + 1)
+    }
 }
 
 /// Types the custom attribute columns from the definitions; without them (an old server, a
