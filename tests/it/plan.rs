@@ -310,25 +310,66 @@ fn validate_offline_passes_without_the_environment_and_still_finds_real_errors()
     }
 }
 
-#[test]
-fn an_unreachable_s3_fails_before_any_request_to_chatwoot() {
+/// The one line an S3 destination on a closed loopback port fails with.
+const UNREACHABLE: &str = "cannot write to destination s3://lake/one (Connection refused (os error 111)): \
+     check that it exists, that it is reachable and that the credentials in the environment \
+     (AWS_*, GOOGLE_*, AZURE_*) may write there; nothing was fetched";
+
+/// S3 credentials for an endpoint on a closed loopback port (nobody listens there).
+fn unreachable_s3_env(cache: &Path) -> Vec<(&'static str, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    vec![
+        ("CHATWOOT_API_TOKEN", TOKEN.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("XDG_CACHE_HOME", cache.to_str().expect("utf-8").to_owned()),
+    ]
+}
+
+#[test]
+fn run_to_an_unreachable_s3_fails_before_any_request_to_chatwoot() {
+    let fake = Fake::with_contacts(20);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("s3.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"{}\"\naccount_id = 1\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\n\
+             [sink]\nformat = \"parquet\"\ndestination = \"s3://lake/one\"\npath = \"{{table}}\"\n",
+            fake.base_url()
+        ),
+    )
+    .expect("write the pipeline");
+    let env = unreachable_s3_env(dir.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = run_with_env(
+        &["run", file.to_str().expect("utf-8"), "--no-progress"],
+        &env,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!("chatwoot-export: error: {UNREACHABLE}\n")
+    );
+    assert_eq!(fake.requests(), 0, "a request reached Chatwoot");
+    // --plan writes nothing, so it does not need the destination.
+    let planned = run_with_env(&["run", file.to_str().expect("utf-8"), "--plan"], &env);
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+}
+
+#[test]
+fn an_unreachable_s3_fails_before_any_request_to_chatwoot() {
     let fake = Fake::with_contacts(20);
     let base = fake.base_url();
     let cache = tempfile::tempdir().expect("temp dir");
-    let env = [
-        ("CHATWOOT_API_TOKEN", TOKEN),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("XDG_CACHE_HOME", cache.path().to_str().expect("utf-8")),
-    ];
+    let env = unreachable_s3_env(cache.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let run = run_with_env(
         &[
             "contacts",
@@ -345,9 +386,7 @@ fn an_unreachable_s3_fails_before_any_request_to_chatwoot() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(
         run.stderr,
-        "chatwoot-export: error: cannot write to destination s3://lake/one (Connection refused (os error 111)): \
-         check that it exists, that it is reachable and that the credentials in the environment \
-         (AWS_*, GOOGLE_*, AZURE_*) may write there; nothing was fetched\n"
+        format!("chatwoot-export: error: {UNREACHABLE}\n")
     );
     assert_eq!(fake.requests(), 0, "a request reached Chatwoot");
 }
