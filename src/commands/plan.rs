@@ -30,8 +30,10 @@ use crate::transform::schema::{ColumnDef, TableShape};
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub accounts: Vec<AccountPlan>,
-    /// Every account's requests.
+    /// Every account's requests sent for certain.
     pub requests: u64,
+    /// The most every account's requests may be (see `Requests::at_most`).
+    pub requests_at_most: u64,
     /// The pace the rate limit allows this export: `--rate-limit` x `--rate-share` per window
     /// (`None`: no limit told, requests go as fast as the server answers until it refuses).
     pub requests_per_minute: Option<f64>,
@@ -64,7 +66,10 @@ pub struct Requests {
     pub labels: u64,
     /// The `contact_labels` walk: every label's pages.
     pub label_pages: u64,
+    /// The requests sent for certain.
     pub total: u64,
+    /// The most that may be sent: `total` and the pages sent ahead of page 1 past the end.
+    pub at_most: u64,
 }
 
 /// A table's columns, as the export will write them.
@@ -83,6 +88,7 @@ pub async fn plan(jobs: &[ExportSettings], json: bool) -> Result<(), Error> {
         accounts.push(plan_account(settings).await?);
     }
     let requests = accounts.iter().map(|a| a.requests.total).sum();
+    let requests_at_most = accounts.iter().map(|a| a.requests.at_most).sum();
     // Every account of a run shares one budget (one governor), so their time adds up.
     let per_minute = jobs.first().and_then(|settings| {
         let fetch = settings.fetch;
@@ -92,6 +98,7 @@ pub async fn plan(jobs: &[ExportSettings], json: bool) -> Result<(), Error> {
     let plan = Plan {
         accounts,
         requests,
+        requests_at_most,
         requests_per_minute: per_minute.map(|rate| (rate * 10.0).round() / 10.0),
         min_secs: per_minute.map(|rate| (requests as f64 * 600.0 / rate).round() / 10.0),
     };
@@ -169,6 +176,7 @@ async fn plan_account(settings: &ExportSettings) -> Result<AccountPlan, Error> {
             labels: label_requests,
             label_pages,
             total: walk.total() + label_requests + label_pages,
+            at_most: walk.at_most() + label_requests + label_pages,
         },
         tables,
         plan_requests: fetcher.status().governor.sent,
@@ -282,8 +290,16 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
         if r.label_pages > 0 {
             parts.push(format!("{} contact_labels pages", r.label_pages));
         }
+        let ahead = if r.walk.ahead > 0 {
+            format!(
+                "; up to {} more pages past the end sent ahead with page 1",
+                r.walk.ahead
+            )
+        } else {
+            String::new()
+        };
         lines.push(format!(
-            "plan: account {}: {} requests ({}), more if the account changes during the export",
+            "plan: account {}: {} requests ({}{ahead}), more if the account changes during the export",
             account.account_id,
             HumanCount(r.total),
             parts.join(" + ")

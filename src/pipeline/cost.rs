@@ -13,9 +13,12 @@ use crate::source::ContactsPage;
 pub struct WalkCost {
     /// Pages `meta.count` plans.
     pub planned_pages: u64,
-    /// Contact list pages: the planned ones, the empty one past them, and those sent with
-    /// page 1 (see `walk`).
+    /// Contact list pages sent for certain: the planned ones, the empty one past them (and,
+    /// with a ledger, those sent with page 1; see `walk`).
     pub pages: u64,
+    /// Pages past the end sent ahead with page 1 (a small account): as many as this, or fewer
+    /// when the walk ends before the rate budget lets them go out.
+    pub ahead: u64,
     /// The custom attribute definitions (one request).
     pub definitions: u64,
     /// The drift check's ledger, taken before the walk keeps a contact (large accounts).
@@ -25,9 +28,14 @@ pub struct WalkCost {
 }
 
 impl WalkCost {
-    /// Every request of the walk's stages.
+    /// Every request of the walk's stages sent for certain.
     pub fn total(&self) -> u64 {
         self.pages + self.definitions + self.ledger + self.repair
+    }
+
+    /// The most requests the walk's stages may send (`ahead` included).
+    pub fn at_most(&self) -> u64 {
+        self.total() + self.ahead
     }
 }
 
@@ -48,9 +56,12 @@ pub fn walk_cost(
 ) -> WalkCost {
     let planned = planned_pages(first);
     let ledger = takes_ledger(first);
+    let (pages, ahead) =
+        walk::clean_walk_requests(planned, first.payload.is_empty(), speculate, ledger);
     WalkCost {
         planned_pages: planned,
-        pages: walk::clean_walk_requests(planned, first.payload.is_empty(), speculate, ledger),
+        pages,
+        ahead,
         definitions: 1,
         ledger: if ledger {
             repair::ledger_requests(sort, first, last, planned)
@@ -98,19 +109,26 @@ mod tests {
 
     #[test]
     fn small_accounts_walk_their_pages_and_the_empty_one() {
-        // 40 contacts, 15 a page: 3 pages and the empty 4th; with page 1, 8 go out at once.
+        // 40 contacts, 15 a page: 3 pages and the empty 4th; with page 1, 8 may go out at once.
         let first = page(40, 15, 19_000);
         assert_eq!(ledger_last_page(&first, "created_at"), None);
         let alone = walk_cost(&first, None, "created_at", false);
-        assert_eq!((alone.pages, alone.ledger, alone.repair), (4, 0, 0));
-        assert_eq!(alone.total(), 5);
-        assert_eq!(walk_cost(&first, None, "created_at", true).pages, 8);
+        assert_eq!(
+            (alone.pages, alone.ahead, alone.ledger, alone.repair),
+            (4, 0, 0, 0)
+        );
+        assert_eq!((alone.total(), alone.at_most()), (5, 5));
+        let ahead = walk_cost(&first, None, "created_at", true);
+        assert_eq!((ahead.pages, ahead.ahead), (4, 4));
+        assert_eq!((ahead.total(), ahead.at_most()), (5, 9));
         // 8 pages exactly: the empty 9th goes out after the 8 sent with page 1.
-        assert_eq!(walk_cost(&page(120, 15, 19_000), None, "x", true).pages, 9);
-        // An empty account: page 1 alone (or with the speculative ones).
+        let eight = walk_cost(&page(120, 15, 19_000), None, "x", true);
+        assert_eq!((eight.pages, eight.ahead), (9, 0));
+        // An empty account: page 1 alone (and maybe the speculative ones).
         let empty = page(0, 0, 0);
-        assert_eq!(walk_cost(&empty, None, "created_at", false).total(), 2);
-        assert_eq!(walk_cost(&empty, None, "created_at", true).pages, 8);
+        assert_eq!(walk_cost(&empty, None, "created_at", false).at_most(), 2);
+        let empty = walk_cost(&empty, None, "created_at", true);
+        assert_eq!((empty.pages, empty.ahead), (1, 7));
     }
 
     #[test]
@@ -122,7 +140,7 @@ mod tests {
         let last = page(300, 15, 19_400);
         let cost = walk_cost(&first, Some(&last), "created_at", true);
         // 8 with page 1, then pages 1 to 20 and the empty 21st.
-        assert_eq!(cost.pages, 8 + 21);
+        assert_eq!((cost.pages, cost.ahead), (8 + 21, 0));
         // The last page, one past part (20 pages make one part) and the open part.
         assert_eq!(cost.ledger, 3);
         assert_eq!(cost.repair, 2);

@@ -212,23 +212,24 @@ pub(super) fn planned_pages(count: Option<u64>, page_size: u64) -> u64 {
 }
 
 /// The list requests of a fresh walk that meets no drift, the ledger's own not counted (`plan`
-/// predicts with it): with a ledger, the pages sent with page 1, then every planned page and
-/// the empty one past them; without, the planned pages and the empty one, or at least the
-/// pages sent with page 1 (when page 1 is the last, those past the end may be cancelled
-/// unsent: an upper bound then).
+/// predicts with it): the pages it sends for certain, and the pages past the end sent ahead
+/// with page 1, which go out only if the rate budget lets them before the walk ends (it cancels
+/// them then). With a ledger, the pages sent with page 1 (awaited, so all sent), then every
+/// planned page and the empty one past them; without, the planned pages and the empty one.
 pub(super) fn clean_walk_requests(
     planned_pages: u64,
     first_empty: bool,
     speculate: bool,
     ledger: bool,
-) -> u64 {
+) -> (u64, u64) {
     let with_first = if speculate { SPECULATIVE_START } else { 1 };
     if ledger {
-        with_first + planned_pages + 1
+        (with_first + planned_pages + 1, 0)
     } else if first_empty {
-        with_first
+        (1, with_first - 1)
     } else {
-        with_first.max(planned_pages + 1)
+        let needed = planned_pages + 1;
+        (needed, with_first.saturating_sub(needed))
     }
 }
 

@@ -74,6 +74,7 @@ fn the_plan_predicts_the_requests_of_a_plain_export_and_writes_nothing() {
     assert_eq!(account["requests"]["labels"], 0);
     assert!(account["requests"]["ledger"].as_u64() > Some(0), "{plan}");
     assert_eq!(account["requests"]["total"], sent, "{plan}");
+    assert_eq!(account["requests"]["at_most"], sent, "{plan}");
     assert_eq!(plan["requests"], sent);
     let manifest = manifest(&out).expect("the export's manifest");
     assert_eq!(
@@ -186,6 +187,7 @@ fn run_plan_predicts_every_account_of_a_pipeline() {
         // 40 contacts: pages 1 to 3 and the empty 4th, and the definitions.
         assert_eq!(account["pages"], 3);
         assert_eq!(account["requests"]["total"], 5, "{account}");
+        assert_eq!(account["requests"]["at_most"], 5, "{account}");
     }
     assert_eq!(plan["requests"], 10);
     // The default rate: 3000 a minute, 90% of it.
@@ -227,21 +229,41 @@ fn the_plan_for_people_names_the_cost_and_the_columns() {
             base.trim_end_matches('/')
         )
     );
-    // Pages 1 to 8 go out together (3 with contacts, the empty 4th, 4 past it) and the
-    // definitions: 9 requests, at 30 a minute at least 18 s.
+    // Pages 1 to 3 with contacts, the empty 4th and the definitions: 5 requests, at 30 a
+    // minute at least 10 s; pages 5 to 8 are asked for with page 1, and go out only if the
+    // pace lets them before the walk ends.
     assert_eq!(
         lines[1],
-        "chatwoot-export: plan: account 1: 9 requests (8 list pages + 1 definitions), more if the account changes during the export"
+        "chatwoot-export: plan: account 1: 5 requests (4 list pages + 1 definitions; up to 4 more pages past the end sent ahead with page 1), more if the account changes during the export"
     );
     assert!(lines[2].starts_with("chatwoot-export: plan: account 1: table contact_inboxes: "));
     assert!(lines[3].starts_with("chatwoot-export: plan: account 1: table contacts: "));
     assert!(lines[3].contains(" columns (at least, "), "{}", lines[3]);
     assert_eq!(
         lines[4],
-        "chatwoot-export: plan: 9 requests in all, at least 18.0 s at the rate limit's 30 requests a minute (--rate-limit x --rate-share); nothing was written"
+        "chatwoot-export: plan: 5 requests in all, at least 10.0 s at the rate limit's 30 requests a minute (--rate-limit x --rate-share); nothing was written"
     );
     assert_eq!(lines.len(), 5);
     assert!(!out.exists());
+}
+
+#[test]
+fn a_small_account_sends_what_the_plan_says_give_or_take_the_pages_sent_ahead() {
+    // 40 contacts: the 4 pages the walk needs and the definitions for certain; of the pages
+    // asked for with page 1 past the end, those the pace lets out before the walk ends.
+    let fake = Fake::with_contacts(40);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let (plan, sent) = plan_then_export(&fake, &out, &["--format", "ndjson"]);
+    let requests = &plan["accounts"][0]["requests"];
+    assert_eq!(
+        (requests["total"].as_u64(), requests["at_most"].as_u64()),
+        (Some(5), Some(9))
+    );
+    assert!((5..=9).contains(&sent), "{sent} requests: {plan}");
+    assert_eq!(plan["requests"], 5);
+    assert_eq!(plan["requests_at_most"], 9);
+    assert_eq!(manifest(&out).expect("manifest")["unique_contacts"], 40);
 }
 
 /// A pipeline file that needs its environment: the token and a destination from variables.
