@@ -55,6 +55,8 @@ pub struct AccountPlan {
     pub tables: BTreeMap<String, TablePlan>,
     /// The plan's own requests (not part of the export).
     pub plan_requests: u64,
+    /// What the plan could not read, and what that means for the export.
+    pub notes: Vec<String>,
 }
 
 /// The requests of a fresh export that meets no drift, stage by stage.
@@ -162,7 +164,14 @@ async fn plan_account(settings: &ExportSettings) -> Result<AccountPlan, Error> {
     };
     let label_requests = u64::from(wants(Fill::Labels) || wants(Fill::LabelWalk));
     let label_pages = cost::label_walk_requests(&label_firsts);
-    let definitions: Vec<_> = definitions.unwrap_or_default();
+    let mut notes = Vec::new();
+    let definitions = definitions.unwrap_or_else(|err| {
+        notes.push(format!(
+            "the custom attribute definitions could not be read ({}): the export goes on and types those columns from their values",
+            err.short_cause()
+        ));
+        Vec::new()
+    });
     let pages: Vec<&ContactsPage> = std::iter::once(&first).chain(last.as_ref()).collect();
     let tables = table_plans(settings, &pages, &definitions, &labels);
     Ok(AccountPlan {
@@ -180,6 +189,7 @@ async fn plan_account(settings: &ExportSettings) -> Result<AccountPlan, Error> {
         },
         tables,
         plan_requests: fetcher.status().governor.sent,
+        notes,
     })
 }
 
@@ -304,6 +314,12 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
             HumanCount(r.total),
             parts.join(" + ")
         ));
+        for note in &account.notes {
+            lines.push(format!(
+                "plan: account {}: note: {note}",
+                account.account_id
+            ));
+        }
         for (name, table) in &account.tables {
             let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
             let bound = if table.at_least {
