@@ -114,6 +114,12 @@ pub struct RunArgs {
     /// --resume or --restart, kept work stops the run: exit 2).
     #[arg(long)]
     pub restart: bool,
+    /// Print what the run will cost and write nothing: per account, the contacts, pages,
+    /// requests, the time at the rate limit and each table's columns, from a few cheap
+    /// requests (page 1 and the attribute definitions; the labels' first pages with
+    /// contact_labels). With --json, as one JSON document on stdout.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +130,10 @@ pub struct ValidateArgs {
     /// Override a key of the file, as `run --set` does.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Check the file alone: no environment variable is read (each ${VAR} is reported as set
+    /// at run time) and nothing is contacted; for CI without the secrets.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +159,14 @@ pub struct ContactsArgs {
     /// [env: CHATWOOT_API_TOKEN]
     #[arg(long, value_name = "PATH", help_heading = "Source")]
     pub token_file: Option<PathBuf>,
+    /// Print what the export will cost and write nothing: the contacts, pages, requests, the
+    /// time at the rate limit and each table's columns, from a few cheap requests (page 1 and
+    /// the attribute definitions; the labels' first pages with --table contact_labels).
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: the plan as one JSON document on stdout.
+    #[arg(long, requires = "plan")]
+    pub json: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

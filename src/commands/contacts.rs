@@ -1,5 +1,7 @@
 //! `contacts`: receives its flags; exports one account to a local folder (or, for an object
-//! store `--out`, stages and publishes it through the runner) and prints the summary.
+//! store `--out`, checks that it is writable before fetching anything, then stages and
+//! publishes it through the runner) and prints the summary. With `--plan`, prints what the
+//! export will cost instead (`plan`) and writes nothing.
 
 use super::report;
 use super::settings;
@@ -11,7 +13,11 @@ use crate::store::{OutputDir, RunVars, is_url};
 
 pub async fn contacts(args: ContactsArgs) -> Result<(), Error> {
     let kept = KeptWork::from_flags(args.safety.resume, args.safety.restart, false);
+    let (plan, json) = (args.plan, args.json);
     let settings = settings::contacts(args)?;
+    if plan {
+        return super::plan::plan(&[settings], json).await;
+    }
     if let Some(url) = object_store_url(&settings) {
         return export_to_object_store(settings, url, kept).await;
     }
@@ -47,6 +53,7 @@ pub(super) async fn export_to_object_store(
     };
     let nonce = crate::rng::Rng::from_entropy().next_u64();
     let vars = RunVars::now(settings.client.account_id, chrono::Utc::now(), nonce);
+    super::validate::check_destination(&target.destination, &vars.run_id).await?;
     runner::export_to(settings, &target, &vars, kept, &report::print_summary_to)
         .await
         .map(|_| ())

@@ -8,6 +8,7 @@
 mod contacts;
 mod demo;
 mod fake_server;
+mod plan;
 mod report;
 mod run;
 mod settings;

@@ -1,17 +1,22 @@
 //! `run FILE`: receives a pipeline file and its flags; validates the whole file first (exit 2
-//! on any problem), starts the built-in fake server for `builtin:fake`, runs every account
+//! on any problem), checks that an object store or lake destination is writable (before any
+//! request to Chatwoot), starts the built-in fake server for `builtin:fake`, runs every account
 //! through the runner and prints each summary and, with `--json`, the run report on stdout.
+//! With `--plan`, prints what the run will cost instead (`plan`) and writes nothing.
 
 use url::Url;
 
+use super::plan::plan;
 use super::report;
 use super::settings::{load_pipeline, pipeline_jobs};
+use super::validate::check_destination;
 use crate::cli::RunArgs;
 use crate::config::{PipelineFile, SourceUrl};
 use crate::error::Error;
 use crate::fake::{FakeServer, FakeServerConfig};
 use crate::runner::{KeptWork, RunStart, kept_work, kept_work_refusal, run_accounts};
 use crate::secret::ApiToken;
+use crate::store::is_url;
 
 /// How many contacts each account of the built-in fake server holds.
 const BUILTIN_FAKE_CONTACTS: u64 = 1500;
@@ -20,9 +25,22 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let pipeline = load_pipeline(&args.file, &args.sets)?;
     let kept = KeptWork::from_flags(args.resume, args.restart, true);
     let start = RunStart::now();
+    let destination = &pipeline.sink.destination;
+    if !args.plan && (is_url(destination) || pipeline.sink.path.is_some()) {
+        // Before any server is asked anything: an unwritable destination costs no request.
+        check_destination(destination, &start.vars(0).run_id).await?;
+    }
     let (sources, servers) = sources(&pipeline).await?;
     let progress = !args.no_progress && !args.json;
     let (jobs, target) = pipeline_jobs(&pipeline, sources, progress, &start);
+    if args.plan {
+        let settings: Vec<_> = jobs.into_iter().map(|(settings, _)| settings).collect();
+        let planned = plan(&settings, args.json).await;
+        for server in servers {
+            server.shutdown().await;
+        }
+        return planned;
+    }
     // With neither --resume nor --restart, any account's kept work stops the run before it
     // starts: a rerun must not silently throw it away.
     let refused = match kept {

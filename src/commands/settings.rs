@@ -333,15 +333,20 @@ pub fn pipeline_jobs(
 
 /// A pipeline file, with its `--set` overrides and the environment it names.
 pub fn load_pipeline(file: &Path, sets: &[String]) -> Result<PipelineFile, Error> {
-    let text = std::fs::read_to_string(file).map_err(|err| {
+    let text = read_pipeline(file)?;
+    Ok(config::parse(file, &text, sets, &|name| {
+        std::env::var(name).ok()
+    })?)
+}
+
+/// A pipeline file's text.
+pub fn read_pipeline(file: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(file).map_err(|err| {
         Error::Usage(format!(
             "cannot read pipeline file {}: {err}",
             file.display()
         ))
-    })?;
-    Ok(config::parse(file, &text, sets, &|name| {
-        std::env::var(name).ok()
-    })?)
+    })
 }
 
 /// The token from `--token-file` if given, else from `CHATWOOT_API_TOKEN`.

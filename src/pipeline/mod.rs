@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod collector;
+pub mod cost;
 mod ledger;
 mod repair;
 mod saver;

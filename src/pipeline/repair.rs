@@ -72,13 +72,44 @@ pub async fn take_ledger(
     planned_pages: u64,
 ) -> Option<Ledger> {
     let mut requests = 0;
-    let sorted = matches!(sort.trim(), "created_at" | "-created_at");
+    let sorted = is_sorted_by_creation(sort);
     let mut days: Vec<i64> = first.payload.iter().filter_map(contact_day).collect();
     if sorted {
         requests += 1;
         let last = fetcher.page(planned_pages).await.ok()?;
         days.extend(last.payload.iter().filter_map(contact_day));
     }
+    let ranges = ledger_ranges(sorted, &days, planned_pages);
+    let open = *ranges.last()?;
+    requests += ranges.len() as u64;
+    let counts = futures::future::join_all(
+        ranges
+            .iter()
+            .map(|range| filter_request(fetcher, *range, 1)),
+    )
+    .await;
+    let mut parts = Vec::with_capacity(ranges.len());
+    for (range, answer) in ranges.into_iter().zip(counts) {
+        let bound = answer.ok()?.meta.count?;
+        parts.push(Part { range, bound });
+    }
+    let open_count = parts.pop()?.bound;
+    Some(Ledger {
+        parts,
+        open,
+        open_count,
+        requests,
+    })
+}
+
+/// Whether the ledger reads the oldest and newest days from page 1 and the last page.
+fn is_sorted_by_creation(sort: &str) -> bool {
+    matches!(sort.trim(), "created_at" | "-created_at")
+}
+
+/// The ledger's parts for the `created_at` days seen on page 1 and the last page: the past
+/// parts, then the open one (from the newest day on).
+fn ledger_ranges(sorted: bool, days: &[i64], planned_pages: u64) -> Vec<Range> {
     let today = chrono::Utc::now().timestamp().div_euclid(86_400);
     let (oldest, newest) = match (days.iter().min(), days.iter().max()) {
         (Some(&oldest), Some(&newest)) if sorted => (Some(oldest), newest),
@@ -106,31 +137,38 @@ pub async fn take_ledger(
         });
         after = Some(cut - 1);
     }
-    let open = Range {
+    ranges.push(Range {
         after: Some(newest - 1),
         before: None,
-    };
-    ranges.push(open);
-    requests += ranges.len() as u64;
-    let counts = futures::future::join_all(
-        ranges
-            .iter()
-            .map(|range| filter_request(fetcher, *range, 1)),
-    )
-    .await;
-    let mut parts = Vec::with_capacity(ranges.len());
-    for (range, answer) in ranges.into_iter().zip(counts) {
-        let bound = answer.ok()?.meta.count?;
-        parts.push(Part { range, bound });
-    }
-    let open_count = parts.pop()?.bound;
-    Some(Ledger {
-        parts,
-        open,
-        open_count,
-        requests,
-    })
+    });
+    ranges
 }
+
+/// Whether the ledger reads the last page (`planned_pages`) besides page 1.
+pub(super) fn ledger_reads_last_page(sort: &str) -> bool {
+    is_sorted_by_creation(sort)
+}
+
+/// The requests `take_ledger` sends, given page 1 and (when it reads it) the last page.
+pub(super) fn ledger_requests(
+    sort: &str,
+    first: &ContactsPage,
+    last: Option<&ContactsPage>,
+    planned_pages: u64,
+) -> u64 {
+    let sorted = is_sorted_by_creation(sort);
+    let days: Vec<i64> = first
+        .payload
+        .iter()
+        .chain(last.into_iter().flat_map(|page| page.payload.iter()))
+        .filter_map(contact_day)
+        .collect();
+    u64::from(sorted) + ledger_ranges(sorted, &days, planned_pages).len() as u64
+}
+
+/// The requests the repair sends after a walk that met no drift, with a ledger: the open
+/// part's count, and page 1 for the account's final count (without a ledger: none).
+pub(super) const CLEAN_REPAIR_REQUESTS: u64 = 2;
 
 /// The `created_at` day of a contact's JSON text (unix seconds, or RFC 3339 text in forks).
 fn contact_day(contact: &str) -> Option<i64> {

@@ -161,7 +161,7 @@ fn spill_rows(
 
 /// Pages of a label's walk, from its first page: `meta.count` over the page size. One when
 /// the first page holds everything, or says too little to plan by.
-fn planned_pages(first: &ContactsPage) -> u64 {
+pub(super) fn planned_pages(first: &ContactsPage) -> u64 {
     let size = first.payload.len() as u64;
     match first.meta.count {
         Some(count) if size > 0 => count.div_ceil(size).max(1),

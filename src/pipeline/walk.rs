@@ -38,7 +38,7 @@ use crate::source::{AttributeDefinition, ContactsPage, FetchError, Fetcher};
 
 /// Pages requested together with page 1, before the plan is known (as many as the adaptive
 /// concurrency starts with).
-const SPECULATIVE_START: u64 = 8;
+pub(super) const SPECULATIVE_START: u64 = 8;
 
 type Fetched = Result<ContactsPage, FetchError>;
 
@@ -131,10 +131,7 @@ pub async fn walk(
         state.expected_count = first.meta.count;
         state.final_count = first.meta.count;
         state.page_size = first.payload.len() as u64;
-        state.planned_pages = match state.expected_count {
-            Some(count) if state.page_size > 0 => count.div_ceil(state.page_size).max(1),
-            _ => 1,
-        };
+        state.planned_pages = planned_pages(state.expected_count, state.page_size);
         if state.expected_count.is_some()
             && repair::wants_ledger(state.planned_pages, SPECULATIVE_START)
         {
@@ -203,6 +200,37 @@ async fn walk_pages(
         saver.save(collector, state, false)?;
     }
     saver.save(collector, state, true)
+}
+
+/// The pages a walk plans from page 1: its `meta.count` over its size (1 when it says too
+/// little to plan by).
+pub(super) fn planned_pages(count: Option<u64>, page_size: u64) -> u64 {
+    match count {
+        Some(count) if page_size > 0 => count.div_ceil(page_size).max(1),
+        _ => 1,
+    }
+}
+
+/// The list requests of a fresh walk that meets no drift, the ledger's own not counted (`plan`
+/// predicts with it): the pages it sends for certain, and the pages past the end sent ahead
+/// with page 1, which go out only if the rate budget lets them before the walk ends (it cancels
+/// them then). With a ledger, the pages sent with page 1 (awaited, so all sent), then every
+/// planned page and the empty one past them; without, the planned pages and the empty one.
+pub(super) fn clean_walk_requests(
+    planned_pages: u64,
+    first_empty: bool,
+    speculate: bool,
+    ledger: bool,
+) -> (u64, u64) {
+    let with_first = if speculate { SPECULATIVE_START } else { 1 };
+    if ledger {
+        (with_first + planned_pages + 1, 0)
+    } else if first_empty {
+        (1, with_first - 1)
+    } else {
+        let needed = planned_pages + 1;
+        (needed, with_first.saturating_sub(needed))
+    }
 }
 
 /// Types the custom attribute columns from the definitions; without them (an old server, a

@@ -73,6 +73,10 @@ pub enum LakeError {
         "destination {0} is not a folder nor an s3://, gs://, az:// or file:// URL: fix --out or sink.destination"
     )]
     Unsupported(String),
+    #[error(
+        "cannot write to destination {destination} ({cause}): check that it exists, that it is reachable and that the credentials in the environment (AWS_*, GOOGLE_*, AZURE_*) may write there; nothing was fetched"
+    )]
+    NotWritable { destination: String, cause: String },
     #[error("cannot create the local destination {}: {source}", path.display())]
     Local {
         path: PathBuf,
@@ -255,6 +259,37 @@ impl Destination {
         Ok(Self {
             backend: Backend::Store { store, prefix },
             display,
+        })
+    }
+
+    /// Creates and deletes a small marker object, `_chatwoot_export/.write-check-<run_id>`, so
+    /// that a destination that is unreachable, missing or read-only (or whose credentials are
+    /// wrong) fails before the export spends any request on Chatwoot, not after the fetch.
+    pub async fn check_writable(&self, run_id: &str) -> Result<(), LakeError> {
+        let marker = format!(".write-check-{run_id}");
+        let folder: Partition = vec![MANIFESTS_FOLDER.to_owned()];
+        let created_folder = match &self.backend {
+            Backend::Folder(root) => !folder_of(root, &folder).exists(),
+            Backend::Store { .. } => false,
+        };
+        let checked = match self.put(&folder, &marker, b"write check".to_vec()).await {
+            Ok(()) => self.delete(&folder, &marker).await,
+            Err(error) => Err(error),
+        };
+        if let Backend::Folder(root) = &self.backend
+            && created_folder
+        {
+            // Only an empty folder goes: the check leaves the destination as it found it.
+            let _ = std::fs::remove_dir(folder_of(root, &folder));
+        }
+        checked.map_err(|error| LakeError::NotWritable {
+            destination: self.display.clone(),
+            cause: match error {
+                LakeError::Upload { source, .. } | LakeError::Cleanup { source, .. } => {
+                    innermost(source.as_ref())
+                }
+                other => other.to_string(),
+            },
         })
     }
 
@@ -606,6 +641,17 @@ impl Destination {
             source,
         }
     }
+}
+
+/// The deepest cause of an error: object_store wraps the one that says what happened (a
+/// refused connection, an HTTP status) in several layers of context, which would make the one
+/// error line hundreds of characters long.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = error;
+    while let Some(source) = deepest.source() {
+        deepest = source;
+    }
+    deepest.to_string()
 }
 
 /// The partition a rendered template names (empty parts dropped: `a//b/` is `a/b`).

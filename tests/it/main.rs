@@ -19,6 +19,7 @@ mod lake;
 mod limiters;
 mod loopback;
 mod pipelines;
+mod plan;
 mod python;
 mod readers;
 mod redirects;
