@@ -1,7 +1,8 @@
 //! The fake Chatwoot HTTP server.
 //!
 //! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts`,
-//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at day ranges) and
+//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at and last_activity_at day ranges),
+//! `POST /_fake/day` (simulates a day, see `days`) and
 //! `GET /api/v1/accounts/{id}/custom_attribute_definitions` on a loopback port, with the faults
 //! of `faults` and the drift of `listing` when asked. It follows the
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
@@ -30,8 +31,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::data::FakeAccount;
+use super::days::{DayPlan, DayReport};
 use super::faults::{Fault, FaultConfig, Faults};
-use super::listing::Listing;
+use super::listing::{Listing, simulate_day};
 use crate::rng::Rng;
 
 /// Contacts per page, as `RESULTS_PER_PAGE` in Chatwoot's contacts controller.
@@ -199,6 +201,7 @@ impl FakeServer {
                 "/api/v1/accounts/{account_id}/custom_attribute_definitions",
                 get(list_definitions),
             )
+            .route("/_fake/day", post(day_endpoint))
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -261,12 +264,28 @@ impl FakeServer {
     pub fn live_truth_of(&self, account_id: u64) -> Option<Vec<Value>> {
         let served = self.shared.served(account_id)?;
         let indices: Vec<u64> = served.listing().live().collect();
+        let listing = served.listing();
         Some(
             indices
                 .into_iter()
-                .map(|i| served.account.contact(i))
+                .map(|i| listing.render(&served.account, i))
                 .collect(),
         )
+    }
+
+    /// Moves the first account's clock a day on and applies `plan` (see `days`).
+    pub fn simulate_day(&self, plan: DayPlan) -> DayReport {
+        day_of(&self.shared, plan)
+    }
+
+    /// The ids of the first account's live contacts edited since their last activity
+    /// (ascending): what an export that did not re-read them holds in their old version.
+    pub fn silently_edited(&self) -> Vec<i64> {
+        let served = self.first();
+        let listing = served.listing();
+        listing
+            .days
+            .silently_edited(&served.account, |index| listing.is_live(index))
     }
 
     /// The ids of the first account's contacts deleted so far (by drift), ascending: they
@@ -370,8 +389,40 @@ fn ruby_to_i(text: &str) -> i64 {
     digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
 }
 
-/// A `created_at` day range of the filter endpoint: both bounds exclusive, either open.
+/// A day range of the filter endpoint: both bounds exclusive, either open.
 type DayRange = (Option<i64>, Option<i64>);
+
+/// The filter endpoint's conditions (joined by AND): a `created_at` day range, and a
+/// `last_activity_at` one if given.
+#[derive(Clone, Copy, Debug, Default)]
+struct Filter {
+    created: DayRange,
+    active: Option<DayRange>,
+}
+
+/// `POST /_fake/day` with a `DayPlan` as JSON: simulates a day on the first account and
+/// answers its `DayReport` (for the benchmarks, which run the fake in its own process).
+async fn day_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<DayPlan>(&body) {
+        Ok(plan) => json_response(StatusCode::OK, &json!(day_of(&shared, plan))),
+        Err(err) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": err.to_string()}),
+        ),
+    }
+}
+
+fn day_of(shared: &Shared, plan: DayPlan) -> DayReport {
+    let served = &shared.accounts[0];
+    let report = simulate_day(&mut served.listing(), shared.config.seed, plan);
+    // Orders by other keys were built from the old contacts.
+    served
+        .orders
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clear();
+    report
+}
 
 async fn list_contacts(
     State(shared): State<Arc<Shared>>,
@@ -398,20 +449,23 @@ async fn filter_contacts(
         None => {
             return json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"error": "Invalid filter: only created_at with is_greater_than/is_less_than is supported here"}),
+                &json!({"error": "Invalid filter: only created_at and last_activity_at with is_greater_than/is_less_than are supported here"}),
             );
         }
     };
     serve_page(&shared, &headers, &account_id, &query, Some(range)).await
 }
 
-/// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`.
-fn day_range(body: &Value) -> Option<DayRange> {
-    let mut range: DayRange = (None, None);
+/// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`
+/// (`attribute_key` `created_at` or `last_activity_at`; all conditions joined by AND).
+fn day_range(body: &Value) -> Option<Filter> {
+    let mut filter = Filter::default();
     for condition in body.get("payload")?.as_array()? {
-        if condition.get("attribute_key")?.as_str()? != "created_at" {
-            return None;
-        }
+        let range = match condition.get("attribute_key")?.as_str()? {
+            "created_at" => &mut filter.created,
+            "last_activity_at" => filter.active.get_or_insert((None, None)),
+            _ => return None,
+        };
         let date = condition.get("values")?.get(0)?.as_str()?;
         let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
         let day = day
@@ -425,7 +479,7 @@ fn day_range(body: &Value) -> Option<DayRange> {
             _ => return None,
         }
     }
-    Some(range)
+    Some(filter)
 }
 
 async fn serve_page(
@@ -433,7 +487,7 @@ async fn serve_page(
     headers: &HeaderMap,
     account_id: &str,
     query: &HashMap<String, String>,
-    filter: Option<DayRange>,
+    filter: Option<Filter>,
 ) -> Response {
     // The latency counts from the request's arrival and includes the time spent building the
     // answer, as a real server's does; otherwise, with many requests in flight, the fake's own
@@ -449,7 +503,7 @@ fn page_response(
     headers: &HeaderMap,
     account_id: &str,
     query: &HashMap<String, String>,
-    filter: Option<DayRange>,
+    filter: Option<Filter>,
 ) -> Response {
     let (current_page, page) = match query.get("page") {
         Some(raw) => (Value::from(raw.as_str()), ruby_to_i(raw)),
@@ -479,8 +533,22 @@ fn page_response(
         let sort = query.get("sort").map(String::as_str).unwrap_or("");
         let descending = sort.split(',').any(|key| key.trim() == "-created_at");
         let (total, payload) = match filter {
-            Some((after, before)) => {
-                let matching = listing.created_between_days(after, before);
+            Some(filter) => {
+                let (after, before) = filter.created;
+                let matching = match filter.active {
+                    None => listing.created_between_days(after, before),
+                    Some((active_after, active_before)) => {
+                        let created = |index: u64| {
+                            let day = listing.days.created_at(index).div_euclid(86_400);
+                            after.is_none_or(|a| day > a) && before.is_none_or(|b| day < b)
+                        };
+                        listing
+                            .active_between_days(&served.account, active_after, active_before)
+                            .into_iter()
+                            .filter(|&index| created(index))
+                            .collect()
+                    }
+                };
                 let indices = page_of(matching.len() as u64, page, |p| {
                     matching.get(p as usize).copied()
                 });
@@ -506,7 +574,7 @@ fn page_response(
         };
         let payload: Vec<Value> = payload
             .into_iter()
-            .map(|i| served.account.contact(i))
+            .map(|i| listing.render(&served.account, i))
             .collect();
         json!({"meta": {"count": total, "current_page": current_page}, "payload": payload})
             .to_string()
