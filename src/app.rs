@@ -11,7 +11,7 @@ use crate::cli::{Cli, Command, ContactsArgs, DemoArgs, FakeServerArgs, RunArgs, 
 use crate::config::{self, Pipeline, TOKEN_ENV, TableSelection, is_loopback};
 use crate::error::Error;
 use crate::fake::{FakeAccount, FakeServer, FakeServerConfig, FaultConfig, write_truth};
-use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::pipeline::{ExportSettings, ExportSummary, SnapshotMode, export};
 use crate::report::print_summary;
 use crate::runner;
 use crate::secret::ApiToken;
@@ -126,6 +126,11 @@ async fn contacts(args: ContactsArgs) -> Result<(), Error> {
         tables: TableSelection::default(),
         governor: None,
         speculate: true,
+        snapshot: if args.output.incremental {
+            SnapshotMode::Incremental
+        } else {
+            SnapshotMode::Full
+        },
     };
     let kept = runner::KeptWork::from_flags(args.output.resume, args.output.restart, false);
     if let Some(url) = object_store_url(&settings) {
@@ -217,6 +222,7 @@ async fn demo(args: DemoArgs) -> Result<(), Error> {
         tables: TableSelection::default(),
         governor: None,
         speculate: true,
+        snapshot: SnapshotMode::Full,
     };
     if let Some(url) = object_store_url(&settings) {
         // A demo has nothing worth keeping: it starts over.

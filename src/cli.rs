@@ -184,6 +184,15 @@ pub struct OutputArgs {
     /// contacts-00001.parquet, ... (a table that fits keeps its one file, contacts.parquet).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub rows_per_file: Option<u64>,
+    /// Build on the previous complete export in --out: read only the contacts created or
+    /// active since, and check for deletions by counts. Edits without activity are missed
+    /// until the next full run (see docs/incremental.md). Without a previous export, a full
+    /// run.
+    #[arg(long, conflicts_with_all = ["full", "resume"])]
+    pub incremental: bool,
+    /// Read every contact (the default; the weekly refresh of an incremental schedule).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]

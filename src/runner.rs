@@ -16,7 +16,7 @@ use url::Url;
 use crate::config::{Pipeline, SourceUrl};
 use crate::error::{EXIT_FAILURE, Error};
 use crate::fake::{FakeServer, FakeServerConfig};
-use crate::pipeline::{ExportSettings, ExportSummary, export};
+use crate::pipeline::{ExportSettings, ExportSummary, SnapshotMode, export};
 use crate::report::{print_summary, print_summary_to};
 use crate::rng::Rng;
 use crate::secret::ApiToken;
@@ -195,6 +195,7 @@ pub async fn run_pipeline(
                 tables: pipeline.tables.clone(),
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
+                snapshot: SnapshotMode::Full,
             };
             (settings, RunVars::now(account_id, started, nonce))
         })

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::ExportError;
 use super::checkpoint::{Checkpoint, SpillMark};
+use super::incremental::raw::RawWriter;
 use crate::idset::IdSet;
 use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
@@ -32,6 +33,9 @@ pub struct Collector {
     paths: [PathBuf; 2],
     pub duplicates: u64,
     pub pages: u64,
+    /// Every kept contact as the server sent it, for the next incremental run
+    /// (`incremental::raw`); `None` on a resumed run, whose earlier contacts it lacks.
+    pub raw: Option<RawWriter>,
 }
 
 impl Collector {
@@ -54,6 +58,7 @@ impl Collector {
             paths,
             duplicates: 0,
             pages: 0,
+            raw: None,
         })
     }
 
@@ -86,6 +91,7 @@ impl Collector {
             paths,
             duplicates: checkpoint.duplicates,
             pages: checkpoint.pages_fetched,
+            raw: None,
         };
         collector.reread_contacts()?;
         Ok(collector)
@@ -135,6 +141,9 @@ impl Collector {
     /// seconds. Only the walk counts what it drops as `duplicates`: the repair fetches known
     /// contacts on purpose.
     pub fn add(&mut self, page: u64, contact: &str) -> Result<(bool, Option<i64>), ExportError> {
+        let dropped =
+            |flattener: &Flattener| -> u64 { flattener.inbox_secrets.dropped().values().sum() };
+        let dropped_before = dropped(&self.flattener);
         self.flattener
             .flatten_json(contact, &mut self.flat)
             .map_err(|source| match source {
@@ -153,6 +162,11 @@ impl Collector {
         }
         self.spill(0)?;
         self.spill(1)?;
+        if let Some(raw) = &mut self.raw {
+            let scrub = dropped(&self.flattener) > dropped_before;
+            raw.write(contact, scrub)
+                .map_err(|source| spill_error(raw.path(), source))?;
+        }
         Ok((true, created_at))
     }
 

@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod collector;
+pub mod incremental;
 mod ledger;
 mod repair;
 mod saver;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::manifest::RepairReport;
 pub use checkpoint::{CheckpointError, JobParams};
+pub use incremental::SnapshotMode;
 
 use checkpoint::{Checkpoint, WalkState};
 use collector::Collector;
@@ -69,6 +71,8 @@ pub struct ExportSettings {
     /// trip saved, and a few requests wasted on a small account. Off when several accounts
     /// share one budget, where many small accounts would waste much of it.
     pub speculate: bool,
+    /// Read every contact, or build on the previous snapshot in `out` (`--incremental`).
+    pub snapshot: SnapshotMode,
 }
 
 /// What a finished export reports.
@@ -189,6 +193,28 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         format: settings.format,
         keep_inbox_secrets: settings.keep_inbox_secrets,
     };
+    // The previous complete export, read before anything of this run replaces it: the base of
+    // an incremental run, and what the change feed compares with.
+    let base = if settings.resume {
+        None
+    } else {
+        match incremental::base::find(
+            &settings.out,
+            &params.base_url,
+            params.account_id,
+            settings.keep_inbox_secrets,
+        ) {
+            Ok(base) => Some(base),
+            Err(why) => {
+                if settings.snapshot == SnapshotMode::Incremental {
+                    eprintln!(
+                        "chatwoot-export: note: no snapshot to build on ({why}): this run reads every contact"
+                    );
+                }
+                None
+            }
+        }
+    };
     let (dir, checkpoint) = open_output(settings, &params)?;
     let client = match ContactsClient::new(settings.client.clone()) {
         Ok(client) => client,
@@ -211,7 +237,28 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     });
-    let result = run(settings, &params, &dir, checkpoint, &fetcher, &progress).await;
+    let result = match &base {
+        Some(base) if settings.snapshot == SnapshotMode::Incremental => {
+            let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let run_id = incremental::run_id(&started_at);
+            incremental::run(
+                settings, &dir, &fetcher, &progress, base, &run_id, started_at,
+            )
+            .await
+        }
+        _ => {
+            run(
+                settings,
+                &params,
+                &dir,
+                checkpoint,
+                &fetcher,
+                &progress,
+                base.as_ref(),
+            )
+            .await
+        }
+    };
     ticker.abort();
     progress.clear();
     let (manifest, written, stats) = match result {
@@ -296,6 +343,7 @@ async fn run(
     checkpoint: Option<Checkpoint>,
     fetcher: &Arc<Fetcher>,
     progress: &Progress,
+    base: Option<&incremental::base::Base>,
 ) -> Result<Done, Failure> {
     let fatal = |error: ExportError| Failure {
         error,
@@ -317,7 +365,12 @@ async fn run(
             saved.resumes + 1,
         ),
         None => (
-            Collector::create(dir, inbox_secrets()).map_err(fatal)?,
+            {
+                // A fresh run keeps the raw contacts for the next incremental run.
+                let mut collector = Collector::create(dir, inbox_secrets()).map_err(fatal)?;
+                collector.raw = Some(incremental::raw_writer(dir).map_err(fatal)?);
+                collector
+            },
             WalkState {
                 next_page: 1,
                 ..WalkState::default()
@@ -418,12 +471,13 @@ async fn run(
 
     let status = fetcher.status();
     let unique = collector.unique();
+    let raw = collector.raw.take();
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
         compression: settings.compression,
     };
-    let (tables, written) = write::write_tables(
+    let (mut tables, mut written) = write::write_tables(
         settings.format,
         options,
         settings.rows_per_file,
@@ -434,6 +488,28 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
+    let run_id = incremental::run_id(&started_at);
+    let snapshot = match raw {
+        Some(raw) => {
+            let finished = incremental::finish_full(
+                dir,
+                settings,
+                options,
+                raw,
+                base,
+                &run_id,
+                &started_at,
+                chrono::Utc::now().timestamp(),
+            )
+            .map_err(resumable)?;
+            if let Some((entry, path)) = finished.changes {
+                tables.insert(incremental::changes::TABLE.to_owned(), entry);
+                written.push(path);
+            }
+            Some(finished.snapshot)
+        }
+        None => None,
+    };
     let manifest = Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
         // the exit code is 5.
@@ -470,6 +546,9 @@ async fn run(
         started_at,
         finished_at: now(),
         duration_secs: 0.0,
+        mode: "full".into(),
+        run_id,
+        snapshot,
     };
     Ok((manifest, written, status))
 }

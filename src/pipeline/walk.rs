@@ -205,7 +205,7 @@ async fn walk_pages(
 /// Types the custom attribute columns from the definitions; without them (an old server, a
 /// proxy that blocks the path, a failed request) the export goes on, typed from values, and
 /// says so. Returns how many definitions typed a column.
-fn declare_definitions(
+pub(super) fn declare_definitions(
     collector: &mut Collector,
     fetched: Result<Vec<AttributeDefinition>, FetchError>,
 ) -> Option<u64> {
