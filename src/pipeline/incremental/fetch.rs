@@ -158,7 +158,7 @@ pub async fn fetch(
         if differ == 0 {
             continue;
         }
-        let span = (high - low + 1).max(1) as u64;
+        let span = (index.days.range(low..=high).count() as u64).max(1);
         let depth = u64::from(64 - span.leading_zeros());
         let day_pages = pages(ours / span.max(1) + 1);
         predicted += (differ * (depth + day_pages)).min(3 * pages(ours));
