@@ -69,14 +69,12 @@ impl Listing {
             self.days
                 .active_between(account, index, after_day, before_day)
         };
-        match self.days.touched_after(after_day) {
-            Some(touched) => touched
-                .into_iter()
-                .filter(|&index| self.is_live(index))
-                .filter(matches)
-                .collect(),
-            None => self.live().filter(matches).collect(),
-        }
+        self.days
+            .candidates(account, after_day, before_day)
+            .into_iter()
+            .filter(|&index| self.is_live(index))
+            .filter(matches)
+            .collect()
     }
 
     /// How many contacts are listed.
