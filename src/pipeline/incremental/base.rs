@@ -84,8 +84,9 @@ pub fn find(
 /// The base's raw contacts, indexed for the checks.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// (`created_at` day, id) of every contact, sorted.
-    pub keys: Vec<(i64, i64)>,
+    /// (`created_at` day, `created_at`, id) of every contact, sorted: the listing's order
+    /// (`sort=created_at`; ties, which the server orders as it likes, by id).
+    pub keys: Vec<(i64, i64, i64)>,
     /// Contacts per `created_at` day.
     pub days: BTreeMap<i64, u64>,
     pub contacts: u64,
@@ -105,7 +106,9 @@ impl Index {
             let line = line.map_err(|e| error(e.to_string()))?;
             let key = Key::of(&line).ok_or_else(|| error("a line is not a contact".into()))?;
             let day = key.day().unwrap_or(i64::MIN);
-            index.keys.push((day, key.id));
+            index
+                .keys
+                .push((day, key.created_at.unwrap_or(i64::MIN), key.id));
             *index.days.entry(day).or_default() += 1;
             index.contacts += 1;
         }
@@ -123,11 +126,15 @@ impl Index {
 
     /// Ids with a `created_at` day from `low` to `high`, both included.
     pub fn ids(&self, low: i64, high: i64) -> impl Iterator<Item = i64> + '_ {
-        let start = self.keys.partition_point(|&(day, _)| day < low);
-        self.keys[start..]
-            .iter()
-            .take_while(move |&&(day, _)| day <= high)
-            .map(|&(_, id)| id)
+        self.listed(low, high).iter().map(|&(_, _, id)| id)
+    }
+
+    /// The keys with a `created_at` day from `low` to `high`, both included, in listing
+    /// order.
+    pub fn listed(&self, low: i64, high: i64) -> &[(i64, i64, i64)] {
+        let start = self.keys.partition_point(|&(day, _, _)| day < low);
+        let end = self.keys.partition_point(|&(day, _, _)| day <= high);
+        &self.keys[start..end.max(start)]
     }
 
     /// The day that splits the contacts from `low` to `high` in half (`low <= result < high`),

@@ -193,6 +193,13 @@ pub async fn fetch(
         if ours == now {
             continue;
         }
+        // One contact gone and nothing new: find it by a binary search over the pages.
+        if now + 1 == ours && ours > WHOLE_PAGES * run.page_size {
+            if let Some(gone) = run.find_one(part, index.listed(low, high), now).await? {
+                run.out.deleted.insert(gone);
+                continue;
+            }
+        }
         let pivot = index.pivot(low, high);
         if pivot.is_none() || ours.max(now) <= WHOLE_PAGES * run.page_size {
             run.list(part, None, false).await?;
@@ -339,6 +346,63 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The one contact of `listed` (the base's contacts of `filter`, in listing order) that
+    /// the server lists no more, when `count` (its count now) says exactly one is gone: a
+    /// binary search over the pages. Page `k` lists the base's contacts from position
+    /// `size * (k - 1)` on, one further along past the gone one; which one of the 16 it lacks
+    /// says whether the gone one is before, in, or after it. `None` when a page does not fit
+    /// that (the account moved, or the server ordered contacts with the same `created_at`
+    /// otherwise) or the one found shares its `created_at` with a neighbour (a reordering
+    /// would look the same): the caller lists the range whole.
+    async fn find_one(
+        &mut self,
+        filter: Filter,
+        listed: &[(i64, i64, i64)],
+        count: u64,
+    ) -> Result<Option<i64>, FetchError> {
+        let size = self.page_size as usize;
+        let n = listed.len();
+        let (mut low, mut high) = (1, (count as usize).div_ceil(size));
+        let gone = loop {
+            if low > high {
+                break (size * (low - 1)).min(n.saturating_sub(1));
+            }
+            let k = (low + high) / 2;
+            let page = one(self.fetch(vec![(filter, k as u64)]).await?)?;
+            self.keep(&page);
+            let start = size * (k - 1);
+            let shown = ids(&page);
+            let want = size.min((count as usize).saturating_sub(start));
+            if page.meta.count != Some(count) || shown.len() != want || want == 0 {
+                return Ok(None);
+            }
+            let window = &listed[start.min(n)..(start + want + 1).min(n)];
+            let missing: Vec<usize> = window
+                .iter()
+                .enumerate()
+                .filter(|(_, key)| !shown.contains(&key.2))
+                .map(|(at, _)| at)
+                .collect();
+            let extra = shown
+                .iter()
+                .any(|id| !window.iter().any(|key| key.2 == *id));
+            match missing.as_slice() {
+                [at] if !extra && *at + 1 == window.len() => low = k + 1,
+                [0] if !extra => high = k - 1,
+                [at] if !extra => break start + at,
+                _ => return Ok(None),
+            }
+        };
+        let tied = |other: Option<&(i64, i64, i64)>| {
+            other.is_some_and(|o| Some(o.1) == listed.get(gone).map(|g| g.1))
+        };
+        let neighbour = gone.checked_sub(1).and_then(|at| listed.get(at));
+        if gone >= n || tied(neighbour) || tied(listed.get(gone + 1)) {
+            return Ok(None);
+        }
+        Ok(listed.get(gone).map(|key| key.2))
+    }
+
     fn keep(&mut self, page: &ContactsPage) {
         for contact in &page.payload {
             if let Some(key) = Key::of(contact) {
@@ -385,7 +449,7 @@ mod tests {
         for &(day, n) in days {
             for _ in 0..n {
                 id += 1;
-                index.keys.push((day, id));
+                index.keys.push((day, day * 86_400 + id, id));
             }
             index.days.insert(day, n);
             index.contacts += n;
