@@ -194,11 +194,12 @@ pub async fn fetch(
             continue;
         }
         // One contact gone and nothing new: find it by a binary search over the pages.
-        if now + 1 == ours && ours > WHOLE_PAGES * run.page_size {
-            if let Some(gone) = run.find_one(part, index.listed(low, high), now).await? {
-                run.out.deleted.insert(gone);
-                continue;
-            }
+        if now + 1 == ours
+            && ours > WHOLE_PAGES * run.page_size
+            && let Some(gone) = run.find_one(part, index.listed(low, high), now).await?
+        {
+            run.out.deleted.insert(gone);
+            continue;
         }
         let pivot = index.pivot(low, high);
         if pivot.is_none() || ours.max(now) <= WHOLE_PAGES * run.page_size {
