@@ -114,9 +114,11 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="also run a full export every night (its requests, not estimated)")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--binary", type=Path, default=None,
+                        help="the chatwoot-export to run (default: target/release, else debug)")
     args = parser.parse_args()
 
-    exe = binary()
+    exe = args.binary or binary()
     server = FakeServer(exe, args.contacts, args.seed, args.rate_limit)
     rows = []
     try:
@@ -156,7 +158,7 @@ def main() -> None:
         f"{args.contacts:,} contacts; a day: {args.created_pct}% created, {args.active_pct}% "
         f"active, {args.deleted} deleted, {args.edited_pct}% silently edited. Wall time at the "
         f"limit: requests / ({args.limit:,} a minute x {args.share}). Binary: "
-        f"{exe.relative_to(ROOT)}.",
+        f"{exe.name} ({'debug' if 'debug' in str(exe) else 'release'}).",
         "",
         "| run | contacts | requests | predicted | % of a full run | measured wall s "
         "| minutes at the limit |",

@@ -158,10 +158,10 @@ pub async fn fetch(
         if differ == 0 {
             continue;
         }
-        let span = (index.days.range(low..=high).count() as u64).max(1);
-        let depth = u64::from(64 - span.leading_zeros());
-        let day_pages = pages(ours / span.max(1) + 1);
-        predicted += (differ * (depth + day_pages)).min(3 * pages(ours));
+        // Each contact gone costs about a binary search over the part's pages (bisecting by
+        // counts, then by pages), and the part's first page was counted already.
+        let depth = u64::from(64 - pages(ours).leading_zeros());
+        predicted += (differ * (depth + 1)).min(3 * pages(ours));
     }
     run.out.predicted = predicted;
     eprintln!(
