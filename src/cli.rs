@@ -208,6 +208,15 @@ pub struct OutputArgs {
     /// original name).
     #[arg(long, value_enum, ignore_case = true, default_value_t = ColumnNames::Verbatim)]
     pub column_names: ColumnNames,
+    /// Build on the previous complete export in --out: read only the contacts created or
+    /// active since, and check for deletions by counts. Edits without activity are missed
+    /// until the next full run (see docs/incremental.md). Without a previous export, a full
+    /// run.
+    #[arg(long, conflicts_with_all = ["full", "resume"])]
+    pub incremental: bool,
+    /// Read every contact (the default; the weekly refresh of an incremental schedule).
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// A `--table` name: one of the described tables.

@@ -74,6 +74,58 @@ pub struct Manifest {
     /// The time the run that finished the export took, measured (a resumed export: since it
     /// resumed), so it can be less than `finished_at` minus `started_at`.
     pub duration_secs: f64,
+    /// How the snapshot was made: `full` (every contact read) or `incremental` (the base
+    /// snapshot merged with what can have changed; see docs/incremental.md).
+    #[serde(default = "full_mode")]
+    pub mode: String,
+    /// This run's id: `contact_changes.run_id`, and `snapshot.base_run` of the next run.
+    #[serde(default)]
+    pub run_id: String,
+    /// What an incremental run needs of this one and what this one did; null when the run
+    /// kept no raw contacts (a resumed run).
+    #[serde(default)]
+    pub snapshot: Option<SnapshotReport>,
+}
+
+fn full_mode() -> String {
+    "full".into()
+}
+
+/// The snapshot's facts and staleness (issue 19).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotReport {
+    /// The raw contacts, relative to the manifest's folder.
+    pub raw_file: String,
+    /// Contacts in it.
+    pub raw_contacts: u64,
+    /// Newest `created_at` and `last_activity_at` in it (unix seconds): where the next
+    /// incremental run starts looking.
+    pub newest_created_at: Option<i64>,
+    pub newest_activity_at: Option<i64>,
+    /// The start of the last full run: every contact was read in full then. A silent edit
+    /// (no activity) since then may be missing until the next full run.
+    pub verified_through: String,
+    /// The run this one was made from or compared with (its `run_id`); null without a base.
+    pub base_run: Option<String>,
+    /// Requests predicted before an incremental run began; null for a full run.
+    pub requests_predicted: Option<u64>,
+    /// What a full run would have sent (the base's own requests, when it was full; else its
+    /// pages plus the ledger) less what this run sent; null for a full run.
+    pub requests_saved: Option<u64>,
+    /// Contacts carried over from the base without being read again.
+    pub not_reread: u64,
+    /// Contacts read again, or for the first time, by an incremental run.
+    pub fetched: u64,
+    /// The change feed's counts (`contact_changes`); null without a base.
+    pub changes: Option<ChangeCounts>,
+}
+
+/// Counts of `contact_changes` rows by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeCounts {
+    pub added: u64,
+    pub removed: u64,
+    pub updated: u64,
 }
 
 /// The rate limit as the run met it.

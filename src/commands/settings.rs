@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::options::{
     FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
 };
-use crate::pipeline::{ExportSettings, SharedSchemas};
+use crate::pipeline::{ExportSettings, SharedSchemas, SnapshotMode};
 use crate::runner::{RunStart, Target};
 use crate::secret::ApiToken;
 use crate::sink::{ColumnNames, Compression, Format};
@@ -34,6 +34,8 @@ struct Conduct {
     governor: Option<Arc<RateGovernor>>,
     speculate: bool,
     schemas: Option<Arc<SharedSchemas>>,
+    /// Every contact read, or only what can have changed since the previous export.
+    snapshot: SnapshotMode,
 }
 
 /// The one place `ExportSettings` are assembled: `out` is where this export writes (a folder,
@@ -63,6 +65,7 @@ fn export_settings(
         governor: conduct.governor,
         speculate: conduct.speculate,
         schemas: conduct.schemas,
+        snapshot: conduct.snapshot,
         notices: report::notices(),
     }
 }
@@ -116,6 +119,8 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         rows_per_file,
         tables,
         column_names,
+        incremental,
+        full: _,
     } = args.output;
     let SafetyArgs {
         overwrite,
@@ -142,6 +147,11 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         governor: None,
         speculate: true,
         schemas: None,
+        snapshot: if incremental {
+            SnapshotMode::Incremental
+        } else {
+            SnapshotMode::Full
+        },
     };
     Ok(export_settings(
         client,
@@ -264,6 +274,7 @@ pub fn demo(
         governor: None,
         speculate: true,
         schemas: None,
+        snapshot: SnapshotMode::Full,
     };
     Ok(export_settings(
         client,
@@ -316,6 +327,7 @@ pub fn pipeline_jobs(
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
                 schemas: schemas.clone(),
+                snapshot: SnapshotMode::Full,
             };
             let settings = export_settings(
                 client,

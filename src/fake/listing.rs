@@ -7,7 +7,11 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
+
 use super::data::FakeAccount;
+use super::days::{DAY, DayPlan, DayReport, Days};
+use crate::rng::Rng;
 
 /// The live contacts: `0..created` minus `deleted`.
 #[derive(Debug, Default)]
@@ -16,6 +20,8 @@ pub struct Listing {
     deleted: BTreeSet<u64>,
     /// Drift rounds (`FakeServerConfig::drift_rounds`) already applied.
     pub rounds_done: usize,
+    /// What simulated days changed (`days::simulate_day`).
+    pub days: Days,
 }
 
 impl Listing {
@@ -24,7 +30,51 @@ impl Listing {
             created: contacts,
             deleted: BTreeSet::new(),
             rounds_done: 0,
+            days: Days::new(contacts),
         }
+    }
+
+    /// The index the next contact created gets.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// Deletes contact `index`.
+    pub fn delete_index(&mut self, index: u64) {
+        if index < self.created {
+            self.deleted.insert(index);
+        }
+    }
+
+    /// Whether contact `index` is listed.
+    pub fn is_live(&self, index: u64) -> bool {
+        index < self.created && !self.deleted.contains(&index)
+    }
+
+    /// Contact `index` as the API renders it now (simulated days included).
+    pub fn render(&self, account: &FakeAccount, index: u64) -> Value {
+        self.days.render(account, index)
+    }
+
+    /// Live indices whose `last_activity_at` day (UTC) is after `after_day` and before
+    /// `before_day` (both exclusive, either open), ascending: the filter on
+    /// `last_activity_at`, which never matches a contact that never wrote.
+    pub fn active_between_days(
+        &self,
+        account: &FakeAccount,
+        after_day: Option<i64>,
+        before_day: Option<i64>,
+    ) -> Vec<u64> {
+        let matches = |&index: &u64| {
+            self.days
+                .active_between(account, index, after_day, before_day)
+        };
+        self.days
+            .candidates(account, after_day, before_day)
+            .into_iter()
+            .filter(|&index| self.is_live(index))
+            .filter(matches)
+            .collect()
     }
 
     /// How many contacts are listed.
@@ -78,7 +128,7 @@ impl Listing {
         after_day: Option<i64>,
         before_day: Option<i64>,
     ) -> Vec<u64> {
-        let day = |index: u64| FakeAccount::created_at_of(index).div_euclid(86_400);
+        let day = |index: u64| self.days.created_at(index).div_euclid(86_400);
         // created_at never decreases with the index, so each bound is a partition point.
         let first = after_day.map_or(0, |after| {
             partition_point(self.created, |i| day(i) <= after)
@@ -90,6 +140,71 @@ impl Listing {
             .filter(|i| !self.deleted.contains(i))
             .collect()
     }
+}
+
+/// Moves the clock a day on and applies `plan` to `listing`; returns what happened.
+pub fn simulate_day(listing: &mut Listing, seed: u64, plan: DayPlan) -> DayReport {
+    let day = listing.days.simulated;
+    listing.days.simulated += 1;
+    let mut rng = Rng::new(seed ^ 0xDA75_0000, day);
+    let start = listing.days.clock;
+    let end = start + DAY;
+    let mut report = DayReport::default();
+    for k in 0..plan.created {
+        let at = start + (DAY * (k as i64 + 1)) / (plan.created as i64 + 1);
+        let index = listing.created();
+        listing.days.born.push(at);
+        listing.create();
+        report.created.push(FakeAccount::id_of(index));
+    }
+    // Deletions first, so that no id is both active and deleted in the report.
+    let initial = listing.days.initial;
+    let pick = |listing: &Listing, rng: &mut Rng, old: Option<bool>| -> Option<u64> {
+        for _ in 0..1000 {
+            let index = listing.index_at(rng.below(listing.len().max(1)))?;
+            if old.is_none_or(|old| old == (index < initial)) {
+                return Some(index);
+            }
+        }
+        None
+    };
+    for (count, old) in [(plan.deleted_old, true), (plan.deleted_new, false)] {
+        for _ in 0..count {
+            if let Some(index) = pick(listing, &mut rng, Some(old)) {
+                listing.delete_index(index);
+                report.deleted.push(FakeAccount::id_of(index));
+            }
+        }
+    }
+    for _ in 0..plan.active {
+        if let Some(index) = pick(listing, &mut rng, None) {
+            let created = listing.days.created_at(index);
+            let at = (start + rng.below(DAY as u64) as i64).max(created);
+            listing.days.activity.insert(index, at);
+            report.active.push(FakeAccount::id_of(index));
+        }
+    }
+    for _ in 0..plan.edited {
+        if let Some(index) = pick(listing, &mut rng, None) {
+            let created = listing.days.created_at(index);
+            let at = (start + rng.below(DAY as u64) as i64).max(created);
+            let edit = listing.days.edits.entry(index).or_insert((0, at));
+            *edit = (edit.0 + 1, at.max(edit.1));
+            report.edited.push(FakeAccount::id_of(index));
+        }
+    }
+    listing.days.clock = end;
+    for ids in [
+        &mut report.created,
+        &mut report.active,
+        &mut report.deleted,
+        &mut report.edited,
+    ] {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    report.clock = end;
+    report
 }
 
 /// The first index in `0..len` for which `below` is false (`below` is true then false).
@@ -170,5 +285,60 @@ mod brute_force {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod days {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn a_day_creates_deletes_activates_and_edits() {
+        let account = FakeAccount::new(7, 300);
+        let mut listing = Listing::new(300);
+        let before = listing.days.clock;
+        let plan = DayPlan {
+            created: 20,
+            active: 10,
+            deleted_old: 3,
+            deleted_new: 2,
+            edited: 5,
+        };
+        let report = simulate_day(&mut listing, 7, plan);
+        assert_eq!(report.clock, before + DAY);
+        assert_eq!(report.created.len(), 20);
+        assert_eq!(report.deleted.len(), 5);
+        assert_eq!(listing.len(), 300 + 20 - 5);
+        // New contacts are born during the day, in index order.
+        let times: Vec<i64> = (300..320).map(|i| listing.days.created_at(i)).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        assert!(times.iter().all(|t| (before..before + DAY).contains(t)));
+        // Activity shows in last_activity_at and in the activity filter from the day on.
+        let today = before.div_euclid(DAY);
+        let active = listing.active_between_days(&account, Some(today - 1), None);
+        let active_ids: BTreeSet<i64> = active.iter().map(|&i| FakeAccount::id_of(i)).collect();
+        for id in &report.active {
+            if !report.deleted.contains(id) {
+                assert!(active_ids.contains(id), "{id} active");
+            }
+        }
+        // The full scan (a filter reaching into generated activity) agrees on the day.
+        let scanned = listing.active_between_days(&account, Some(today - 200), None);
+        let recent: Vec<u64> = scanned
+            .into_iter()
+            .filter(|&i| listing.days.last_activity(&account, i).unwrap_or(0) >= today * DAY)
+            .collect();
+        assert_eq!(recent, active);
+        // Silent edits change the name, not last_activity_at.
+        let edited = report.edited[0];
+        let index = ((edited - 100) / 7) as u64;
+        let now = listing.days.render(&account, index);
+        assert!(now["name"].as_str().unwrap_or("").starts_with("edited 1 "));
+        let silent = listing
+            .days
+            .silently_edited(&account, |i| listing.is_live(i));
+        assert!(!silent.is_empty());
+        assert!(silent.iter().all(|id| report.edited.contains(id)));
     }
 }

@@ -3,13 +3,17 @@
 //! `data` generates an account's contacts from a seed; `server` serves them over HTTP on
 //! loopback with the real API's paging, sorting, meta and error bodies. `truth` writes the
 //! account's contacts in listing order, the ground truth an export is checked against.
+//! `days` simulates days between exports (created, active, deleted and silently edited
+//! contacts) for the incremental mode's tests and benchmark.
 
 mod data;
+mod days;
 mod faults;
 mod listing;
 mod server;
 
 pub use data::FakeAccount;
+pub use days::{DayPlan, DayReport};
 pub use faults::FaultConfig;
 pub use server::{DriftRound, FakeServer, FakeServerConfig};
 

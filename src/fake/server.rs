@@ -2,9 +2,10 @@
 //!
 //! Receives a `FakeServerConfig`; serves `GET /api/v1/accounts/{id}/contacts` (with the
 //! `labels[]` filter and `include_contact_inboxes=false`),
-//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at day ranges),
-//! `GET /api/v1/accounts/{id}/custom_attribute_definitions` and
-//! `GET /api/v1/accounts/{id}/labels` on a loopback port, with the faults
+//! `POST /api/v1/accounts/{id}/contacts/filter` (created_at and last_activity_at day ranges),
+//! `GET /api/v1/accounts/{id}/custom_attribute_definitions`,
+//! `GET /api/v1/accounts/{id}/labels` and `POST /_fake/day` (simulates a day, see `days`) on a
+//! loopback port, with the faults
 //! of `faults` and the drift of `listing` when asked. It follows the
 //! real API (see shared/chatwoot-contacts-api.md): 15 contacts a page, `page` read like Ruby's
 //! `to_i` and echoed back as a string in `meta.current_page` (the integer 1 when absent), a page
@@ -32,8 +33,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::data::FakeAccount;
+use super::days::{DayPlan, DayReport};
 use super::faults::{Fault, FaultConfig, Faults};
-use super::listing::Listing;
+use super::listing::{Listing, simulate_day};
 use crate::rng::Rng;
 
 /// Contacts per page, as `RESULTS_PER_PAGE` in Chatwoot's contacts controller.
@@ -202,6 +204,7 @@ impl FakeServer {
                 get(list_definitions),
             )
             .route("/api/v1/accounts/{account_id}/labels", get(list_labels))
+            .route("/_fake/day", post(day_endpoint))
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -265,12 +268,28 @@ impl FakeServer {
     pub fn live_truth_of(&self, account_id: u64) -> Option<Vec<Value>> {
         let served = self.shared.served(account_id)?;
         let indices: Vec<u64> = served.listing().live().collect();
+        let listing = served.listing();
         Some(
             indices
                 .into_iter()
-                .map(|i| served.account.contact(i))
+                .map(|i| listing.render(&served.account, i))
                 .collect(),
         )
+    }
+
+    /// Moves the first account's clock a day on and applies `plan` (see `days`).
+    pub fn simulate_day(&self, plan: DayPlan) -> DayReport {
+        day_of(&self.shared, plan)
+    }
+
+    /// The ids of the first account's live contacts edited since their last activity
+    /// (ascending): what an export that did not re-read them holds in their old version.
+    pub fn silently_edited(&self) -> Vec<i64> {
+        let served = self.first();
+        let listing = served.listing();
+        listing
+            .days
+            .silently_edited(&served.account, |index| listing.is_live(index))
     }
 
     /// The ids of the first account's contacts deleted so far (by drift), ascending: they
@@ -396,8 +415,40 @@ fn ruby_to_i(text: &str) -> i64 {
     digits[..end].parse::<i64>().map(|n| sign * n).unwrap_or(0)
 }
 
-/// A `created_at` day range of the filter endpoint: both bounds exclusive, either open.
+/// A day range of the filter endpoint: both bounds exclusive, either open.
 type DayRange = (Option<i64>, Option<i64>);
+
+/// The filter endpoint's conditions (joined by AND): a `created_at` day range, and a
+/// `last_activity_at` one if given.
+#[derive(Clone, Copy, Debug, Default)]
+struct DayFilter {
+    created: DayRange,
+    active: Option<DayRange>,
+}
+
+/// `POST /_fake/day` with a `DayPlan` as JSON: simulates a day on the first account and
+/// answers its `DayReport` (for the benchmarks, which run the fake in its own process).
+async fn day_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<DayPlan>(&body) {
+        Ok(plan) => json_response(StatusCode::OK, &json!(day_of(&shared, plan))),
+        Err(err) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": err.to_string()}),
+        ),
+    }
+}
+
+fn day_of(shared: &Shared, plan: DayPlan) -> DayReport {
+    let served = &shared.accounts[0];
+    let report = simulate_day(&mut served.listing(), shared.config.seed, plan);
+    // Orders by other keys were built from the old contacts.
+    served
+        .orders
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clear();
+    report
+}
 
 async fn list_contacts(
     State(shared): State<Arc<Shared>>,
@@ -431,7 +482,7 @@ async fn filter_contacts(
         None => {
             return json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"error": "Invalid filter: only created_at with is_greater_than/is_less_than is supported here"}),
+                &json!({"error": "Invalid filter: only created_at and last_activity_at with is_greater_than/is_less_than are supported here"}),
             );
         }
     };
@@ -445,20 +496,23 @@ async fn filter_contacts(
     .await
 }
 
-/// What narrows a listing: the filter endpoint's day range, or the list's `labels[]` (contacts
+/// What narrows a listing: the filter endpoint's day ranges, or the list's `labels[]` (contacts
 /// tagged with any of them, `tagged_with(labels, any: true)`).
 enum Filter {
-    Days(DayRange),
+    Days(DayFilter),
     Labels(Vec<String>),
 }
 
-/// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`.
-fn day_range(body: &Value) -> Option<DayRange> {
-    let mut range: DayRange = (None, None);
+/// Reads `{"payload": [{"attribute_key": "created_at", "filter_operator": ..., "values": ["YYYY-MM-DD"]}, ...]}`
+/// (`attribute_key` `created_at` or `last_activity_at`; all conditions joined by AND).
+fn day_range(body: &Value) -> Option<DayFilter> {
+    let mut filter = DayFilter::default();
     for condition in body.get("payload")?.as_array()? {
-        if condition.get("attribute_key")?.as_str()? != "created_at" {
-            return None;
-        }
+        let range = match condition.get("attribute_key")?.as_str()? {
+            "created_at" => &mut filter.created,
+            "last_activity_at" => filter.active.get_or_insert((None, None)),
+            _ => return None,
+        };
         let date = condition.get("values")?.get(0)?.as_str()?;
         let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
         let day = day
@@ -472,7 +526,7 @@ fn day_range(body: &Value) -> Option<DayRange> {
             _ => return None,
         }
     }
-    Some(range)
+    Some(filter)
 }
 
 async fn serve_page(
@@ -542,8 +596,22 @@ fn page_response(
                 });
                 (matching.len() as u64, indices)
             }
-            Some(Filter::Days((after, before))) => {
-                let matching = listing.created_between_days(*after, *before);
+            Some(Filter::Days(filter)) => {
+                let (after, before) = filter.created;
+                let matching = match filter.active {
+                    None => listing.created_between_days(after, before),
+                    Some((active_after, active_before)) => {
+                        let created = |index: u64| {
+                            let day = listing.days.created_at(index).div_euclid(86_400);
+                            after.is_none_or(|a| day > a) && before.is_none_or(|b| day < b)
+                        };
+                        listing
+                            .active_between_days(&served.account, active_after, active_before)
+                            .into_iter()
+                            .filter(|&index| created(index))
+                            .collect()
+                    }
+                };
                 let indices = page_of(matching.len() as u64, page, |p| {
                     matching.get(p as usize).copied()
                 });
@@ -573,7 +641,7 @@ fn page_response(
         let payload: Vec<Value> = payload
             .into_iter()
             .map(|i| {
-                let mut contact = served.account.contact(i);
+                let mut contact = listing.render(&served.account, i);
                 if without_inboxes && let Some(fields) = contact.as_object_mut() {
                     fields.remove("contact_inboxes");
                 }

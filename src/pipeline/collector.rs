@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::ExportError;
 use super::checkpoint::{Checkpoint, SpillMark};
+use super::incremental::raw::RawWriter;
 use crate::idset::IdSet;
 use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
@@ -43,6 +44,9 @@ pub struct Collector {
     /// The custom attribute definitions the walk read, as the server sent them, for the
     /// `custom_attribute_definitions` table (not checkpointed: a resumed run asks again).
     pub definitions: Option<Vec<serde_json::Value>>,
+    /// Every kept contact as the server sent it, for the next incremental run
+    /// (`incremental::raw`); `None` on a resumed run, whose earlier contacts it lacks.
+    pub raw: Option<RawWriter>,
 }
 
 impl Collector {
@@ -70,6 +74,7 @@ impl Collector {
             duplicates: 0,
             pages: 0,
             definitions: None,
+            raw: None,
         })
     }
 
@@ -107,6 +112,7 @@ impl Collector {
             duplicates: checkpoint.duplicates,
             pages: checkpoint.pages_fetched,
             definitions: None,
+            raw: None,
         };
         collector.reread_contacts()?;
         Ok(collector)
@@ -156,6 +162,9 @@ impl Collector {
     /// seconds. Only the walk counts what it drops as `duplicates`: the repair fetches known
     /// contacts on purpose.
     pub fn add(&mut self, page: u64, contact: &str) -> Result<(bool, Option<i64>), ExportError> {
+        let dropped =
+            |flattener: &Flattener| -> u64 { flattener.inbox_secrets.dropped().values().sum() };
+        let dropped_before = dropped(&self.flattener);
         self.flattener
             .flatten_json(contact, &mut self.flat)
             .map_err(|source| match source {
@@ -174,6 +183,11 @@ impl Collector {
         }
         for table in 0..self.spills.len() {
             self.spill(table)?;
+        }
+        if let Some(raw) = &mut self.raw {
+            let scrub = dropped(&self.flattener) > dropped_before;
+            raw.write(contact, scrub)
+                .map_err(|source| spill_error(raw.path(), source))?;
         }
         Ok((true, created_at))
     }

@@ -15,6 +15,7 @@
 mod checkpoint;
 mod collector;
 pub mod cost;
+pub mod incremental;
 mod ledger;
 mod repair;
 mod saver;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::manifest::RepairReport;
 pub use checkpoint::{CheckpointError, JobParams};
+pub use incremental::SnapshotMode;
 pub use shared_schema::SharedSchemas;
 
 use checkpoint::{Checkpoint, WalkState};
@@ -38,7 +40,9 @@ use ledger::Ledger;
 use saver::Saver;
 
 use crate::config::TableSelection;
-use crate::manifest::{LabelWalkReport, Manifest, RateReport, Source, TableEntry, Tool};
+use crate::manifest::{
+    LabelWalkReport, Manifest, RateReport, SnapshotReport, Source, TableEntry, Tool,
+};
 use crate::progress::Progress;
 use crate::sink::{ColumnNames, Compression, Format, SinkError, SinkOptions};
 use crate::source::{
@@ -80,6 +84,8 @@ pub struct ExportSettings {
     /// trip saved, and a few requests wasted on a small account. Off when several accounts
     /// share one budget, where many small accounts would waste much of it.
     pub speculate: bool,
+    /// Read every contact, or build on the previous snapshot in `out` (`--incremental`).
+    pub snapshot: SnapshotMode,
     /// Where the accounts of one run agree on one schema per table before writing; `None`:
     /// this export's own columns.
     pub schemas: Option<Arc<SharedSchemas>>,
@@ -246,6 +252,28 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         format: settings.format,
         keep_inbox_secrets: settings.keep_inbox_secrets,
     };
+    // The previous complete export, read before anything of this run replaces it: the base of
+    // an incremental run, and what the change feed compares with.
+    let base = if settings.resume {
+        None
+    } else {
+        match incremental::base::find(
+            &settings.out,
+            &params.base_url,
+            params.account_id,
+            settings.keep_inbox_secrets,
+        ) {
+            Ok(base) => Some(base),
+            Err(why) => {
+                if settings.snapshot == SnapshotMode::Incremental {
+                    eprintln!(
+                        "chatwoot-export: note: no snapshot to build on ({why}): this run reads every contact"
+                    );
+                }
+                None
+            }
+        }
+    };
     let (dir, checkpoint) = open_output(settings, &params)?;
     let client = match ContactsClient::new(settings.client.clone()) {
         Ok(client) => client,
@@ -268,10 +296,29 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     });
-    let result = run(
-        settings, &params, &dir, checkpoint, &fetcher, &progress, clock,
-    )
-    .await;
+    let result = match &base {
+        Some(base) if settings.snapshot == SnapshotMode::Incremental => {
+            let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let run_id = incremental::run_id(&started_at);
+            incremental::run(
+                settings, &dir, &fetcher, &progress, base, &run_id, started_at,
+            )
+            .await
+        }
+        _ => {
+            run(
+                settings,
+                &params,
+                &dir,
+                checkpoint,
+                &fetcher,
+                &progress,
+                clock,
+                base.as_ref(),
+            )
+            .await
+        }
+    };
     ticker.abort();
     progress.clear();
     let (manifest, written, stats) = match result {
@@ -363,6 +410,10 @@ struct Begun {
 
 /// The export after the checks: fetch phase (walk, repair), final checkpoint, write phase,
 /// and the manifest from the run.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the run's inputs, each distinct"
+)]
 async fn run(
     settings: &ExportSettings,
     params: &JobParams,
@@ -371,6 +422,7 @@ async fn run(
     fetcher: &Arc<Fetcher>,
     progress: &Progress,
     clock: Instant,
+    base: Option<&incremental::base::Base>,
 ) -> Result<Done, Failure> {
     let fatal = |error: ExportError| Failure {
         error,
@@ -443,6 +495,7 @@ async fn run(
 
     let status = fetcher.status();
     let unique = collector.unique();
+    let raw = collector.raw.take();
     let (flattener, spills, _rows) = collector.finish().map_err(resumable)?;
     // Several accounts in one run write one schema per table: the union of theirs.
     let union = match &settings.schemas {
@@ -468,7 +521,7 @@ async fn run(
         compression: settings.compression,
         column_names: settings.column_names,
     };
-    let (tables, written) = write::write_tables(
+    let (mut tables, mut written) = write::write_tables(
         settings.format,
         options,
         settings.rows_per_file,
@@ -478,6 +531,28 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
+    let run_id = incremental::run_id(&started_at);
+    let snapshot = match raw {
+        Some(raw) => {
+            let finished = incremental::finish_full(
+                dir,
+                settings,
+                options,
+                raw,
+                base,
+                &run_id,
+                &started_at,
+                chrono::Utc::now().timestamp(),
+            )
+            .map_err(resumable)?;
+            if let Some((entry, path)) = finished.changes {
+                tables.insert(incremental::changes::TABLE.to_owned(), entry);
+                written.push(path);
+            }
+            Some(finished.snapshot)
+        }
+        None => None,
+    };
     let record = RunRecord {
         walk_state,
         unique,
@@ -489,6 +564,8 @@ async fn run(
         started_at,
         clock,
         label_walk: side.label_walk,
+        run_id,
+        snapshot,
     };
     let manifest = manifest_from_run(settings, params, record, &flattener, tables);
     Ok((manifest, written, status))
@@ -542,7 +619,12 @@ fn begin(
             saved.resumes + 1,
         ),
         None => (
-            Collector::create(dir, inbox_secrets)?,
+            {
+                // A fresh run keeps the raw contacts for the next incremental run.
+                let mut collector = Collector::create(dir, inbox_secrets)?;
+                collector.raw = Some(incremental::raw_writer(dir)?);
+                collector
+            },
             WalkState {
                 next_page: 1,
                 ..WalkState::default()
@@ -637,6 +719,10 @@ struct RunRecord {
     clock: Instant,
     /// The `contact_labels` walk, when that table was selected.
     label_walk: Option<LabelWalkReport>,
+    run_id: String,
+    /// What the next incremental run builds on (`None` on a resumed run, which keeps no raw
+    /// contacts).
+    snapshot: Option<SnapshotReport>,
 }
 
 /// The manifest of a finished run.
@@ -658,6 +744,8 @@ fn manifest_from_run(
         started_at,
         clock,
         label_walk,
+        run_id,
+        snapshot,
     } = record;
     Manifest {
         // Only a proven export is complete; otherwise the files hold every contact found, and
@@ -698,6 +786,9 @@ fn manifest_from_run(
         finished_at: now(),
         // Rounded to the millisecond: a time, not a benchmark.
         duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        mode: "full".into(),
+        run_id,
+        snapshot,
     }
 }
 

@@ -236,7 +236,7 @@ pub(super) fn clean_walk_requests(
 /// Types the custom attribute columns from the definitions; without them (an old server, a
 /// proxy that blocks the path, a failed request) the export goes on, typed from values, and
 /// says so. Returns how many definitions typed a column.
-fn declare_definitions(
+pub(super) fn declare_definitions(
     collector: &mut Collector,
     fetched: Result<Vec<AttributeDefinition>, FetchError>,
     notices: &Notices,

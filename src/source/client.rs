@@ -142,21 +142,33 @@ impl ContactsClient {
         after_day: Option<&str>,
         before_day: Option<&str>,
     ) -> Attempt {
+        let conditions: Vec<(&str, &str, &str)> =
+            [("is_greater_than", after_day), ("is_less_than", before_day)]
+                .into_iter()
+                .filter_map(|(operator, day)| Some(("created_at", operator, day?)))
+                .collect();
+        self.filter_days(page, &conditions).await
+    }
+
+    /// Fetches one page of `POST /contacts/filter` with day `conditions` (attribute key,
+    /// operator, `YYYY-MM-DD`) joined by AND: `created_at` or `last_activity_at` with
+    /// `is_greater_than` or `is_less_than`.
+    pub async fn filter_days(&self, page: u64, conditions: &[(&str, &str, &str)]) -> Attempt {
         let mut url = self.url.clone();
         let path = format!("{}/filter", url.path());
         url.set_path(&path);
         url.query_pairs_mut()
             .append_pair("page", &page.to_string())
             .append_pair("sort", &self.options.sort);
-        let mut conditions: Vec<Value> = Vec::new();
-        for (operator, day) in [("is_greater_than", after_day), ("is_less_than", before_day)] {
-            if let Some(day) = day {
-                conditions.push(serde_json::json!({
-                    "attribute_key": "created_at", "filter_operator": operator,
+        let mut conditions: Vec<Value> = conditions
+            .iter()
+            .map(|(key, operator, day)| {
+                serde_json::json!({
+                    "attribute_key": key, "filter_operator": operator,
                     "values": [day], "query_operator": "AND"
-                }));
-            }
-        }
+                })
+            })
+            .collect();
         if let Some(last) = conditions.last_mut() {
             last["query_operator"] = Value::Null;
         }

@@ -122,6 +122,19 @@ impl Fetcher {
         .await
     }
 
+    /// Page `page` of `POST /contacts/filter` with day conditions (see
+    /// `ContactsClient::filter_days`).
+    pub async fn filter_days(
+        &self,
+        page: u64,
+        conditions: &[(&str, &str, &str)],
+    ) -> Result<ContactsPage, FetchError> {
+        self.with_retries(page, self.retry.max_retries, || {
+            self.client.filter_days(page, conditions)
+        })
+        .await
+    }
+
     /// The account's custom attribute definitions (contact attributes only), through the same
     /// budget, concurrency and retries as the pages.
     pub async fn attribute_definitions(&self) -> Result<Vec<AttributeDefinition>, FetchError> {

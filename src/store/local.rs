@@ -24,8 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Where the run keeps its intermediate files (the spilled rows and the checkpoint).
 const WORK_DIR: &str = ".chatwoot-export.partial";
+/// The folder beside the manifest with what an incremental run builds on (raw contacts); the
+/// leading `_` keeps it out of data globs.
+pub const SNAPSHOT_DIR: &str = "_chatwoot_export";
 /// The file in the work folder that marks a resumable export.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// The change feed an export with a base writes beside the described tables
+/// (`pipeline::incremental::changes`).
+const CHANGES_TABLE: &str = "contact_changes";
 const EXTENSIONS: &[&str] = &["parquet", "csv", "ndjson"];
 
 /// A failure to prepare or write the output folder.
@@ -89,7 +95,7 @@ impl OutputDir {
                 let name = name.to_string_lossy();
                 // The entry itself, not what a link points to.
                 let kind = entry.file_type().map_err(folder_error)?;
-                let expected = if name == WORK_DIR {
+                let expected = if name == WORK_DIR || name == SNAPSHOT_DIR {
                     kind.is_dir()
                 } else {
                     kind.is_file()
@@ -277,14 +283,14 @@ fn is_ours(name: &str) -> bool {
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(".tmp"))
         .unwrap_or(name);
-    bare == MANIFEST_FILE || name == WORK_DIR || is_data_file(bare)
+    bare == MANIFEST_FILE || name == WORK_DIR || name == SNAPSHOT_DIR || is_data_file(bare)
 }
 
 /// Whether a file name is one of an export's tables: `<table>.<ext>` or `<table>-<digits>.<ext>`.
 fn is_data_file(name: &str) -> bool {
     // Names a previous export may have left, besides the manifest and the work folder: one
-    // stem per described table.
-    crate::table::names().any(|stem| {
+    // stem per described table, and the change feed.
+    crate::table::names().chain([CHANGES_TABLE]).any(|stem| {
         let Some(rest) = name.strip_prefix(stem) else {
             return false;
         };

@@ -11,5 +11,7 @@ mod staging;
 
 pub use delta::{DeltaError, publish as publish_delta};
 pub use lake::{Destination, LakeError, Published, RunVars, is_url};
-pub use local::{MANIFEST_FILE, OutputDir, StoreError, disk_hint, owner_only, owner_only_dir};
+pub use local::{
+    MANIFEST_FILE, OutputDir, SNAPSHOT_DIR, StoreError, disk_hint, owner_only, owner_only_dir,
+};
 pub use staging::{StagingError, StagingLock, StagingPlace, remove_old_staging, staging_root};

@@ -27,7 +27,12 @@ fn every_written_file_is_owner_only() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert_eq!(mode(&dir), 0o700, "the folder the export created");
         let files = all_file_bytes(&dir);
-        assert_eq!(files.len(), 3, "two tables and the manifest");
+        assert_eq!(
+            files.len(),
+            4,
+            "two tables, the manifest and the raw contacts"
+        );
+        assert_eq!(mode(&dir.join("_chatwoot_export")), 0o700);
         for (path, _) in files {
             assert_eq!(mode(Path::new(&path)), 0o600, "{path}");
         }
@@ -51,13 +56,14 @@ fn rows_spilled_during_the_run_are_owner_only() {
         std::thread::spawn(move || export(&url, "csv", &dir_arg, &["--concurrency", "1"]));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
-    while seen.len() < 2 && Instant::now() < deadline {
+    while seen.len() < 3 && Instant::now() < deadline {
         seen = std::fs::read_dir(&work)
             .map(|entries| entries.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(seen.len(), 2, "the spill files appeared: {seen:?}");
+    // The two tables' rows and the raw contacts kept for an incremental run.
+    assert_eq!(seen.len(), 3, "the spill files appeared: {seen:?}");
     assert_eq!(mode(&work), 0o700);
     for path in &seen {
         assert_eq!(mode(path), 0o600, "{}", path.display());

@@ -99,6 +99,19 @@ impl Fake {
         self.server().requests()
     }
 
+    /// Simulates a day on the first account (see `fake::DayPlan`).
+    pub fn simulate_day(
+        &self,
+        plan: chatwoot_export::fake::DayPlan,
+    ) -> chatwoot_export::fake::DayReport {
+        self.server().simulate_day(plan)
+    }
+
+    /// The ids of contacts edited since their last activity (the fake's ground truth).
+    pub fn silently_edited(&self) -> Vec<i64> {
+        self.server().silently_edited()
+    }
+
     pub fn throttled(&self) -> u64 {
         self.server().throttled()
     }

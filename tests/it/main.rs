@@ -15,6 +15,7 @@ mod files;
 mod harness;
 mod import_cycles;
 mod inbox_secrets;
+mod incremental;
 mod lake;
 mod limiters;
 mod loopback;

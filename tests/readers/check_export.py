@@ -436,6 +436,12 @@ def main():
                 check_codec(chk, manifest, paths)
         except Exception as e:  # a reader refusing the file is a finding, not a crash
             chk.fail(f"{name}: reading {files} failed: {type(e).__name__}: {e}")
+    # The raw contacts kept for the next incremental run, in the folder the manifest names.
+    raw = (manifest.get("snapshot") or {}).get("raw_file")
+    if raw:
+        listed.add(raw.split("/")[0])
+        if not os.path.isfile(os.path.join(args.dir, raw)):
+            chk.fail(f"manifest: snapshot.raw_file {raw} is missing")
     stray = sorted(set(os.listdir(args.dir)) - listed)
     if stray:
         chk.fail(f"files in {args.dir} not listed in the manifest: {stray}")

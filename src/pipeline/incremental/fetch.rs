@@ -1,0 +1,500 @@
+//! What an incremental run reads from the server: everything that can have changed since the
+//! base snapshot, as far as the API lets us see.
+//!
+//! Receives the fetcher and the base (its facts and the index of its raw contacts); emits the
+//! contacts read (by id, as JSON text), the base's contacts found deleted, and the requests
+//! predicted and spent. Three sets, all through `POST /contacts/filter` (day granularity,
+//! strict comparisons, shared/chatwoot-contacts-api.md section 6):
+//! 1. created since the base's newest `created_at` day (that day included);
+//! 2. active since the base's newest `last_activity_at` day (that day included): activity
+//!    after the base read a contact happened after the base run began, and the base's newest
+//!    activity is no later than its end, so both days differ by at most the days the base run
+//!    spanned, which both filters go back by as well;
+//! 3. deletions before the created range: the base's count of every part of the account
+//!    against the server's (one request each). A part whose count differs is bisected at the
+//!    day that halves the base's contacts in it: the left half is counted, the right half is
+//!    the parent's count less the left's (no request). A part of one day, or a small one, is
+//!    listed whole: the base's contacts there that the listing lacks are deleted. This is the
+//!    drift repair's machinery (`repair`, `ledger`) with the base in place of the walk.
+//!
+//! What it cannot see: an edit without activity to a contact in none of those sets (no
+//! `updated_at` in the API), and a deletion and a new old-dated contact (an anonymous contact
+//! that gained an email) in the same part, which cancel out in the counts. The full refresh
+//! bounds both (docs/incremental.md).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use chrono::NaiveDate;
+use futures::StreamExt;
+
+use super::base::{Base, Index};
+use super::raw::Key;
+use crate::progress::Progress;
+use crate::source::{ContactsPage, FetchError, Fetcher};
+
+/// At most this many parts are counted for the deletion check...
+const MAX_PARTS: u64 = 32;
+/// ...each of at least this many pages of the base.
+const PAGES_PER_PART: u64 = 25;
+/// A part this small (in pages, by the base's count) is listed whole instead of bisected.
+const WHOLE_PAGES: u64 = 4;
+/// Listings of one range before it is given up as moving too fast.
+const LISTING_TRIES: u32 = 3;
+
+/// A filter: `created_at` day after / before (exclusive), `last_activity_at` day after.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Filter {
+    created_after: Option<i64>,
+    created_before: Option<i64>,
+    active_after: Option<i64>,
+}
+
+impl Filter {
+    fn conditions(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut conditions = Vec::new();
+        if let Some(day) = self.created_after {
+            conditions.push(("created_at", "is_greater_than", day_text(day)));
+        }
+        if let Some(day) = self.created_before {
+            conditions.push(("created_at", "is_less_than", day_text(day)));
+        }
+        if let Some(day) = self.active_after {
+            conditions.push(("last_activity_at", "is_greater_than", day_text(day)));
+        }
+        conditions
+    }
+
+    /// The first and last `created_at` day inside.
+    fn days(&self) -> (i64, i64) {
+        (
+            self.created_after.map_or(i64::MIN, |d| d.saturating_add(1)),
+            self.created_before
+                .map_or(i64::MAX, |d| d.saturating_sub(1)),
+        )
+    }
+}
+
+/// What the incremental fetch found.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Every contact read, by id (the last version read).
+    pub contacts: HashMap<i64, String>,
+    /// Contacts of the base that the server lists no more.
+    pub deleted: HashSet<i64>,
+    /// Requests predicted before the fetch began.
+    pub predicted: u64,
+    /// Requests sent (attempts of retries not included; the fetcher counts those).
+    pub requests: u64,
+    /// Ranges whose listing never held still (the account changed too fast): contacts there
+    /// may be missing or stale.
+    pub unsettled: u64,
+    /// The account's count at the end (`meta.count` of the list's page 1).
+    pub final_count: Option<u64>,
+}
+
+struct Run<'a> {
+    fetcher: &'a Fetcher,
+    concurrency: usize,
+    page_size: u64,
+    out: Fetched,
+}
+
+/// Reads what can have changed since `base` (see the module header).
+pub async fn fetch(
+    fetcher: &Fetcher,
+    base: &Base,
+    index: &Index,
+    concurrency: usize,
+    progress: &Progress,
+) -> Result<Fetched, FetchError> {
+    let mut run = Run {
+        fetcher,
+        concurrency: concurrency.max(1),
+        page_size: base.page_size.max(1),
+        out: Fetched::default(),
+    };
+    let day = |secs: i64| secs.div_euclid(86_400);
+    let created_from = base
+        .snapshot
+        .newest_created_at
+        .map(|t| day(t) - base.span_days);
+    let seen = base
+        .snapshot
+        .newest_activity_at
+        .max(base.snapshot.newest_created_at);
+    let created = Filter {
+        created_after: created_from.map(|d| d - 1),
+        ..Filter::default()
+    };
+    let active = seen.map(|t| Filter {
+        active_after: Some(day(t) - base.span_days - 1),
+        ..Filter::default()
+    });
+    let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, run.page_size));
+
+    // Probes: page 1 of both sets and of every part, together.
+    progress.phase("incremental: counting what changed");
+    let mut probes: Vec<Filter> = vec![created];
+    probes.extend(active);
+    probes.extend(parts.iter().copied());
+    let firsts = run.pages(&probes).await?;
+    let mut firsts = firsts.into_iter();
+    let created_first = one(firsts.by_ref().take(1).collect())?;
+    let active_first = match active {
+        Some(_) => firsts.next(),
+        None => None,
+    };
+    let part_counts: Vec<u64> = firsts.map(|page| page.meta.count.unwrap_or(0)).collect();
+
+    let pages = |count: u64| count.div_ceil(run.page_size).max(1);
+    let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
+    let mut predicted = probes.len() as u64 + pages(count_of(&created_first)) - 1
+        + active_first.as_ref().map_or(0, |p| pages(count_of(p)) - 1)
+        + 1; // the final count
+    for (part, now) in parts.iter().zip(&part_counts) {
+        let (low, high) = part.days();
+        let ours = index.count(low, high);
+        let differ = ours.abs_diff(*now);
+        if differ == 0 {
+            continue;
+        }
+        // Each contact gone costs about a binary search over the part's pages (bisecting by
+        // counts, then by pages), and the part's first page was counted already.
+        let depth = u64::from(64 - pages(ours).leading_zeros());
+        predicted += (differ * (depth + 1)).min(3 * pages(ours));
+    }
+    run.out.predicted = predicted;
+    eprintln!(
+        "chatwoot-export: incremental run: about {predicted} requests (a full run: about {})",
+        base.full_requests
+            .unwrap_or_else(|| pages(index.contacts) + MAX_PARTS)
+    );
+    progress.phase(&format!("incremental: about {predicted} requests"));
+
+    // 1 and 2: the created and the active contacts, whole.
+    run.list(created, Some(created_first), true).await?;
+    if let (Some(active), Some(first)) = (active, active_first) {
+        run.list(active, Some(first), true).await?;
+    }
+    // Base contacts in the created range that it no longer lists are deleted.
+    if let Some(from) = created_from {
+        let gone: Vec<i64> = index
+            .ids(from, i64::MAX)
+            .filter(|id| !run.out.contacts.contains_key(id))
+            .collect();
+        run.out.deleted.extend(gone);
+    }
+    // 3: deletions in the past.
+    progress.phase("incremental: checking for deletions");
+    let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).collect();
+    while let Some((part, now)) = pending.pop() {
+        let (low, high) = part.days();
+        let ours = index.count(low, high);
+        if ours == now {
+            continue;
+        }
+        // One contact gone and nothing new: find it by a binary search over the pages.
+        if now + 1 == ours
+            && ours > WHOLE_PAGES * run.page_size
+            && let Some(gone) = run.find_one(part, index.listed(low, high), now).await?
+        {
+            run.out.deleted.insert(gone);
+            continue;
+        }
+        let pivot = index.pivot(low, high);
+        if pivot.is_none() || ours.max(now) <= WHOLE_PAGES * run.page_size {
+            run.list(part, None, false).await?;
+            let gone: Vec<i64> = index
+                .ids(low, high)
+                .filter(|id| !run.out.contacts.contains_key(id))
+                .collect();
+            run.out.deleted.extend(gone);
+            continue;
+        }
+        let pivot = pivot.unwrap_or(low);
+        let left = Filter {
+            created_before: Some(pivot + 1),
+            ..part
+        };
+        let right = Filter {
+            created_after: Some(pivot),
+            ..part
+        };
+        let left_now = run.pages(&[left]).await?;
+        let left_now = left_now.first().map_or(0, count_of);
+        pending.push((right, now.saturating_sub(left_now)));
+        pending.push((left, left_now));
+    }
+    run.out.requests += 1;
+    let last = fetcher.page(1).await?;
+    run.out.final_count = last.meta.count;
+    run.keep(&last);
+    Ok(run.out)
+}
+
+/// The parts of the base before day `from`, cut at days so that each holds about as many of
+/// its contacts (at most `MAX_PARTS`, each of at least `PAGES_PER_PART` pages).
+fn parts(index: &Index, from: i64, page_size: u64) -> Vec<Filter> {
+    let past = index.count(i64::MIN, from - 1);
+    let pieces = (past / (PAGES_PER_PART * page_size)).clamp(1, MAX_PARTS);
+    let per = past.div_ceil(pieces).max(1);
+    let mut parts = Vec::new();
+    let mut after = None;
+    let mut held = 0;
+    for (&day, &n) in index.days.range(..from) {
+        held += n;
+        if held >= per && day + 1 < from {
+            parts.push(Filter {
+                created_after: after,
+                created_before: Some(day + 1),
+                active_after: None,
+            });
+            after = Some(day);
+            held = 0;
+        }
+    }
+    parts.push(Filter {
+        created_after: after,
+        created_before: Some(from),
+        active_after: None,
+    });
+    parts
+}
+
+impl Run<'_> {
+    /// Page 1 of each filter, together; their contacts are kept.
+    async fn pages(&mut self, filters: &[Filter]) -> Result<Vec<ContactsPage>, FetchError> {
+        let pages = self
+            .fetch(filters.iter().map(|f| (*f, 1)).collect())
+            .await?;
+        for page in &pages {
+            self.keep(page);
+        }
+        Ok(pages)
+    }
+
+    /// Fetches (filter, page) pairs, `concurrency` at a time, in order.
+    async fn fetch(&mut self, wanted: Vec<(Filter, u64)>) -> Result<Vec<ContactsPage>, FetchError> {
+        self.out.requests += wanted.len() as u64;
+        let fetcher = self.fetcher;
+        futures::stream::iter(wanted)
+            .map(|(filter, page)| async move {
+                let conditions = filter.conditions();
+                let refs: Vec<(&str, &str, &str)> = conditions
+                    .iter()
+                    .map(|(key, operator, day)| (*key, *operator, day.as_str()))
+                    .collect();
+                fetcher.filter_days(page, &refs).await
+            })
+            .buffered(self.concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Lists `filter` whole, keeping every contact, until a listing held still: for a past
+    /// range (`open` false) the same count on every page and as many contacts as that count;
+    /// for an open one (contacts join at its end, or anywhere for activity, which shifts later
+    /// pages forward and repeats a contact rather than skipping one) a count that never fell.
+    async fn list(
+        &mut self,
+        filter: Filter,
+        first: Option<ContactsPage>,
+        open: bool,
+    ) -> Result<(), FetchError> {
+        let mut first = first;
+        for _ in 0..LISTING_TRIES {
+            let first_page = match first.take() {
+                Some(page) => page,
+                None => one(self.pages(&[filter]).await?)?,
+            };
+            let mut counts = vec![first_page.meta.count];
+            let mut listed: BTreeSet<i64> = ids(&first_page);
+            let count = first_page.meta.count.unwrap_or(0);
+            let planned = count.div_ceil(self.page_size).max(1);
+            let rest = self
+                .fetch((2..=planned).map(|page| (filter, page)).collect())
+                .await?;
+            let mut last_len = first_page.payload.len() as u64;
+            for page in &rest {
+                self.keep(page);
+                counts.push(page.meta.count);
+                listed.extend(ids(page));
+                last_len = page.payload.len() as u64;
+            }
+            // More than planned (contacts joined): on until a short page.
+            let mut next = planned + 1;
+            while last_len >= self.page_size {
+                let page = one(self.fetch(vec![(filter, next)]).await?)?;
+                self.keep(&page);
+                counts.push(page.meta.count);
+                listed.extend(ids(&page));
+                last_len = page.payload.len() as u64;
+                next += 1;
+            }
+            let still = if open {
+                counts.windows(2).all(|pair| pair[0] <= pair[1])
+            } else {
+                counts.windows(2).all(|pair| pair[0] == pair[1])
+                    && counts.last().copied().flatten() == Some(listed.len() as u64)
+            };
+            if still {
+                return Ok(());
+            }
+        }
+        self.out.unsettled += 1;
+        Ok(())
+    }
+
+    /// The one contact of `listed` (the base's contacts of `filter`, in listing order) that
+    /// the server lists no more, when `count` (its count now) says exactly one is gone: a
+    /// binary search over the pages. Page `k` lists the base's contacts from position
+    /// `size * (k - 1)` on, one further along past the gone one; which one of the 16 it lacks
+    /// says whether the gone one is before, in, or after it. `None` when a page does not fit
+    /// that (the account moved, or the server ordered contacts with the same `created_at`
+    /// otherwise) or the one found shares its `created_at` with a neighbour (a reordering
+    /// would look the same): the caller lists the range whole.
+    async fn find_one(
+        &mut self,
+        filter: Filter,
+        listed: &[(i64, i64, i64)],
+        count: u64,
+    ) -> Result<Option<i64>, FetchError> {
+        let size = self.page_size as usize;
+        let n = listed.len();
+        let (mut low, mut high) = (1, (count as usize).div_ceil(size));
+        let gone = loop {
+            if low > high {
+                break (size * (low - 1)).min(n.saturating_sub(1));
+            }
+            let k = (low + high) / 2;
+            let page = one(self.fetch(vec![(filter, k as u64)]).await?)?;
+            self.keep(&page);
+            let start = size * (k - 1);
+            let shown = ids(&page);
+            let want = size.min((count as usize).saturating_sub(start));
+            if page.meta.count != Some(count) || shown.len() != want || want == 0 {
+                return Ok(None);
+            }
+            let window = &listed[start.min(n)..(start + want + 1).min(n)];
+            let missing: Vec<usize> = window
+                .iter()
+                .enumerate()
+                .filter(|(_, key)| !shown.contains(&key.2))
+                .map(|(at, _)| at)
+                .collect();
+            let extra = shown
+                .iter()
+                .any(|id| !window.iter().any(|key| key.2 == *id));
+            match missing.as_slice() {
+                [at] if !extra && *at + 1 == window.len() => low = k + 1,
+                [0] if !extra => high = k - 1,
+                [at] if !extra => break start + at,
+                _ => return Ok(None),
+            }
+        };
+        let tied = |other: Option<&(i64, i64, i64)>| {
+            other.is_some_and(|o| Some(o.1) == listed.get(gone).map(|g| g.1))
+        };
+        let neighbour = gone.checked_sub(1).and_then(|at| listed.get(at));
+        if gone >= n || tied(neighbour) || tied(listed.get(gone + 1)) {
+            return Ok(None);
+        }
+        Ok(listed.get(gone).map(|key| key.2))
+    }
+
+    fn keep(&mut self, page: &ContactsPage) {
+        for contact in &page.payload {
+            if let Some(key) = Key::of(contact) {
+                self.out.contacts.insert(key.id, contact.to_owned());
+            }
+        }
+    }
+}
+
+/// The one page of a fetch of one.
+fn one(pages: Vec<ContactsPage>) -> Result<ContactsPage, FetchError> {
+    pages.into_iter().next().ok_or(FetchError::InvalidPage {
+        page: 0,
+        detail: "no answer".into(),
+    })
+}
+
+fn ids(page: &ContactsPage) -> BTreeSet<i64> {
+    page.payload
+        .iter()
+        .filter_map(|contact| Key::of(contact).map(|key| key.id))
+        .collect()
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+fn day_text(day: i64) -> String {
+    const UNIX_EPOCH_FROM_CE: i64 = 719_163;
+    i32::try_from(day + UNIX_EPOCH_FROM_CE)
+        .ok()
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
+        .map_or_else(
+            || "1970-01-01".to_owned(),
+            |date| date.format("%Y-%m-%d").to_string(),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(days: &[(i64, u64)]) -> Index {
+        let mut index = Index::default();
+        let mut id = 0;
+        for &(day, n) in days {
+            for _ in 0..n {
+                id += 1;
+                index.keys.push((day, day * 86_400 + id, id));
+            }
+            index.days.insert(day, n);
+            index.contacts += n;
+        }
+        index
+    }
+
+    #[test]
+    fn parts_cover_the_past_without_gaps() {
+        let index = index(&[(10, 400), (11, 400), (12, 400), (13, 400), (20, 5)]);
+        let parts = parts(&index, 20, 15);
+        assert_eq!(parts.first().map(|p| p.created_after), Some(None));
+        assert_eq!(parts.last().map(|p| p.created_before), Some(Some(20)));
+        for pair in parts.windows(2) {
+            // Exclusive bounds: the next part starts the day after the last one's end.
+            assert_eq!(pair[0].created_before.map(|d| d - 1), pair[1].created_after);
+        }
+        let total: u64 = parts
+            .iter()
+            .map(|p| {
+                let (low, high) = p.days();
+                index.count(low, high)
+            })
+            .sum();
+        assert_eq!(total, 1600);
+    }
+
+    #[test]
+    fn filters_become_conditions() {
+        let filter = Filter {
+            created_after: Some(0),
+            created_before: None,
+            active_after: Some(18_518),
+        };
+        assert_eq!(
+            filter.conditions(),
+            vec![
+                ("created_at", "is_greater_than", "1970-01-01".to_owned()),
+                (
+                    "last_activity_at",
+                    "is_greater_than",
+                    "2020-09-13".to_owned()
+                ),
+            ]
+        );
+    }
+}

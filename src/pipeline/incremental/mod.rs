@@ -1,0 +1,476 @@
+//! Incremental snapshots and the change feed (issue 19; docs/incremental.md).
+//!
+//! Receives the run's settings, the output folder and the base (the previous complete export
+//! there, `base`); emits the same tables and manifest as a full export, plus the raw contacts
+//! the next run builds on (`raw`) and, when there is a base, the `contact_changes` table
+//! (`changes`).
+//!
+//! A full run keeps the raw contacts as the collector adds them and, given a base, compares
+//! the two raw files for the change feed (`finish_full`). An incremental run (`run`) reads
+//! what can have changed (`fetch`), then feeds the base's raw contacts (minus the deleted,
+//! with what was read in place of the old versions, and the new ones last) through the same
+//! collector and table writer as a full run: the snapshot follows the same schema rules and
+//! contract, and a reader cannot tell how it was made except by `manifest.json`'s `mode`.
+//! A failure before the tables are renamed into place leaves the previous snapshot whole.
+
+pub mod base;
+pub mod changes;
+pub mod fetch;
+pub mod raw;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::collector::Collector;
+use super::{Done, ExportError, ExportSettings, Failure, rate_report, write};
+use crate::manifest::{Manifest, SnapshotReport, Source, Tool};
+use crate::progress::Progress;
+use crate::sink::{Format, SinkOptions};
+use crate::source::Fetcher;
+use crate::store::{OutputDir, StoreError, owner_only_dir};
+use crate::transform::inbox_secrets::InboxSecrets;
+use base::{Base, Index};
+use changes::Feed;
+use raw::{Key, RAW_FILE, RawReader, RawWriter, SNAPSHOT_DIR};
+
+/// How a run makes its snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Every contact read (with a base in the folder, the change feed compares with it).
+    #[default]
+    Full,
+    /// The base merged with what can have changed; a full run when there is no base.
+    Incremental,
+}
+
+/// The raw contacts' work file, in the run's work folder until the run commits.
+const RAW_WORK: &str = "contacts.raw.ndjson.zst";
+
+/// A writer for this run's raw contacts, in the work folder.
+pub fn raw_writer(dir: &OutputDir) -> Result<RawWriter, ExportError> {
+    let spill = |source| ExportError::Spill {
+        path: dir.work_path(RAW_WORK),
+        source,
+    };
+    let (file, path) = dir.create_work_file(RAW_WORK).map_err(spill)?;
+    RawWriter::new(file, path).map_err(spill)
+}
+
+/// This run's id: its start time (UTC, to the second) and four random hex digits.
+pub fn run_id(started_at: &str) -> String {
+    let compact: String = started_at
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let nonce = crate::rng::Rng::from_entropy().below(0x1_0000);
+    format!("{compact}-{nonce:04x}")
+}
+
+/// What finishing the snapshot adds to the run: the manifest's snapshot facts, the change
+/// feed's table entry and its path.
+pub struct Finished {
+    pub snapshot: SnapshotReport,
+    pub changes: Option<(crate::manifest::TableEntry, PathBuf)>,
+}
+
+/// The facts a raw file's contacts give: newest `created_at` and `last_activity_at`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Newest {
+    created: Option<i64>,
+    activity: Option<i64>,
+}
+
+impl Newest {
+    fn note(&mut self, key: &Key) {
+        self.created = self.created.max(key.created_at);
+        self.activity = self.activity.max(key.last_activity_at);
+    }
+}
+
+/// After a full run's tables are written: ends the raw file, writes the change feed when
+/// there is a base, and puts the raw file in place (the base raw is read before it is
+/// replaced). `started_at`: the run's start, which a full run verifies through.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument is distinct"
+)]
+pub fn finish_full(
+    dir: &OutputDir,
+    settings: &ExportSettings,
+    options: SinkOptions,
+    raw: RawWriter,
+    base: Option<&Base>,
+    run_id: &str,
+    started_at: &str,
+    run_time_secs: i64,
+) -> Result<Finished, ExportError> {
+    let path = raw.path().to_owned();
+    let contacts = raw.finish().map_err(|source| ExportError::Spill {
+        path: path.clone(),
+        source,
+    })?;
+    let mut newest = Newest::default();
+    let mut feed = base.map(|_| Feed::new(settings.keep_inbox_secrets));
+    match (base, feed.as_mut()) {
+        (Some(base), Some(feed)) => compare_files(&base.raw, &path, feed, &mut newest)?,
+        _ => {
+            for line in read_raw(&path)? {
+                let line = line.map_err(|source| ExportError::Spill {
+                    path: path.clone(),
+                    source,
+                })?;
+                if let Some(key) = Key::of(&line) {
+                    newest.note(&key);
+                }
+            }
+        }
+    }
+    let changes = match feed {
+        Some(feed) => Some((
+            feed.counts(),
+            changes::write(
+                dir,
+                settings.format,
+                options,
+                feed.changes,
+                run_id,
+                run_time_secs,
+            )?,
+        )),
+        None => None,
+    };
+    commit_raw(dir, &path)?;
+    Ok(Finished {
+        snapshot: SnapshotReport {
+            raw_file: raw::raw_path(),
+            raw_contacts: contacts,
+            newest_created_at: newest.created,
+            newest_activity_at: newest.activity,
+            verified_through: started_at.to_owned(),
+            base_run: base.map(|b| b.run_id.clone()),
+            changes: changes.as_ref().map(|(counts, _)| *counts),
+            ..SnapshotReport::default()
+        },
+        changes: changes.map(|(_, entry)| entry),
+    })
+}
+
+fn read_raw(path: &Path) -> Result<RawReader, ExportError> {
+    RawReader::open(path).map_err(|source| ExportError::Spill {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The change feed of two raw files: the base's ids and a hash of each contact's text, then
+/// the new file against them, then the base again for the texts of the contacts whose hash
+/// differs (compared by their flattened values).
+fn compare_files(
+    base: &Path,
+    new: &Path,
+    feed: &mut Feed,
+    newest: &mut Newest,
+) -> Result<(), ExportError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ExportError::Spill { path, source }
+    };
+    let mut old: HashMap<i64, u64> = HashMap::new();
+    for line in read_raw(base)? {
+        let line = line.map_err(io(base))?;
+        if let Some(key) = Key::of(&line) {
+            old.insert(key.id, hash(&line));
+        }
+    }
+    let mut candidates: HashMap<i64, String> = HashMap::new();
+    for line in read_raw(new)? {
+        let line = line.map_err(io(new))?;
+        let Some(key) = Key::of(&line) else { continue };
+        newest.note(&key);
+        match old.remove(&key.id) {
+            None => feed.added(key.id),
+            Some(h) if h != hash(&line) => {
+                candidates.insert(key.id, line);
+            }
+            Some(_) => {}
+        }
+    }
+    for id in old.keys() {
+        feed.removed(*id);
+    }
+    if !candidates.is_empty() {
+        for line in read_raw(base)? {
+            let line = line.map_err(io(base))?;
+            if let Some(key) = Key::of(&line)
+                && let Some(now) = candidates.remove(&key.id)
+            {
+                feed.compare(key.id, &line, &now);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Moves the raw file into `DIR/_chatwoot_export/` under its final name.
+fn commit_raw(dir: &OutputDir, work: &Path) -> Result<(), ExportError> {
+    let folder = dir.root().join(SNAPSHOT_DIR);
+    if !folder.is_dir() {
+        owner_only_dir()
+            .create(&folder)
+            .map_err(|source| StoreError::Write {
+                path: folder.clone(),
+                source,
+            })?;
+    }
+    let target = folder.join(RAW_FILE);
+    std::fs::rename(work, &target).map_err(|source| StoreError::Write {
+        path: target,
+        source,
+    })?;
+    Ok(())
+}
+
+/// An incremental run: fetch what changed, merge with the base, write the tables, the change
+/// feed and the raw contacts. The previous snapshot stays whole until the tables are renamed
+/// into place; a failure before that leaves it as it was.
+pub(super) async fn run(
+    settings: &ExportSettings,
+    dir: &OutputDir,
+    fetcher: &Arc<Fetcher>,
+    progress: &Progress,
+    base: &Base,
+    run_id: &str,
+    started_at: String,
+) -> Result<Done, Failure> {
+    let clock = std::time::Instant::now();
+    let fatal = |error: ExportError| Failure {
+        error,
+        resumable: false,
+    };
+    let index = Index::read(&base.raw).map_err(fatal)?;
+    let definitions = tokio::spawn({
+        // The definitions type the columns as a full run's walk does.
+        let fetcher = Arc::clone(fetcher);
+        async move { fetcher.attribute_definitions().await }
+    });
+    let fetched = fetch::fetch(fetcher, base, &index, settings.fetch.concurrency, progress)
+        .await
+        .map_err(|err| fatal(err.into()));
+    let definitions = definitions.await.map_err(|err| fatal(err.into()))?;
+    let fetched = fetched?;
+    let inbox_secrets = if settings.keep_inbox_secrets {
+        InboxSecrets::keep_all()
+    } else {
+        InboxSecrets::default()
+    };
+    let mut collector = Collector::create(dir, inbox_secrets).map_err(fatal)?;
+    let attribute_definitions =
+        super::walk::declare_definitions(&mut collector, definitions, &settings.notices);
+    collector.raw = Some(raw_writer(dir).map_err(fatal)?);
+    progress.phase("incremental: merging with the base");
+    let mut feed = Feed::new(settings.keep_inbox_secrets);
+    let merged = merge(
+        &base.raw,
+        &mut collector,
+        fetched.contacts,
+        &fetched.deleted,
+        &mut feed,
+    )
+    .map_err(fatal)?;
+
+    let status = fetcher.status();
+    let unique = collector.unique();
+    let raw = collector.raw.take();
+    let (flattener, spills, _rows) = collector.finish().map_err(fatal)?;
+    let options = SinkOptions {
+        csv_safe: settings.csv_safe,
+        compression: settings.compression,
+        column_names: settings.column_names,
+    };
+    // The contacts walk's tables; the side tables (labels and their walk) are a full run's.
+    let filled: Vec<write::Filled> = crate::table::walk_tables()
+        .zip(flattener.shapes())
+        .zip(spills)
+        .map(|((table, shape), spill)| write::Filled {
+            table,
+            schema: shape.finish(),
+            spill,
+        })
+        .collect();
+    let (mut tables, mut written) = write::write_tables(
+        settings.format,
+        options,
+        settings.rows_per_file,
+        &settings.tables,
+        dir,
+        &filled,
+        progress,
+    )
+    .map_err(fatal)?;
+    let run_time = chrono::Utc::now().timestamp();
+    let counts = feed.counts();
+    let (entry, path) = changes::write(
+        dir,
+        settings.format,
+        options,
+        feed.changes,
+        run_id,
+        run_time,
+    )
+    .map_err(fatal)?;
+    tables.insert(changes::TABLE.to_owned(), entry);
+    written.push(path);
+    let raw = raw.ok_or(fatal(ExportError::Internal(
+        "the raw contacts went missing",
+    )))?;
+    let raw_path = raw.path().to_owned();
+    let raw_contacts = raw.finish().map_err(|source| {
+        fatal(ExportError::Spill {
+            path: raw_path.clone(),
+            source,
+        })
+    })?;
+    commit_raw(dir, &raw_path).map_err(fatal)?;
+
+    let sent = status.governor.sent;
+    let full = base
+        .full_requests
+        .unwrap_or_else(|| index.contacts.div_ceil(base.page_size) + 1);
+    let manifest = Manifest {
+        complete: fetched.unsettled == 0,
+        format: settings.format,
+        expected_count: Some(index.contacts),
+        final_count: fetched.final_count,
+        unique_contacts: unique,
+        duplicates_dropped: 0,
+        count_difference: fetched
+            .final_count
+            .map(|count| unique as i64 - count as i64),
+        pages_fetched: fetched.requests,
+        page_size: base.page_size,
+        requests: sent,
+        retries: status.retries,
+        throttled: status.governor.throttled,
+        rate: rate_report(&status.governor, settings.fetch.rate_share),
+        custom_attribute_definitions: attribute_definitions,
+        drift: crate::manifest::RepairReport {
+            unresolved: fetched.unsettled,
+            stopped: (fetched.unsettled > 0).then(|| {
+                format!(
+                    "{} ranges changed on every listing: run again, or with --full",
+                    fetched.unsettled
+                )
+            }),
+            ..Default::default()
+        },
+        resumes: 0,
+        keep_inbox_secrets: settings.keep_inbox_secrets,
+        inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
+        values_kept_as_text: flattener.values_kept_as_text(),
+        csv_safe: settings.csv_safe,
+        compression: (settings.format == Format::Parquet).then_some(settings.compression),
+        tables,
+        source: Source {
+            base_url: crate::source::public_base_url(&settings.client.base_url),
+            account_id: settings.client.account_id,
+            sort: settings.client.sort.clone(),
+        },
+        tool: Tool::current(),
+        started_at,
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        // Rounded to the millisecond: a time, not a benchmark.
+        duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        label_walk: None,
+        mode: "incremental".into(),
+        run_id: run_id.to_owned(),
+        snapshot: Some(SnapshotReport {
+            raw_file: raw::raw_path(),
+            raw_contacts,
+            newest_created_at: merged.created,
+            newest_activity_at: merged.activity,
+            verified_through: base.snapshot.verified_through.clone(),
+            base_run: Some(base.run_id.clone()),
+            requests_predicted: Some(fetched.predicted),
+            requests_saved: Some(full.saturating_sub(sent)),
+            not_reread: merged_not_reread(&index, &fetched.deleted, merged.reread),
+            fetched: merged.reread,
+            changes: Some(counts),
+        }),
+    };
+    Ok((manifest, written, status))
+}
+
+/// Contacts carried over without a new read: the base's, less the deleted and the re-read.
+fn merged_not_reread(index: &Index, deleted: &HashSet<i64>, reread_of_base: u64) -> u64 {
+    index
+        .contacts
+        .saturating_sub(deleted.len() as u64)
+        .saturating_sub(reread_of_base)
+}
+
+/// What the merge saw.
+#[derive(Debug, Default)]
+struct Merged {
+    created: Option<i64>,
+    activity: Option<i64>,
+    /// Base contacts replaced by the version read now.
+    reread: u64,
+}
+
+/// Feeds the base's contacts into `collector` in their order, dropping the deleted and
+/// putting the version read now in place of the old one, then the new contacts in
+/// `created_at` order; records the change feed on the way.
+fn merge(
+    base: &Path,
+    collector: &mut Collector,
+    mut fetched: HashMap<i64, String>,
+    deleted: &HashSet<i64>,
+    feed: &mut Feed,
+) -> Result<Merged, ExportError> {
+    let mut merged = Merged::default();
+    let mut newest = Newest::default();
+    for line in read_raw(base)? {
+        let line = line.map_err(|source| ExportError::Spill {
+            path: base.to_owned(),
+            source,
+        })?;
+        let Some(key) = Key::of(&line) else { continue };
+        if deleted.contains(&key.id) {
+            feed.removed(key.id);
+            continue;
+        }
+        let text = match fetched.remove(&key.id) {
+            Some(now) => {
+                merged.reread += 1;
+                feed.compare(key.id, &line, &now);
+                now
+            }
+            None => line,
+        };
+        if let Some(key) = Key::of(&text) {
+            newest.note(&key);
+        }
+        collector.add(0, &text)?;
+    }
+    let mut new: Vec<(Key, String)> = fetched
+        .into_values()
+        .filter_map(|text| Key::of(&text).map(|key| (key, text)))
+        .collect();
+    new.sort_by_key(|(key, _)| (key.created_at, key.id));
+    for (key, text) in new {
+        feed.added(key.id);
+        newest.note(&key);
+        collector.add(0, &text)?;
+    }
+    merged.created = newest.created;
+    merged.activity = newest.activity;
+    Ok(merged)
+}

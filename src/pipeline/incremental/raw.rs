@@ -1,0 +1,210 @@
+//! The snapshot's raw contacts: every contact of a complete export as the server sent it, one
+//! JSON object a line, zstd-compressed, in `DIR/_chatwoot_export/contacts.raw.ndjson.zst`.
+//!
+//! Receives contacts' JSON text from the collector (new contacts only, in the order they are
+//! kept); emits the compressed file, and reads it back line by line for the next run, which
+//! merges it with what changed. The folder's leading `_` keeps it out of data globs
+//! (`contacts*.parquet`, Spark and Hive skip `_` names). Inbox credentials that the export
+//! drops are dropped here too: the raw file never holds what the tables may not.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::transform::inbox_secrets::InboxSecrets;
+
+pub use crate::store::SNAPSHOT_DIR;
+/// The raw contacts' file in it.
+pub const RAW_FILE: &str = "contacts.raw.ndjson.zst";
+/// zstd level: the file is written once a run and read once by the next; speed wins.
+const LEVEL: i32 = 3;
+
+/// `SNAPSHOT_DIR/RAW_FILE`, relative to the export's folder.
+pub fn raw_path() -> String {
+    format!("{SNAPSHOT_DIR}/{RAW_FILE}")
+}
+
+/// Appends contacts to a compressed NDJSON file.
+pub struct RawWriter {
+    encoder: zstd::stream::write::Encoder<'static, BufWriter<File>>,
+    path: PathBuf,
+    contacts: u64,
+}
+
+impl std::fmt::Debug for RawWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWriter")
+            .field("path", &self.path)
+            .field("contacts", &self.contacts)
+            .finish()
+    }
+}
+
+impl RawWriter {
+    /// Writes to `file` (created owner-only by the caller) at `path`.
+    pub fn new(file: File, path: PathBuf) -> io::Result<Self> {
+        let encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), LEVEL)?;
+        Ok(Self {
+            encoder,
+            path,
+            contacts: 0,
+        })
+    }
+
+    /// Appends one contact's JSON text. `scrub`: the flattener dropped inbox credentials from
+    /// this contact, so the same fields go here too.
+    pub fn write(&mut self, contact: &str, scrub: bool) -> io::Result<()> {
+        self.contacts += 1;
+        if scrub && let Some(clean) = scrubbed(contact) {
+            self.encoder.write_all(clean.as_bytes())?;
+        } else {
+            // Pages hold one contact a span, possibly pretty-printed: one line each here.
+            if contact.contains('\n') {
+                let value: Value = serde_json::from_str(contact).map_err(io::Error::other)?;
+                self.encoder.write_all(value.to_string().as_bytes())?;
+            } else {
+                self.encoder.write_all(contact.as_bytes())?;
+            }
+        }
+        self.encoder.write_all(b"\n")
+    }
+
+    /// Contacts written.
+    pub fn contacts(&self) -> u64 {
+        self.contacts
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Ends the stream, flushes and syncs; returns the contacts written.
+    pub fn finish(self) -> io::Result<u64> {
+        let buffered = self.encoder.finish()?;
+        let file = buffered.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        Ok(self.contacts)
+    }
+}
+
+/// The contact without the inbox fields `InboxSecrets` drops; `None` if it has none.
+fn scrubbed(contact: &str) -> Option<String> {
+    let mut value: Value = serde_json::from_str(contact).ok()?;
+    let links = value.get_mut("contact_inboxes")?.as_array_mut()?;
+    let mut secrets = InboxSecrets::default();
+    for link in links.iter_mut() {
+        let clean = secrets.scrub_link(link).into_owned();
+        *link = clean;
+    }
+    Some(value.to_string())
+}
+
+/// Reads a raw file back, one contact's JSON text at a time.
+pub struct RawReader {
+    lines: io::Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
+}
+
+impl RawReader {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let decoder = zstd::stream::read::Decoder::new(File::open(path)?)?;
+        Ok(Self {
+            lines: BufReader::new(decoder).lines(),
+        })
+    }
+}
+
+impl Iterator for RawReader {
+    type Item = io::Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.lines.next()? {
+                Ok(line) if line.trim().is_empty() => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+/// What the merge and the checks need of one contact: its id, and its `created_at` and
+/// `last_activity_at` in unix seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Key {
+    pub id: i64,
+    pub created_at: Option<i64>,
+    pub last_activity_at: Option<i64>,
+}
+
+impl Key {
+    /// Reads the key fields of a contact's JSON text (numbers, or RFC 3339 text in forks).
+    pub fn of(contact: &str) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            id: i64,
+            #[serde(default)]
+            created_at: Option<Value>,
+            #[serde(default)]
+            last_activity_at: Option<Value>,
+        }
+        let fields: Fields = serde_json::from_str(contact).ok()?;
+        Some(Self {
+            id: fields.id,
+            created_at: fields.created_at.as_ref().and_then(seconds),
+            last_activity_at: fields.last_activity_at.as_ref().and_then(seconds),
+        })
+    }
+
+    /// The `created_at` day (days since the epoch, UTC).
+    pub fn day(&self) -> Option<i64> {
+        self.created_at.map(|secs| secs.div_euclid(86_400))
+    }
+}
+
+fn seconds(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.floor() as i64)),
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts_round_trip_one_a_line_and_secrets_go() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(RAW_FILE);
+        let file = File::create(&path).expect("file");
+        let mut writer = RawWriter::new(file, path.clone()).expect("writer");
+        writer
+            .write("{\"id\": 1,\n \"created_at\": 86400}", false)
+            .expect("write");
+        let secret = r#"{"id":2,"created_at":"1970-01-03T00:00:00Z","last_activity_at":5,"contact_inboxes":[{"source_id":"s","inbox":{"id":1,"imap_password":"fake-secret-x"}}]}"#;
+        writer.write(secret, true).expect("write");
+        assert_eq!(writer.finish().expect("finish"), 2);
+        let lines: Vec<String> = RawReader::open(&path)
+            .expect("open")
+            .collect::<io::Result<_>>()
+            .expect("read");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            Key::of(&lines[0]),
+            Some(Key {
+                id: 1,
+                created_at: Some(86_400),
+                last_activity_at: None
+            })
+        );
+        let second = Key::of(&lines[1]).expect("key");
+        assert_eq!(second.day(), Some(2));
+        assert_eq!(second.last_activity_at, Some(5));
+        assert!(!lines[1].contains("fake-secret"), "{}", lines[1]);
+        assert!(lines[1].contains("source_id"));
+    }
+}
