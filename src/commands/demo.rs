@@ -29,11 +29,11 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
             what: "cannot start the fake Chatwoot server on 127.0.0.1".into(),
             source,
         })?;
-    eprintln!(
-        "chatwoot-export: demo: a fake Chatwoot with {} contacts is serving at {}",
+    report::fake_serving(&format!(
+        "demo: a fake Chatwoot with {} contacts is serving at {}",
         HumanCount(args.contacts),
         server.base_url()
-    );
+    ));
     let settings = match settings::demo(
         &server.base_url(),
         config.account_id,

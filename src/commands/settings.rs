@@ -379,11 +379,14 @@ fn warn_if_others_can_read(path: &Path) {
         if let Ok(metadata) = std::fs::metadata(path) {
             let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                eprintln!(
-                    "chatwoot-export: warning: --token-file {} can be read by other users (mode {mode:o}): \
-                     run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
+                crate::log::say(
+                    "notice",
+                    &format!(
+                        "warning: --token-file {} can be read by other users (mode {mode:o}): \
+                         run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    ),
                 );
             }
         }

@@ -257,7 +257,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         Some(governor) => Fetcher::with_governor(client, settings.fetch, Arc::clone(governor)),
         None => Fetcher::new(client, settings.fetch),
     });
-    let progress = Progress::new(settings.progress);
+    let progress = Progress::new(settings.progress, settings.client.account_id);
     let ticker = tokio::spawn({
         let (fetcher, progress) = (Arc::clone(&fetcher), progress.clone());
         async move {

@@ -18,6 +18,7 @@ mod lake;
 mod limiters;
 mod loopback;
 mod pipelines;
+mod progress;
 mod python;
 mod readers;
 mod redirects;

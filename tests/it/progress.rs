@@ -1,0 +1,261 @@
+//! What a scheduled run shows on stderr (issue 18, "Honest progress"): progress lines when
+//! stderr is not a terminal (the tests never have one), `--log-format json` making every
+//! stderr line a JSON event for `contacts`, `run` and `demo`, and `--csv-excel` files read
+//! back as a spreadsheet user's tools read them.
+
+use std::time::Duration;
+
+use chatwoot_export::fake::FakeServerConfig;
+use chatwoot_export::progress::LINE_INTERVAL_ENV;
+use serde_json::Value;
+
+use crate::harness::{Fake, Run, TOKEN, assert_no_token, run_with_env};
+
+/// A fake slow enough that a walk of its pages takes over a second.
+fn slow_fake(contacts: u64) -> Fake {
+    Fake::start(FakeServerConfig {
+        contacts,
+        latency: Duration::from_millis(40),
+        ..FakeServerConfig::default()
+    })
+}
+
+/// `contacts` with progress on (no `--no-progress`), a progress line every 100 ms.
+fn contacts(fake: &Fake, out: &std::path::Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "contacts",
+        "--base-url",
+        &fake.base_url(),
+        "--account-id",
+        "1",
+        "--format",
+        "csv",
+        "--concurrency",
+        "2",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_with_env(
+        &args,
+        &[("CHATWOOT_API_TOKEN", TOKEN), (LINE_INTERVAL_ENV, "100")],
+    )
+}
+
+/// Every stderr line as JSON; fails on the first line that is not a JSON object.
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("not JSON ({err}): {line:?}\n{stderr}"));
+            assert!(value.is_object(), "not an object: {line}");
+            value
+        })
+        .collect()
+}
+
+fn events<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["event"] == event).collect()
+}
+
+#[test]
+fn a_run_without_a_terminal_prints_progress_lines_with_pages_rate_and_eta() {
+    // 1,500 contacts are 100 pages: at 2 in flight and 40 ms each, about 2 s of walk.
+    let fake = slow_fake(1_500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = contacts(&fake, &dir.path().join("out"), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| {
+            l.starts_with("chatwoot-export: progress: account 1: ") && l.contains(" pages (")
+        })
+        .collect();
+    assert!(lines.len() >= 3, "a line every 100 ms: {}", run.stderr);
+    let mut last_done = 0;
+    for line in &lines {
+        let pages = line
+            .split(": ")
+            .nth(3)
+            .and_then(|rest| rest.split(" pages").next())
+            .unwrap_or_else(|| panic!("pages in {line}"));
+        let (done, planned) = pages.split_once('/').expect("done/planned");
+        let done: u64 = done.replace(',', "").parse().expect("pages done");
+        assert_eq!(planned, "100", "{line}");
+        assert!(done >= last_done, "pages go forward: {}", run.stderr);
+        last_done = done;
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" pages/s") && l.contains("  ETA ")),
+        "a line with the rate and the ETA: {}",
+        run.stderr
+    );
+    // The summary comes last and says what was waited for.
+    let summary = run.stderr.lines().last().expect("a summary");
+    assert!(
+        summary.contains("exported 1,500 contacts")
+            && summary.contains("0 retries, 0 429s, 0 s waiting for the rate limit"),
+        "{summary}"
+    );
+    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn no_progress_lines_with_no_progress() {
+    let fake = slow_fake(300);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = contacts(&fake, &dir.path().join("out"), &["--no-progress"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("progress:"), "{}", run.stderr);
+}
+
+#[test]
+fn contacts_with_log_format_json_writes_only_json_on_stderr() {
+    let fake = slow_fake(1_500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = contacts(
+        &fake,
+        &dir.path().join("out"),
+        &["--log-format", "json", "--table", "labels"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = json_lines(&run.stderr);
+    // The walk's lines (a phase line says what goes on before and after it).
+    let progress: Vec<&Value> = events(&lines, "progress")
+        .into_iter()
+        .filter(|l| l.get("phase").is_none())
+        .collect();
+    assert!(progress.len() >= 2, "{}", run.stderr);
+    for line in &progress {
+        assert_eq!(line["account_id"], 1);
+        assert_eq!(line["pages_planned"], 100);
+        assert!(line["pages_done"].as_u64().expect("pages_done") <= 100);
+    }
+    assert!(
+        progress
+            .iter()
+            .any(|l| l["pages_per_sec"].as_f64().is_some()),
+        "{}",
+        run.stderr
+    );
+    let summary = events(&lines, "summary");
+    assert_eq!(summary.len(), 1, "{}", run.stderr);
+    assert_eq!(summary[0]["level"], "INFO");
+    assert!(
+        summary[0]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("exported 1,500 contacts"),
+        "{}",
+        run.stderr
+    );
+    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn an_error_with_log_format_json_is_a_json_event() {
+    let fake = Fake::with_contacts(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = run_with_env(
+        &[
+            "contacts",
+            "--base-url",
+            &fake.base_url(),
+            "--account-id",
+            "1",
+            "--out",
+            dir.path().join("out").to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ],
+        &[("CHATWOOT_API_TOKEN", "not-the-token")],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let lines = json_lines(&run.stderr);
+    let errors = events(&lines, "error");
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert_eq!(errors[0]["level"], "ERROR");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("HTTP 401"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn run_with_log_format_json_writes_only_json_on_stderr() {
+    let fake = slow_fake(600);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("one.toml");
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = {:?}\naccount_id = 1\n\n[fetch]\nconcurrency = 2\n\n\
+             [sink]\nformat = \"csv\"\ndestination = {:?}\n",
+            fake.base_url(),
+            lake.to_str().expect("utf-8")
+        ),
+    )
+    .expect("pipeline file");
+    let run = run_with_env(
+        &["run", file.to_str().expect("utf-8"), "--log-format", "json"],
+        &[("CHATWOOT_API_TOKEN", TOKEN), (LINE_INTERVAL_ENV, "100")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = json_lines(&run.stderr);
+    assert!(!events(&lines, "progress").is_empty(), "{}", run.stderr);
+    let summary = events(&lines, "summary");
+    assert_eq!(summary.len(), 1, "{}", run.stderr);
+    assert!(
+        summary[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("exported 600 contacts"),
+        "{}",
+        run.stderr
+    );
+    // The runner's own events are there too, as JSON.
+    assert!(
+        lines.iter().any(|l| l["message"] == "account started"),
+        "{}",
+        run.stderr
+    );
+    assert_no_token(&run, dir.path());
+}
+
+#[test]
+fn demo_with_log_format_json_writes_only_json_on_stderr() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("demo");
+    let run = run_with_env(
+        &[
+            "demo",
+            "--contacts",
+            "300",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ],
+        &[(LINE_INTERVAL_ENV, "100")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = json_lines(&run.stderr);
+    assert_eq!(events(&lines, "fake_server").len(), 1, "{}", run.stderr);
+    assert_eq!(events(&lines, "summary").len(), 1, "{}", run.stderr);
+    // The demo's token (the fake's default) is no more in the output than a real one.
+    assert!(!run.stderr.contains("fake-token"), "{}", run.stderr);
+    assert!(run.stdout.contains("files: "), "{}", run.stdout);
+}
