@@ -190,6 +190,12 @@ pub struct OutputArgs {
     /// original name).
     #[arg(long, value_enum, ignore_case = true, default_value_t = ColumnNames::Verbatim)]
     pub column_names: ColumnNames,
+    /// CSV only: files for people who open them in a spreadsheet (Excel, LibreOffice,
+    /// Numbers): a UTF-8 byte-order mark so Hebrew and other non-Latin text show right, CRLF
+    /// line ends, and --csv-safe's protection (phone numbers such as +972... stay text and no
+    /// cell runs as a formula). Not lossless, as --csv-safe.
+    #[arg(long)]
+    pub csv_excel: bool,
 }
 
 /// A `--table` name: one of the described tables.

@@ -259,3 +259,151 @@ fn demo_with_log_format_json_writes_only_json_on_stderr() {
     assert!(!run.stderr.contains("fake-token"), "{}", run.stderr);
     assert!(run.stdout.contains("files: "), "{}", run.stdout);
 }
+
+/// Reads a CSV file as Python's `csv` module (`utf-8-sig`, which drops the byte-order mark)
+/// and as DuckDB (every column as text) read it: `{"python": rows, "duckdb": rows}`, the
+/// header first.
+const READ_EXCEL_CSV: &str = r#"
+import csv, json, sys
+import duckdb
+path = sys.argv[1]
+with open(path, encoding="utf-8-sig", newline="") as f:
+    python = [row for row in csv.reader(f)]
+rel = duckdb.sql(f"SELECT * FROM read_csv('{path}', header=true, all_varchar=true)")
+duck = [list(rel.columns)] + [["" if v is None else v for v in row] for row in rel.fetchall()]
+print(json.dumps({"python": python, "duckdb": duck}))
+"#;
+
+/// Whether every line break outside a quoted cell is CRLF (a quoted cell keeps its own).
+fn crlf_records(bytes: &[u8]) -> (usize, bool) {
+    let (mut quoted, mut records, mut all_crlf) = (false, 0, true);
+    for (i, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => {
+                records += 1;
+                all_crlf &= i > 0 && bytes[i - 1] == b'\r';
+            }
+            _ => {}
+        }
+    }
+    (records, all_crlf)
+}
+
+/// A cell of a `--csv-excel` text column as the data had it: the `'` that `--csv-safe`
+/// puts before a formula start taken off again.
+fn unguarded(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
+        _ => cell,
+    }
+}
+
+#[test]
+fn csv_excel_has_a_bom_and_crlf_and_python_and_duckdb_read_the_truth() {
+    use crate::expected::{Kind, tables};
+    use crate::readers::{assert_same, read_file};
+
+    let fake = Fake::with_contacts(300);
+    let (contacts_truth, inboxes_truth) = tables(&fake.truth(), &fake.definitions());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("excel");
+    let run = crate::harness::export(&fake.base_url(), "csv", &out, &["--csv-excel"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let manifest = crate::harness::manifest(&out).expect("manifest");
+    assert_eq!(manifest["csv_excel"], true);
+    assert_eq!(manifest["csv_safe"], true, "--csv-excel protects formulas");
+    for (table, expected) in [
+        ("contacts", &contacts_truth),
+        ("contact_inboxes", &inboxes_truth),
+    ] {
+        let path = out.join(format!("{table}.csv"));
+        let bytes = std::fs::read(&path).expect("csv file");
+        assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "{table}: a UTF-8 BOM");
+        let (records, all_crlf) = crlf_records(&bytes);
+        assert!(all_crlf, "{table}: every record ends with CRLF");
+        assert_eq!(records, expected.rows.len() + 1, "{table}: header and rows");
+
+        let read: Value = serde_json::from_str(
+            crate::harness::run_python(READ_EXCEL_CSV, &[path.to_str().expect("utf-8")]).trim(),
+        )
+        .expect("the reader's JSON");
+        let python = read["python"].as_array().expect("rows");
+        assert_eq!(
+            read["duckdb"], read["python"],
+            "{table}: DuckDB and Python agree"
+        );
+        // Back to the lossless cells (and to CSV without BOM or CR), then compared with the
+        // fake's truth by the same reader as every other CSV test.
+        let header: Vec<String> = python[0]
+            .as_array()
+            .expect("header")
+            .iter()
+            .map(|c| c.as_str().expect("text").to_owned())
+            .collect();
+        let plain = dir.path().join(format!("{table}-plain.csv"));
+        let mut writer = csv::Writer::from_path(&plain).expect("plain csv");
+        writer.write_record(&header).expect("header");
+        let mut guarded = 0;
+        for row in &python[1..] {
+            let cells: Vec<&str> = row
+                .as_array()
+                .expect("row")
+                .iter()
+                .zip(&header)
+                .map(|(cell, name)| {
+                    let cell = cell.as_str().expect("text");
+                    if expected.kind(name) == Kind::Str && unguarded(cell) != cell {
+                        guarded += 1;
+                        unguarded(cell)
+                    } else {
+                        cell
+                    }
+                })
+                .collect();
+            writer.write_record(&cells).expect("row");
+        }
+        writer.flush().expect("flush");
+        drop(writer);
+        assert_same(table, "csv", expected, &read_file(&plain, "csv", expected));
+        if table == "contacts" {
+            assert!(
+                guarded > 0,
+                "the fake has +972... phones and formula-like names"
+            );
+            let phone = header
+                .iter()
+                .position(|h| h == "phone_number")
+                .expect("phone");
+            assert!(
+                python[1..]
+                    .iter()
+                    .any(|r| r[phone].as_str().is_some_and(|p| p.starts_with("'+972"))),
+                "phone numbers stay text in a spreadsheet"
+            );
+            assert!(
+                python[1..]
+                    .iter()
+                    .flat_map(|r| r.as_array().expect("row"))
+                    .any(|c| c.as_str().is_some_and(|c| c.contains("דנה כהן"))),
+                "Hebrew read intact"
+            );
+        }
+    }
+}
+
+#[test]
+fn csv_excel_with_another_format_is_refused() {
+    let fake = Fake::with_contacts(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = crate::harness::export(&fake.base_url(), "ndjson", dir.path(), &["--csv-excel"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "--csv-excel applies only to CSV, not --format ndjson: add --format csv or drop --csv-excel"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fake.requests(), 0);
+}
