@@ -407,3 +407,91 @@ fn csv_excel_with_another_format_is_refused() {
     );
     assert_eq!(fake.requests(), 0);
 }
+
+/// The tests' Python as a path: a bare `python3` found on PATH before PATH is replaced.
+fn python_path() -> std::path::PathBuf {
+    let python = std::path::PathBuf::from(crate::harness::python());
+    if python.components().count() > 1 {
+        return python;
+    }
+    let path = std::env::var_os("PATH").expect("PATH");
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(&python))
+        .find(|file| file.is_file())
+        .unwrap_or_else(|| panic!("{} is not on PATH", python.display()))
+}
+
+/// Regression (issue 18, 8): the demo's hint needed the `duckdb` command, which most machines
+/// lack. Without it on PATH, a Python line comes too, and it runs.
+#[test]
+fn the_demo_hint_works_without_the_duckdb_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    // A wrapper, not a link: a venv's Python finds its packages from the path it was run by.
+    let wrapper = bin.join("python3");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec '{}' \"$@\"\n", python_path().display()),
+    )
+    .expect("python3");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    let path = bin.to_str().expect("utf-8");
+    let demo = |out: &str| {
+        run_with_env(
+            &[
+                "demo",
+                "--contacts",
+                "40",
+                "--format",
+                "csv",
+                "--no-progress",
+                "--out",
+                dir.path().join(out).to_str().expect("utf-8"),
+            ],
+            &[("PATH", path)],
+        )
+    };
+    let run = demo("without");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let hints: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("look:  "))
+        .collect();
+    assert_eq!(hints.len(), 2, "{}", run.stdout);
+    assert!(hints[0].starts_with("duckdb -c "), "{}", run.stdout);
+    let python = hints[1];
+    assert!(python.starts_with("python3 -c "), "{}", run.stdout);
+    let shown = std::process::Command::new("/bin/sh")
+        .args(["-c", python])
+        .env("PATH", path)
+        .output()
+        .expect("sh runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{python}: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let header = text.lines().next().expect("a header");
+    for column in ["id", "name", "email", "created_at"] {
+        assert!(header.contains(column), "{text}");
+    }
+    assert_eq!(text.lines().count(), 6, "the header and 5 contacts: {text}");
+
+    // With a `duckdb` on PATH, its line is enough.
+    let duckdb = bin.join("duckdb");
+    std::fs::write(&duckdb, "#!/bin/sh\n").expect("duckdb");
+    std::fs::set_permissions(&duckdb, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    let run = demo("with");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let hints: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("look:"))
+        .collect();
+    assert_eq!(hints.len(), 1, "{}", run.stdout);
+    assert!(hints[0].starts_with("look:  duckdb -c "), "{}", run.stdout);
+}
