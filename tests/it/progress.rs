@@ -495,3 +495,43 @@ fn the_demo_hint_works_without_the_duckdb_command() {
     assert_eq!(hints.len(), 1, "{}", run.stdout);
     assert!(hints[0].starts_with("look:  duckdb -c "), "{}", run.stdout);
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_clap_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = run_with_env(&["completions", shell], &[]);
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("contacts"), "{shell}: {}", run.stdout);
+        // Flags of a subcommand are completed too.
+        assert!(run.stdout.contains("csv-excel"), "{shell}");
+    }
+    let run = run_with_env(&["completions", "tcsh"], &[]);
+    assert_eq!(
+        run.code, 2,
+        "an unknown shell is a usage error: {}",
+        run.stderr
+    );
+
+    let run = run_with_env(&["man"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with(".ie \\n(.g .ds Aq"),
+        "roff: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(".TH chatwoot-export 1"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("contacts"), "{}", run.stdout);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pages = dir.path().join("man1");
+    let run = run_with_env(&["man", "--out-dir", pages.to_str().expect("utf-8")], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let contacts = std::fs::read_to_string(pages.join("chatwoot-export-contacts.1"))
+        .expect("a page for contacts");
+    assert!(contacts.contains("CHATWOOT_BASE_URL"), "env vars shown");
+    assert!(contacts.contains("csv\\-excel"), "{contacts}");
+}
