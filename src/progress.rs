@@ -321,12 +321,12 @@ fn rates(
     });
     let wait = governor.waiting.map_or(0.0, |w| w.as_secs_f64());
     let by_pace = governor.pace.map(|pace| wait + remaining / pace);
-    let at_least = (wait > 0.0).then_some(wait);
-    let eta_secs = [by_throughput, by_pace, at_least]
+    // The wait alone is no estimate (the pages after it take time too): it only bounds one.
+    let eta_secs = [by_throughput, by_pace]
         .into_iter()
         .flatten()
         .reduce(f64::max)
-        .map(|eta| eta.max(0.0));
+        .map(|eta| eta.max(wait));
     Rates {
         pages_per_sec,
         eta_secs,
@@ -374,7 +374,7 @@ fn status_message(line: &Line, rates: Rates) -> String {
             wait.as_secs_f64().ceil()
         ));
     }
-    if let Some(eta) = rates.eta_secs.filter(|eta| *eta > 0.0) {
+    if let Some(eta) = rates.eta_secs.filter(|eta| *eta >= 1.0) {
         parts.push(format!(
             "ETA {}",
             HumanDuration(Duration::from_secs_f64(eta))
@@ -510,6 +510,16 @@ mod tests {
             rates(&walk, at(t0, 0.5), 100, &FetchStatus::default()).pages_per_sec,
             None
         );
+        // Refused in the first second, before any pace is known: a wait of 2 s says nothing
+        // of the 90 pages after it, so no ETA rather than "ETA 2 seconds".
+        let paused = FetchStatus {
+            governor: GovernorStatus {
+                waiting: Some(Duration::from_secs(2)),
+                ..GovernorStatus::default()
+            },
+            ..FetchStatus::default()
+        };
+        assert_eq!(rates(&walk, at(t0, 0.6), 100, &paused).eta_secs, None);
         assert_eq!(line_interval(None), Duration::from_secs(30));
         assert_eq!(line_interval(Some("250")), Duration::from_millis(250));
         assert_eq!(line_interval(Some("soon")), Duration::from_secs(30));

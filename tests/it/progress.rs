@@ -108,6 +108,53 @@ fn a_run_without_a_terminal_prints_progress_lines_with_pages_rate_and_eta() {
     assert_no_token(&run, dir.path());
 }
 
+/// Regression (issue 18, 6): a run that waited for the rate limit said "0 rate-limited".
+#[test]
+fn a_rate_limited_run_says_its_429s_and_the_time_it_waited() {
+    use chatwoot_export::fake::FaultConfig;
+    // 8 requests a 1-second window, to be learned from the 429s (2 requests in flight).
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 300,
+        faults: FaultConfig {
+            rate_limit: Some(8),
+            rate_window_secs: 1,
+            ..FaultConfig::default()
+        },
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let run = contacts(
+        &fake,
+        &out,
+        &["--rate-limit", "0", "--rate-window-secs", "1"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let manifest = crate::harness::manifest(&out).expect("manifest");
+    let throttled = manifest["throttled"].as_u64().expect("throttled");
+    assert_eq!(throttled, fake.throttled());
+    assert!(throttled > 0, "the limit had to be learned");
+    let paused = manifest["rate"]["paused_secs"]
+        .as_f64()
+        .expect("paused_secs");
+    let summary = run.stderr.lines().last().expect("a summary");
+    assert!(
+        summary.contains(&format!(
+            "0 retries, {throttled} 429s, {paused:.0} s waiting for the rate limit, limit learned "
+        )),
+        "{summary}"
+    );
+    // The progress lines count the 429s as they come, and once the limit is learned the ETA
+    // follows its pace.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains(" pages (") && l.contains("  429s ")),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn no_progress_lines_with_no_progress() {
     let fake = slow_fake(300);
