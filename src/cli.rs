@@ -44,8 +44,9 @@ Read the result:
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Format of the run's log events on stderr (account started, published, failed): text
-    /// for people, json (one object a line) for log collectors. The token is never logged.
+    /// Format of everything on stderr (summaries, notices, progress, the run's events, the
+    /// error): text for people, json (one object a line) for log collectors. The token is
+    /// never logged.
     #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -82,6 +83,36 @@ pub enum Command {
         after_help = "Example:\n  chatwoot-export validate pipelines/nightly-s3.toml --set sink.format=csv"
     )]
     Validate(ValidateArgs),
+    /// Print a shell completion script on stdout.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  chatwoot-export completions bash > ~/.local/share/bash-completion/completions/chatwoot-export\n  \
+                      chatwoot-export completions zsh > ~/.zfunc/_chatwoot-export\n  \
+                      chatwoot-export completions fish > ~/.config/fish/completions/chatwoot-export.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, or write one page per command into a folder.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  chatwoot-export man | man -l -\n  \
+                      chatwoot-export man --out-dir ~/.local/share/man/man1"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, ignore_case = true)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write chatwoot-export.1 and a page per command (chatwoot-export-contacts.1, ...) into
+    /// this folder instead of printing the main page.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -186,7 +217,7 @@ pub struct OutputArgs {
     /// GOOGLE_*, AZURE_* variables).
     #[arg(short = 'o', long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Do not draw the progress bar (it is hidden anyway when stderr is not a terminal).
+    /// Do not draw the progress bar (nor print progress lines when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
     /// Parquet only: the pages' codec, zstd (the default), zstd:LEVEL (1 to 22), snappy or
@@ -217,6 +248,12 @@ pub struct OutputArgs {
     /// Read every contact (the default; the weekly refresh of an incremental schedule).
     #[arg(long)]
     pub full: bool,
+    /// CSV only: files for people who open them in a spreadsheet (Excel, LibreOffice,
+    /// Numbers): a UTF-8 byte-order mark so Hebrew and other non-Latin text show right, CRLF
+    /// line ends, and --csv-safe's protection (phone numbers such as +972... stay text and no
+    /// cell runs as a formula). Not lossless, as --csv-safe.
+    #[arg(long)]
+    pub csv_excel: bool,
 }
 
 /// A `--table` name: one of the described tables.

@@ -133,6 +133,8 @@ struct SinkSection {
     #[serde(default)]
     csv_safe: bool,
     #[serde(default)]
+    csv_excel: bool,
+    #[serde(default)]
     keep_inbox_secrets: bool,
     #[serde(default)]
     overwrite: bool,
@@ -177,6 +179,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "destination",
             "path",
             "csv_safe",
+            "csv_excel",
             "keep_inbox_secrets",
             "overwrite",
             "compression",
@@ -287,7 +290,10 @@ pub struct SinkSettings {
     /// The partition path under the destination, with `{account_id}`, `{table}`, `{date}`,
     /// `{run_id}`.
     pub path: Option<String>,
+    /// Neutralise formula-like text cells (set by `csv_excel` too).
     pub csv_safe: bool,
+    /// CSV for spreadsheets: a UTF-8 byte-order mark and CRLF line ends.
+    pub csv_excel: bool,
     pub keep_inbox_secrets: bool,
     pub overwrite: bool,
     /// Parquet: the pages' codec (the default when the file gives none).
@@ -663,14 +669,27 @@ fn resolve_sink(
         }
     };
     let conflicts = format.map_or_else(Vec::new, |format| {
-        sink_conflicts(format, sink.csv_safe, sink.compression.is_some())
+        // csv_excel includes csv_safe's protection, and is for CSV alone as it is.
+        sink_conflicts(
+            format,
+            sink.csv_safe || sink.csv_excel,
+            sink.compression.is_some(),
+        )
     });
     for conflict in &conflicts {
         match conflict {
-            SinkConflict::CsvSafeNotCsv => bad(
-                "sink.csv_safe",
-                "applies only to format = \"csv\": set the format or drop csv_safe".into(),
-            ),
+            SinkConflict::CsvSafeNotCsv => {
+                for (key, set) in [("csv_safe", sink.csv_safe), ("csv_excel", sink.csv_excel)] {
+                    if set {
+                        bad(
+                            &format!("sink.{key}"),
+                            format!(
+                                "applies only to format = \"csv\": set the format or drop {key}"
+                            ),
+                        );
+                    }
+                }
+            }
             SinkConflict::CompressionNotParquet => bad(
                 "sink.compression",
                 "applies only to format = \"parquet\" or \"delta\": set the format or drop compression".into(),
@@ -728,7 +747,8 @@ fn resolve_sink(
         format: format?,
         destination: sink.destination,
         path: sink.path,
-        csv_safe: sink.csv_safe,
+        csv_safe: sink.csv_safe || sink.csv_excel,
+        csv_excel: sink.csv_excel,
         keep_inbox_secrets: sink.keep_inbox_secrets,
         overwrite: sink.overwrite,
         compression: compression?,
@@ -1141,6 +1161,25 @@ csv_safe = true
             assert_eq!(p.sink.compression, want, "{text}");
             assert_eq!(p.sink.rows_per_file, Some(50_000));
         }
+    }
+
+    #[test]
+    fn csv_excel_sets_the_formula_protection_and_is_for_csv_only() {
+        let p = load(GOOD, &["sink.format=csv", "sink.csv_excel=true"]).expect("valid");
+        assert!(p.sink.csv_excel && p.sink.csv_safe);
+        let p = load(GOOD, &["sink.format=csv"]).expect("valid");
+        assert!(!p.sink.csv_excel && !p.sink.csv_safe);
+        let problems = load(GOOD, &["sink.csv_excel=true"]).expect_err("parquet");
+        assert!(
+            problems.iter().any(|p| p.key == "sink.csv_excel"
+                && p.message
+                    == "applies only to format = \"csv\": set the format or drop csv_excel"),
+            "{problems:#?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.key == "sink.csv_safe"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

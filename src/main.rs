@@ -11,6 +11,7 @@ use chatwoot_export::commands;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    chatwoot_export::log::set_json(cli.log_format == LogFormat::Json);
     // One account's export runs on one thread: its work is a chain (fetch -> flatten -> spill)
     // that waits on the network, and one thread spares the cross-thread wake-ups of a thread
     // pool (a tenth of the exporter's CPU at zero latency, five times fewer context switches).
@@ -30,7 +31,8 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("chatwoot-export: error: {}", err.one_line());
+            // With --log-format json, the error is a JSON event like every other line.
+            chatwoot_export::log::say("error", &format!("error: {}", err.one_line()));
             ExitCode::from(err.exit_code())
         }
     }

@@ -58,6 +58,10 @@ pub struct Manifest {
     pub values_kept_as_text: u64,
     /// Whether CSV text cells that start like a formula got a leading `'` (`--csv-safe`).
     pub csv_safe: bool,
+    /// Whether the CSV files are for spreadsheets (`--csv-excel`): a UTF-8 byte-order mark,
+    /// CRLF line ends, and `csv_safe`'s protection.
+    #[serde(default)]
+    pub csv_excel: bool,
     /// Parquet: the pages' codec (`zstd:1`, `snappy`, `none`); null for CSV and NDJSON.
     pub compression: Option<Compression>,
     pub tables: BTreeMap<String, TableEntry>,

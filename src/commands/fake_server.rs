@@ -54,12 +54,12 @@ pub async fn fake_server(args: FakeServerArgs) -> Result<(), Error> {
             args.account_id + n - 1
         ),
     };
-    eprintln!(
-        "chatwoot-export: fake Chatwoot serving {} contacts of {accounts} at {} (token {:?}); Ctrl-C stops it",
+    super::report::fake_serving(&format!(
+        "fake Chatwoot serving {} contacts of {accounts} at {} (token {:?}); Ctrl-C stops it",
         args.contacts,
         server.base_url(),
         args.token
-    );
+    ));
     let _ = tokio::signal::ctrl_c().await;
     server.shutdown().await;
     Ok(())

@@ -5,6 +5,7 @@
 //! resolved settings and prints what it returns. Only this layer and `main` print. Data flows
 //! one way: `main` -> `commands` -> the library, never back up.
 
+mod completions;
 mod contacts;
 mod demo;
 mod fake_server;
@@ -25,5 +26,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::FakeServer(args) => fake_server::fake_server(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Validate(args) => validate::validate(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

@@ -1,23 +1,23 @@
 //! What the commands tell people on stderr: receives an `ExportSummary` and prints the
 //! summary (counts, the pace of the rate limit, drift repair, credentials left out, count
 //! difference), and words an export's `Notice`s. The one place that reports runs to people;
-//! the library below returns values and events and prints nothing.
+//! the library below returns values and events and prints nothing. Every line goes through
+//! `log::say`, so `--log-format json` turns it into a JSON event.
 
 use indicatif::HumanCount;
 
+use crate::log;
 use crate::manifest::RateReport;
 use crate::pipeline::{ExportSummary, Notice, Notices};
 
-/// What the summary says of the rate limit: the pace learned, and the time spent paused.
+/// What the summary says of the rate limit: the time spent waiting for it (always: a run
+/// that spent most of its time waiting must say so), and the limit when it was learned.
 fn pace_note(rate: &RateReport) -> String {
-    let mut note = String::new();
+    let mut note = format!(", {:.0} s waiting for the rate limit", rate.paused_secs);
     if rate.mode == "learned"
         && let Some(limit) = rate.limit_per_minute
     {
         note += &format!(", limit learned {}/min", HumanCount(limit.round() as u64));
-    }
-    if rate.paused_secs >= 0.5 {
-        note += &format!(", {:.0} s paused by the rate limit", rate.paused_secs);
     }
     note
 }
@@ -30,7 +30,7 @@ pub fn print_summary(summary: &ExportSummary) {
 /// The human summary on stderr, naming `destination` as where the files went.
 pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
     for line in summary_lines(summary, destination) {
-        eprintln!("chatwoot-export: {line}");
+        log::say("summary", &line);
     }
 }
 
@@ -39,7 +39,7 @@ pub fn print_summary_to(summary: &ExportSummary, destination: &str) {
 pub fn print_account_summary_to(summary: &ExportSummary, destination: &str) {
     let account_id = summary.manifest.source.account_id;
     for line in summary_lines(summary, destination) {
-        eprintln!("chatwoot-export: account {account_id}: {line}");
+        log::say("summary", &format!("account {account_id}: {line}"));
     }
 }
 
@@ -54,7 +54,7 @@ fn summary_lines(summary: &ExportSummary, destination: &str) -> Vec<String> {
     // Counts with thousands separators: this is for people; programs read the manifest.
     lines.push(format!(
         "exported {} contacts and {} inbox links from {} pages in {:.1} s \
-         ({} duplicates dropped, {} retries, {} rate-limited{}; the account lists {listed}) -> {destination}",
+         ({} duplicates dropped, {} retries, {} 429s{}; the account lists {listed}) -> {destination}",
         HumanCount(summary.contacts),
         HumanCount(summary.inbox_links),
         HumanCount(summary.pages),
@@ -102,7 +102,7 @@ fn summary_lines(summary: &ExportSummary, destination: &str) -> Vec<String> {
 
 /// Notices that an export prints on stderr as it runs.
 pub fn notices() -> Notices {
-    Notices::new(|notice| eprintln!("chatwoot-export: {}", notice_text(notice)))
+    Notices::new(|notice| log::say("notice", &notice_text(notice)))
 }
 
 /// A notice as people read it, after the `chatwoot-export: ` prefix.
@@ -129,7 +129,15 @@ fn notice_text(notice: &Notice) -> String {
 
 /// Says how a dashboard URL given as `--base-url` was read.
 pub fn dashboard_url_note(base_url: &str, account_id: u64) {
-    eprintln!(
-        "chatwoot-export: note: --base-url is a dashboard URL: exporting account {account_id} of {base_url}"
+    log::say(
+        "notice",
+        &format!(
+            "note: --base-url is a dashboard URL: exporting account {account_id} of {base_url}"
+        ),
     );
+}
+
+/// Says where a fake Chatwoot (the demo's, or a pipeline's `builtin:fake`) serves.
+pub fn fake_serving(text: &str) {
+    log::say("fake_server", text);
 }

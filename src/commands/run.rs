@@ -112,10 +112,10 @@ async fn builtin_fake(account_id: u64) -> Result<(FakeServer, (Url, ApiToken)), 
             what: "cannot start the built-in fake Chatwoot on 127.0.0.1".into(),
             source,
         })?;
-    eprintln!(
-        "chatwoot-export: builtin:fake: account {account_id} ({BUILTIN_FAKE_CONTACTS} contacts) is served at {}",
+    report::fake_serving(&format!(
+        "builtin:fake: account {account_id} ({BUILTIN_FAKE_CONTACTS} contacts) is served at {}",
         server.base_url()
-    );
+    ));
     let url = Url::parse(&server.base_url()).map_err(|e| Error::Usage(e.to_string()))?;
     let token = ApiToken::new(&config.token).map_err(|e| Error::Usage(e.to_string()))?;
     Ok((server, (url, token)))

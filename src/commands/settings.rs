@@ -58,6 +58,7 @@ fn export_settings(
         resume: conduct.resume,
         keep_inbox_secrets: sink.keep_inbox_secrets,
         csv_safe: sink.csv_safe,
+        csv_excel: sink.csv_excel,
         compression: sink.compression,
         rows_per_file: sink.rows_per_file,
         column_names: sink.column_names,
@@ -121,6 +122,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         column_names,
         incremental,
         full: _,
+        csv_excel,
     } = args.output;
     let SafetyArgs {
         overwrite,
@@ -133,7 +135,9 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         format,
         destination: out.display().to_string(),
         path: None,
-        csv_safe,
+        // --csv-excel includes --csv-safe's protection.
+        csv_safe: csv_safe || csv_excel,
+        csv_excel,
         keep_inbox_secrets,
         overwrite,
         compression: compression.unwrap_or_default(),
@@ -224,13 +228,22 @@ pub fn check_out(out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--csv-safe` and `--compression` only with the format they apply to.
+/// `--csv-safe`, `--csv-excel` and `--compression` only with the format they apply to.
 fn check_output_flags(output: &OutputArgs, csv_safe: bool) -> Result<(), Error> {
-    let conflicts = sink_conflicts(output.format, csv_safe, output.compression.is_some());
+    let conflicts = sink_conflicts(
+        output.format,
+        csv_safe || output.csv_excel,
+        output.compression.is_some(),
+    );
+    let csv_flag = if csv_safe {
+        "--csv-safe"
+    } else {
+        "--csv-excel"
+    };
     match conflicts.first() {
         None => Ok(()),
         Some(SinkConflict::CsvSafeNotCsv) => Err(Error::Usage(format!(
-            "--csv-safe applies only to CSV, not --format {}: add --format csv or drop --csv-safe",
+            "{csv_flag} applies only to CSV, not --format {}: add --format csv or drop {csv_flag}",
             output.format.extension()
         ))),
         Some(SinkConflict::CompressionNotParquet) => Err(Error::Usage(format!(
@@ -262,6 +275,7 @@ pub fn demo(
         destination: out.display().to_string(),
         path: None,
         csv_safe: false,
+        csv_excel: false,
         keep_inbox_secrets: false,
         overwrite: false,
         compression: Compression::default(),
@@ -396,11 +410,14 @@ fn warn_if_others_can_read(path: &Path) {
         if let Ok(metadata) = std::fs::metadata(path) {
             let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                eprintln!(
-                    "chatwoot-export: warning: --token-file {} can be read by other users (mode {mode:o}): \
-                     run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
+                crate::log::say(
+                    "notice",
+                    &format!(
+                        "warning: --token-file {} can be read by other users (mode {mode:o}): \
+                         run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    ),
                 );
             }
         }

@@ -68,6 +68,8 @@ pub struct ExportSettings {
     pub keep_inbox_secrets: bool,
     /// CSV: neutralise text cells that a spreadsheet would run as a formula.
     pub csv_safe: bool,
+    /// CSV: a byte-order mark and CRLF line ends, for spreadsheets (`csv_safe` is set too).
+    pub csv_excel: bool,
     /// Parquet: the pages' codec.
     pub compression: Compression,
     /// Column names as the keys make them, or snake case.
@@ -286,7 +288,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         Some(governor) => Fetcher::with_governor(client, settings.fetch, Arc::clone(governor)),
         None => Fetcher::new(client, settings.fetch),
     });
-    let progress = Progress::new(settings.progress);
+    let progress = Progress::new(settings.progress, settings.client.account_id);
     let ticker = tokio::spawn({
         let (fetcher, progress) = (Arc::clone(&fetcher), progress.clone());
         async move {
@@ -518,6 +520,7 @@ async fn run(
     filled.extend(side.filled);
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
+        csv_excel: settings.csv_excel,
         compression: settings.compression,
         column_names: settings.column_names,
     };
@@ -772,6 +775,7 @@ fn manifest_from_run(
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         values_kept_as_text: flattener.values_kept_as_text(),
         csv_safe: settings.csv_safe,
+        csv_excel: settings.csv_excel,
         compression: matches!(settings.format, Format::Parquet | Format::Delta)
             .then_some(settings.compression),
         tables,

@@ -8,10 +8,14 @@
 //! are never touched, so a `-5` in an int64 column stays `-5`, while `-5` in a text column
 //! becomes `'-5`. Not lossless: a cell that really started with `'=` reads the same as an
 //! escaped `=`.
+//!
+//! With `excel` (`--csv-excel`, which sets `safe` too), each file starts with a UTF-8
+//! byte-order mark (without it Excel reads UTF-8 as the system's code page: Hebrew becomes
+//! mojibake) and lines end with CRLF, as RFC 4180 and Excel's own CSV have them.
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
@@ -22,6 +26,9 @@ use arrow::record_batch::RecordBatch;
 
 use super::{SinkError, TIMESTAMP_FORMAT, with_offset_timezones};
 
+/// The UTF-8 byte-order mark that tells a spreadsheet the file is UTF-8.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// First characters that make a spreadsheet read a cell as a formula (OWASP).
 const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];
 
@@ -31,12 +38,20 @@ pub struct CsvSink {
 }
 
 impl CsvSink {
-    pub fn create(out: BufWriter<File>, safe: bool) -> Self {
-        let writer = WriterBuilder::new()
+    /// A sink writing to `out`; `safe` neutralises formula-like text cells, `excel` starts the
+    /// file with a byte-order mark and ends lines with CRLF.
+    pub fn create(mut out: BufWriter<File>, safe: bool, excel: bool) -> Result<Self, SinkError> {
+        let mut builder = WriterBuilder::new()
             .with_header(true)
-            .with_timestamp_tz_format(TIMESTAMP_FORMAT.to_owned())
-            .build(out);
-        Self { writer, safe }
+            .with_timestamp_tz_format(TIMESTAMP_FORMAT.to_owned());
+        if excel {
+            out.write_all(UTF8_BOM)?;
+            builder = builder.with_line_terminator(arrow::csv::writer::Terminator::CRLF);
+        }
+        Ok(Self {
+            writer: builder.build(out),
+            safe,
+        })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
@@ -179,14 +194,21 @@ mod tests {
             ],
         )
         .expect("batch");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.csv");
-        let file = File::create(&path).expect("create");
-        let mut sink = CsvSink::create(BufWriter::new(file), true);
-        sink.write(&batch).expect("write");
-        drop(sink.finish().expect("finish").into_inner().expect("flush"));
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, "n,t,'=evil\n-5,'-5,ok\n,,'@x\n");
+        let written = |excel| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("t.csv");
+            let file = File::create(&path).expect("create");
+            let mut sink = CsvSink::create(BufWriter::new(file), true, excel).expect("sink");
+            sink.write(&batch).expect("write");
+            drop(sink.finish().expect("finish").into_inner().expect("flush"));
+            std::fs::read(&path).expect("read")
+        };
+        assert_eq!(written(false), b"n,t,'=evil\n-5,'-5,ok\n,,'@x\n");
+        // For spreadsheets: the byte-order mark first, CRLF line ends, the same cells.
+        assert_eq!(
+            written(true),
+            b"\xEF\xBB\xBFn,t,'=evil\r\n-5,'-5,ok\r\n,,'@x\r\n"
+        );
     }
 
     #[test]
@@ -211,7 +233,8 @@ mod tests {
             RecordBatch::try_new(schema, vec![Arc::new(decimals), Arc::new(ids)]).expect("batch");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("d.csv");
-        let mut sink = CsvSink::create(BufWriter::new(File::create(&path).expect("create")), true);
+        let file = BufWriter::new(File::create(&path).expect("create"));
+        let mut sink = CsvSink::create(file, true, false).expect("sink");
         sink.write(&batch).expect("write");
         drop(sink.finish().expect("finish").into_inner().expect("flush"));
         let text = std::fs::read_to_string(&path).expect("read");

@@ -174,6 +174,8 @@ impl TryFrom<String> for Compression {
 pub struct SinkOptions {
     /// CSV: neutralise text cells that a spreadsheet would run as a formula (`--csv-safe`).
     pub csv_safe: bool,
+    /// CSV: a UTF-8 byte-order mark and CRLF line ends, for spreadsheets (`--csv-excel`).
+    pub csv_excel: bool,
     /// Parquet: the pages' codec.
     pub compression: Compression,
     /// The columns' names as the server's keys make them, or snake case for SQL engines.
@@ -234,7 +236,11 @@ impl TableWriter {
                 schema,
                 options.compression.codec()?,
             )?),
-            Format::Csv => Self::Csv(csv::CsvSink::create(out, options.csv_safe)),
+            Format::Csv => Self::Csv(csv::CsvSink::create(
+                out,
+                options.csv_safe,
+                options.csv_excel,
+            )?),
             Format::Ndjson => Self::Ndjson(ndjson::NdjsonSink::create(out)),
         })
     }

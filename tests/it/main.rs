@@ -21,6 +21,7 @@ mod limiters;
 mod loopback;
 mod pipelines;
 mod plan;
+mod progress;
 mod python;
 mod readers;
 mod redirects;

@@ -292,6 +292,7 @@ pub(super) async fn run(
     let (flattener, spills, _rows) = collector.finish().map_err(fatal)?;
     let options = SinkOptions {
         csv_safe: settings.csv_safe,
+        csv_excel: settings.csv_excel,
         compression: settings.compression,
         column_names: settings.column_names,
     };
@@ -376,6 +377,7 @@ pub(super) async fn run(
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         values_kept_as_text: flattener.values_kept_as_text(),
         csv_safe: settings.csv_safe,
+        csv_excel: settings.csv_excel,
         compression: (settings.format == Format::Parquet).then_some(settings.compression),
         tables,
         source: Source {
