@@ -360,12 +360,7 @@ impl Destination {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
             for (partition, name) in &placed {
-                let written = folder_of(root, &manifest_partition(partition)).join(temp_name(name));
-                owner_only_dir()
-                    .recursive(true)
-                    .create(folder_of(root, partition))
-                    .and_then(|()| std::fs::rename(written, folder_of(root, partition).join(name)))
-                    .map_err(|source| self.upload_error(partition, name, source.into()))?;
+                self.reveal(root, partition, name)?;
             }
         }
         published.files.extend(
@@ -413,6 +408,18 @@ impl Destination {
             published.files.push(self.show(&at, PARTITION_MANIFEST));
         }
         Ok(published)
+    }
+
+    /// In a local lake folder: moves the uploaded `name`, written under its hidden temporary
+    /// name beside the partition's manifest, into the partition (replacing the old file at once).
+    fn reveal(&self, root: &LocalPath, partition: &Partition, name: &str) -> Result<(), LakeError> {
+        let written = folder_of(root, &manifest_partition(partition)).join(temp_name(name));
+        let folder = folder_of(root, partition);
+        owner_only_dir()
+            .recursive(true)
+            .create(&folder)
+            .and_then(|()| std::fs::rename(written, folder.join(name)))
+            .map_err(|source| self.upload_error(partition, name, source.into()))
     }
 
     /// Removes `partition`'s manifest, if it has one: the first change a publish makes.
@@ -493,9 +500,7 @@ impl Destination {
     ) -> Result<String, LakeError> {
         self.upload(local, partition, name).await?;
         if let Backend::Folder(root) = &self.backend {
-            let folder = folder_of(root, partition);
-            std::fs::rename(folder.join(temp_name(name)), folder.join(name))
-                .map_err(|source| self.upload_error(partition, name, source.into()))?;
+            self.reveal(root, partition, name)?;
         }
         Ok(self.show(partition, name))
     }
