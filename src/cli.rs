@@ -245,7 +245,9 @@ pub struct OutputArgs {
     /// run.
     #[arg(long, conflicts_with_all = ["full", "resume"])]
     pub incremental: bool,
-    /// Read every contact (the default; the weekly refresh of an incremental schedule).
+    /// Read every contact, and keep them (compressed, under _chatwoot_export/) for the next
+    /// --incremental run: the weekly refresh of an incremental schedule. Without --full or
+    /// --incremental nothing is kept for later runs.
     #[arg(long)]
     pub full: bool,
     /// CSV only: files for people who open them in a spreadsheet (Excel, LibreOffice,

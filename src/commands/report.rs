@@ -115,6 +115,9 @@ fn notice_text(notice: &Notice) -> String {
         Notice::NoAttributeDefinitions { cause } => format!(
             "warning: cannot read the custom attribute definitions ({cause}); custom_attributes columns are typed from their values alone"
         ),
+        Notice::NoSnapshot { why } => {
+            format!("note: no snapshot to build on ({why}): this run reads every contact")
+        }
         Notice::LabelWalkCost {
             labels,
             tagged,

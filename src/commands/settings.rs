@@ -121,7 +121,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         tables,
         column_names,
         incremental,
-        full: _,
+        full,
         csv_excel,
     } = args.output;
     let SafetyArgs {
@@ -153,8 +153,10 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         schemas: None,
         snapshot: if incremental {
             SnapshotMode::Incremental
-        } else {
+        } else if full {
             SnapshotMode::Full
+        } else {
+            SnapshotMode::Plain
         },
     };
     Ok(export_settings(
@@ -288,7 +290,7 @@ pub fn demo(
         governor: None,
         speculate: true,
         schemas: None,
-        snapshot: SnapshotMode::Full,
+        snapshot: SnapshotMode::Plain,
     };
     Ok(export_settings(
         client,
@@ -341,7 +343,7 @@ pub fn pipeline_jobs(
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
                 schemas: schemas.clone(),
-                snapshot: SnapshotMode::Full,
+                snapshot: SnapshotMode::Plain,
             };
             let settings = export_settings(
                 client,

@@ -112,6 +112,8 @@ pub enum Notice {
         requests: u64,
         sent: u64,
     },
+    /// `--incremental` found no previous export to build on: this run reads every contact.
+    NoSnapshot { why: String },
 }
 
 /// Where an export's notices go: a function the command layer gives.
@@ -256,7 +258,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     };
     // The previous complete export, read before anything of this run replaces it: the base of
     // an incremental run, and what the change feed compares with.
-    let base = if settings.resume {
+    let base = if settings.resume || !settings.snapshot.keeps_snapshot() {
         None
     } else {
         match incremental::base::find(
@@ -268,9 +270,9 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             Ok(base) => Some(base),
             Err(why) => {
                 if settings.snapshot == SnapshotMode::Incremental {
-                    eprintln!(
-                        "chatwoot-export: note: no snapshot to build on ({why}): this run reads every contact"
-                    );
+                    settings.notices.tell(Notice::NoSnapshot {
+                        why: why.to_string(),
+                    });
                 }
                 None
             }
@@ -623,9 +625,11 @@ fn begin(
         ),
         None => (
             {
-                // A fresh run keeps the raw contacts for the next incremental run.
+                // A fresh run of an incremental schedule keeps the raw contacts for the next.
                 let mut collector = Collector::create(dir, inbox_secrets)?;
-                collector.raw = Some(incremental::raw_writer(dir)?);
+                if settings.snapshot.keeps_snapshot() {
+                    collector.raw = Some(incremental::raw_writer(dir)?);
+                }
                 collector
             },
             WalkState {

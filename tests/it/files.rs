@@ -23,7 +23,8 @@ fn every_written_file_is_owner_only() {
     let parent = tempfile::tempdir().expect("temp dir");
     for format in ["parquet", "csv", "ndjson"] {
         let dir = parent.path().join(format);
-        let run = export(&fake.base_url(), format, &dir, &[]);
+        // --full: the raw contacts an incremental schedule keeps are written too.
+        let run = export(&fake.base_url(), format, &dir, &["--full"]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert_eq!(mode(&dir), 0o700, "the folder the export created");
         let files = all_file_bytes(&dir);
@@ -52,8 +53,9 @@ fn rows_spilled_during_the_run_are_owner_only() {
     let work = dir.join(".chatwoot-export.partial");
     let url = fake.base_url();
     let dir_arg = dir.clone();
-    let exporter =
-        std::thread::spawn(move || export(&url, "csv", &dir_arg, &["--concurrency", "1"]));
+    let exporter = std::thread::spawn(move || {
+        export(&url, "csv", &dir_arg, &["--concurrency", "1", "--full"])
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while seen.len() < 3 && Instant::now() < deadline {

@@ -112,7 +112,7 @@ fn a_week_of_nightly_incremental_runs_matches_full_exports() {
         ..FakeServerConfig::default()
     });
     let snapshot = tempfile::tempdir().expect("temp dir");
-    let first = export(&fake.base_url(), "ndjson", snapshot.path(), &[]);
+    let first = export(&fake.base_url(), "ndjson", snapshot.path(), &["--full"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     let first_manifest = manifest(snapshot.path()).expect("manifest");
     assert_eq!(first_manifest["mode"], "full");
@@ -291,7 +291,7 @@ fn a_week_of_nightly_incremental_runs_matches_full_exports() {
 fn an_incremental_parquet_snapshot_matches_the_truth() {
     let fake = Fake::with_contacts(500);
     let dir = tempfile::tempdir().expect("temp dir");
-    let run = export(&fake.base_url(), "parquet", dir.path(), &[]);
+    let run = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for _ in 0..2 {
         fake.simulate_day(DayPlan {
@@ -324,7 +324,7 @@ fn an_incremental_parquet_snapshot_matches_the_truth() {
 fn a_failed_incremental_run_leaves_the_snapshot_untouched() {
     let fake = Fake::with_contacts(300);
     let dir = tempfile::tempdir().expect("temp dir");
-    let run = export(&fake.base_url(), "csv", dir.path(), &[]);
+    let run = export(&fake.base_url(), "csv", dir.path(), &["--full"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     fake.simulate_day(DayPlan {
         created: 10,
@@ -372,7 +372,7 @@ fn a_failed_incremental_run_leaves_the_snapshot_untouched() {
 fn a_single_old_deletion_costs_a_binary_search() {
     let fake = Fake::with_contacts(3000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let run = export(&fake.base_url(), "ndjson", dir.path(), &[]);
+    let run = export(&fake.base_url(), "ndjson", dir.path(), &["--full"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = fake.simulate_day(DayPlan {
         deleted_old: 1,

@@ -76,12 +76,7 @@ fn export_split(fake: &Fake, dir: &Path, format: &str, rows_per_file: usize) -> 
     let manifest = manifest(dir).expect("manifest");
     let mut every = listed(&manifest, "contacts");
     every.extend(listed(&manifest, "contact_inboxes"));
-    // A rerun onto an earlier export also writes the change feed; every run keeps its raw
-    // contacts for the next incremental run.
-    if manifest["tables"].get("contact_changes").is_some() {
-        every.extend(listed(&manifest, "contact_changes"));
-    }
-    every.push("_chatwoot_export".to_owned());
+    // A plain export keeps nothing for later runs (no raw contacts, no change feed).
     every.sort();
     assert_eq!(data_files(dir), every, "nothing else in the folder");
     every
@@ -110,8 +105,6 @@ fn rows_per_file_splits_tables_and_a_rerun_leaves_only_its_own_files() {
         assert_eq!(
             every,
             [
-                "_chatwoot_export".to_owned(),
-                format!("contact_changes.{format}"),
                 format!("contact_inboxes.{format}"),
                 format!("contacts.{format}")
             ]
