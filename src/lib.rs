@@ -14,7 +14,6 @@ pub mod config;
 pub mod error;
 pub mod fake;
 pub mod idset;
-pub mod log;
 pub mod manifest;
 pub mod options;
 pub mod pipeline;

@@ -11,7 +11,7 @@ use chatwoot_export::commands;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    chatwoot_export::log::set_json(cli.log_format == LogFormat::Json);
+    chatwoot_export::commands::log::set_json(cli.log_format == LogFormat::Json);
     // One account's export runs on one thread: its work is a chain (fetch -> flatten -> spill)
     // that waits on the network, and one thread spares the cross-thread wake-ups of a thread
     // pool (a tenth of the exporter's CPU at zero latency, five times fewer context switches).
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // With --log-format json, the error is a JSON event like every other line.
-            chatwoot_export::log::say("error", &format!("error: {}", err.one_line()));
+            chatwoot_export::commands::log::say("error", &format!("error: {}", err.one_line()));
             ExitCode::from(err.exit_code())
         }
     }

@@ -6,7 +6,7 @@
 
 use indicatif::HumanCount;
 
-use crate::log;
+use crate::commands::log;
 use crate::manifest::RateReport;
 use crate::pipeline::{ExportSummary, Notice, Notices};
 
@@ -115,6 +115,9 @@ fn notice_text(notice: &Notice) -> String {
         Notice::NoAttributeDefinitions { cause } => format!(
             "warning: cannot read the custom attribute definitions ({cause}); custom_attributes columns are typed from their values alone"
         ),
+        Notice::IncrementalCost { predicted, full } => {
+            format!("incremental run: about {predicted} requests (a full run: about {full})")
+        }
         Notice::NoSnapshot { why } => {
             format!("note: no snapshot to build on ({why}): this run reads every contact")
         }

@@ -68,6 +68,7 @@ fn export_settings(
         schemas: conduct.schemas,
         snapshot: conduct.snapshot,
         notices: report::notices(),
+        progress_display: super::progress::display(),
     }
 }
 
@@ -412,7 +413,7 @@ fn warn_if_others_can_read(path: &Path) {
         if let Ok(metadata) = std::fs::metadata(path) {
             let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                crate::log::say(
+                crate::commands::log::say(
                     "notice",
                     &format!(
                         "warning: --token-file {} can be read by other users (mode {mode:o}): \

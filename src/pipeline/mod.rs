@@ -43,7 +43,7 @@ use crate::config::TableSelection;
 use crate::manifest::{
     LabelWalkReport, Manifest, RateReport, SnapshotReport, Source, TableEntry, Tool,
 };
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressFactory};
 use crate::sink::{ColumnNames, Compression, Format, SinkError, SinkOptions};
 use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
@@ -91,6 +91,8 @@ pub struct ExportSettings {
     /// Where the accounts of one run agree on one schema per table before writing; `None`:
     /// this export's own columns.
     pub schemas: Option<Arc<SharedSchemas>>,
+    /// Makes the export's progress display (the command layer's; the library prints nothing).
+    pub progress_display: ProgressFactory,
     /// Where the export's notices go while it runs.
     pub notices: Notices,
 }
@@ -114,6 +116,8 @@ pub enum Notice {
     },
     /// `--incremental` found no previous export to build on: this run reads every contact.
     NoSnapshot { why: String },
+    /// An incremental run's requests, predicted before it spends them, and a full run's.
+    IncrementalCost { predicted: u64, full: u64 },
 }
 
 /// Where an export's notices go: a function the command layer gives.
@@ -290,7 +294,9 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         Some(governor) => Fetcher::with_governor(client, settings.fetch, Arc::clone(governor)),
         None => Fetcher::new(client, settings.fetch),
     });
-    let progress = Progress::new(settings.progress, settings.client.account_id);
+    let progress = settings
+        .progress_display
+        .make(settings.progress, settings.client.account_id);
     let ticker = tokio::spawn({
         let (fetcher, progress) = (Arc::clone(&fetcher), progress.clone());
         async move {

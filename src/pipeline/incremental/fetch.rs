@@ -29,6 +29,7 @@ use futures::StreamExt;
 
 use super::base::{Base, Index};
 use super::raw::Key;
+use crate::pipeline::{Notice, Notices};
 use crate::progress::Progress;
 use crate::source::{ContactsPage, FetchError, Fetcher};
 
@@ -106,6 +107,7 @@ pub async fn fetch(
     index: &Index,
     concurrency: usize,
     progress: &Progress,
+    notices: &Notices,
 ) -> Result<Fetched, FetchError> {
     let mut run = Run {
         fetcher,
@@ -164,11 +166,12 @@ pub async fn fetch(
         predicted += (differ * (depth + 1)).min(3 * pages(ours));
     }
     run.out.predicted = predicted;
-    eprintln!(
-        "chatwoot-export: incremental run: about {predicted} requests (a full run: about {})",
-        base.full_requests
-            .unwrap_or_else(|| pages(index.contacts) + MAX_PARTS)
-    );
+    notices.tell(Notice::IncrementalCost {
+        predicted,
+        full: base
+            .full_requests
+            .unwrap_or_else(|| pages(index.contacts) + MAX_PARTS),
+    });
     progress.phase(&format!("incremental: about {predicted} requests"));
 
     // 1 and 2: the created and the active contacts, whole.

@@ -273,9 +273,16 @@ pub(super) async fn run(
         let fetcher = Arc::clone(fetcher);
         async move { fetcher.attribute_definitions().await }
     });
-    let fetched = fetch::fetch(fetcher, base, &index, settings.fetch.concurrency, progress)
-        .await
-        .map_err(|err| fatal(err.into()));
+    let fetched = fetch::fetch(
+        fetcher,
+        base,
+        &index,
+        settings.fetch.concurrency,
+        progress,
+        &settings.notices,
+    )
+    .await
+    .map_err(|err| fatal(err.into()));
     let definitions = definitions.await.map_err(|err| fatal(err.into()))?;
     let fetched = fetched?;
     let inbox_secrets = if settings.keep_inbox_secrets {
