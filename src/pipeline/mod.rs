@@ -516,15 +516,7 @@ async fn run(
         }
         None => None,
     };
-    let mut filled: Vec<write::Filled> = crate::table::walk_tables()
-        .zip(flattener.shapes())
-        .zip(spills)
-        .map(|((table, shape), spill)| write::Filled {
-            table,
-            schema: write::final_schema(shape, union.as_ref().and_then(|u| u.get(table.name))),
-            spill,
-        })
-        .collect();
+    let mut filled = write::walk_filled(&flattener, spills, union.as_ref());
     filled.extend(side.filled);
     let options = SinkOptions {
         csv_safe: settings.csv_safe,

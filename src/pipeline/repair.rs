@@ -626,8 +626,8 @@ fn contact_id(contact: &str) -> Option<i64> {
     serde_json::from_str::<Id>(contact).ok().map(|c| c.id)
 }
 
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-fn day_text(day: i64) -> String {
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01), as the filter endpoint takes it.
+pub(super) fn day_text(day: i64) -> String {
     const UNIX_EPOCH_FROM_CE: i64 = 719_163;
     i32::try_from(day + UNIX_EPOCH_FROM_CE)
         .ok()

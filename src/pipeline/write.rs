@@ -94,9 +94,27 @@ pub fn columns_of(flattener: &Flattener) -> TableColumns {
         .collect()
 }
 
-/// A table's final schema: its shape's, with the run's other accounts' columns (`others`)
-/// merged in when there are several accounts.
-pub fn final_schema(shape: &TableShape, others: Option<&Vec<ColumnDef>>) -> TableSchema {
+/// The tables the contacts walk filled, ready to write: each with its final schema (the
+/// shape's, with the run's other accounts' columns merged in when `union` is given) and its
+/// spill.
+pub fn walk_filled(
+    flattener: &Flattener,
+    spills: Vec<PathBuf>,
+    union: Option<&TableColumns>,
+) -> Vec<Filled> {
+    crate::table::walk_tables()
+        .zip(flattener.shapes())
+        .zip(spills)
+        .map(|((table, shape), spill)| Filled {
+            table,
+            schema: final_schema(shape, union.and_then(|u| u.get(table.name))),
+            spill,
+        })
+        .collect()
+}
+
+/// A table's final schema: its shape's, with `others`' columns merged in.
+fn final_schema(shape: &TableShape, others: Option<&Vec<ColumnDef>>) -> TableSchema {
     match others {
         Some(others) => {
             let mut shape = shape.clone();

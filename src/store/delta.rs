@@ -182,6 +182,7 @@ mod imp {
     use crate::store::MANIFEST_FILE;
     use crate::store::lake::{
         Destination, LakeError, PARTITION_MANIFEST, Published, RunVars, manifest_partition,
+        read_staged_manifest,
     };
 
     /// Commits lost to a concurrent writer (another account's run) before giving up.
@@ -211,9 +212,7 @@ mod imp {
             path: staged.clone(),
             detail,
         };
-        let text = std::fs::read_to_string(&staged).map_err(|e| staging_error(e.to_string()))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| staging_error(e.to_string()))?;
+        let manifest: Manifest = read_staged_manifest(staging)?;
         let mut published = Published::default();
         for (table, entry) in &manifest.tables {
             let layout = Layout::of(template, table, vars);

@@ -306,9 +306,7 @@ impl Destination {
             path: staged.clone(),
             detail,
         };
-        let text = std::fs::read_to_string(&staged).map_err(|e| staging_error(e.to_string()))?;
-        let manifest: Value =
-            serde_json::from_str(&text).map_err(|e| staging_error(e.to_string()))?;
+        let manifest: Value = read_staged_manifest(staging)?;
         let tables = manifest["tables"]
             .as_object()
             .ok_or_else(|| staging_error("no tables".into()))?
@@ -666,6 +664,19 @@ fn partition_of(relative: &str) -> Partition {
         .filter(|part| !part.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The manifest of the complete export staged in `staging`.
+pub(super) fn read_staged_manifest<T: serde::de::DeserializeOwned>(
+    staging: &LocalPath,
+) -> Result<T, LakeError> {
+    let staged = staging.join(MANIFEST_FILE);
+    let staging_error = |detail: String| LakeError::Staging {
+        path: staged.clone(),
+        detail,
+    };
+    let text = std::fs::read_to_string(&staged).map_err(|e| staging_error(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| staging_error(e.to_string()))
 }
 
 /// Where `partition`'s manifest lives: the same path under `MANIFESTS_FOLDER`.

@@ -24,11 +24,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use chrono::NaiveDate;
 use futures::StreamExt;
 
 use super::base::{Base, Index};
 use super::raw::Key;
+use crate::pipeline::repair::day_text;
 use crate::pipeline::{Notice, Notices};
 use crate::progress::Progress;
 use crate::source::{ContactsPage, FetchError, Fetcher};
@@ -429,18 +429,6 @@ fn ids(page: &ContactsPage) -> BTreeSet<i64> {
         .iter()
         .filter_map(|contact| Key::of(contact).map(|key| key.id))
         .collect()
-}
-
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-fn day_text(day: i64) -> String {
-    const UNIX_EPOCH_FROM_CE: i64 = 719_163;
-    i32::try_from(day + UNIX_EPOCH_FROM_CE)
-        .ok()
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-        .map_or_else(
-            || "1970-01-01".to_owned(),
-            |date| date.format("%Y-%m-%d").to_string(),
-        )
 }
 
 #[cfg(test)]

@@ -316,15 +316,7 @@ pub(super) async fn run(
         column_names: settings.column_names,
     };
     // The contacts walk's tables; the side tables (labels and their walk) are a full run's.
-    let filled: Vec<write::Filled> = crate::table::walk_tables()
-        .zip(flattener.shapes())
-        .zip(spills)
-        .map(|((table, shape), spill)| write::Filled {
-            table,
-            schema: shape.finish(),
-            spill,
-        })
-        .collect();
+    let filled = write::walk_filled(&flattener, spills, None);
     let (mut tables, mut written) = write::write_tables(
         settings.format,
         options,
