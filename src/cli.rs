@@ -145,6 +145,10 @@ pub struct RunArgs {
     /// --resume or --restart, kept work stops the run: exit 2).
     #[arg(long)]
     pub restart: bool,
+    /// Read every contact this run and keep the snapshot, whatever the file's snapshot.mode:
+    /// the full refresh of an incremental schedule, on demand.
+    #[arg(long)]
+    pub full: bool,
     /// Print what the run will cost and write nothing: per account, the contacts, pages,
     /// requests, the time at the rate limit and each table's columns, from a few cheap
     /// requests (page 1 and the attribute definitions; the labels' first pages with
@@ -250,6 +254,11 @@ pub struct OutputArgs {
     /// --incremental nothing is kept for later runs.
     #[arg(long)]
     pub full: bool,
+    /// With --incremental: read every contact instead when the last full read is older than
+    /// this (e.g. 7d, 36h, 0s for every run, never). Edits without activity are caught by
+    /// the full reads only. [default: 7d]
+    #[arg(long, value_name = "DURATION", requires = "incremental")]
+    pub full_refresh_every: Option<String>,
     /// CSV only: files for people who open them in a spreadsheet (Excel, LibreOffice,
     /// Numbers): a UTF-8 byte-order mark so Hebrew and other non-Latin text show right, CRLF
     /// line ends, and --csv-safe's protection (phone numbers such as +972... stay text and no

@@ -17,7 +17,7 @@ use toml::{Table, Value};
 use url::Url;
 
 use crate::options::{
-    FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
+    FetchKnobs, SinkConflict, SnapshotMode, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
 };
 use crate::secret::ApiToken;
 use crate::sink::{ColumnNames, Compression, Format};
@@ -84,6 +84,16 @@ struct RawFile {
     #[serde(default)]
     tables: TablesSection,
     sink: SinkSection,
+    #[serde(default)]
+    snapshot: SnapshotSection,
+}
+
+/// `[snapshot]`: whether runs keep what the next one builds on, and how they read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotSection {
+    mode: Option<String>,
+    full_refresh_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +159,8 @@ fn default_format() -> String {
 
 /// Known keys per section, so that every unknown key is reported (serde stops at the first).
 const KNOWN: &[(&str, &[&str])] = &[
-    ("", &["source", "fetch", "tables", "sink"]),
+    ("", &["source", "fetch", "tables", "sink", "snapshot"]),
+    ("snapshot", &["mode", "full_refresh_every"]),
     (
         "source",
         &[
@@ -318,6 +329,10 @@ pub struct PipelineFile {
     pub fetch: FetchOptions,
     pub tables: TableSelection,
     pub sink: SinkSettings,
+    /// `snapshot.mode`: plain (the default), full or incremental.
+    pub snapshot: SnapshotMode,
+    /// `snapshot.full_refresh_every` of an incremental schedule (`None`: never).
+    pub full_refresh_every: Option<Duration>,
 }
 
 /// Loads, overrides, interpolates and validates a pipeline file's text.
@@ -459,6 +474,7 @@ fn resolve(
         fetch,
         tables,
         sink,
+        snapshot,
     } = file;
     let allow_insecure_http = source.allow_insecure_http;
     let (url, accounts, token) = resolve_source(source, token_var, env, &mut bad);
@@ -467,6 +483,7 @@ fn resolve(
     let selection = resolve_tables(tables, &mut bad);
 
     let sink = resolve_sink(sink, accounts.len(), &mut bad);
+    let (snapshot, full_refresh_every) = resolve_snapshot(snapshot, &mut bad);
 
     if !ok {
         return None;
@@ -481,7 +498,43 @@ fn resolve(
         sort: fetch.sort,
         tables: selection,
         sink: sink?,
+        snapshot: snapshot?,
+        full_refresh_every: full_refresh_every?,
     })
+}
+
+/// `[snapshot]`: the mode, and how old the last full read of an incremental schedule may be.
+fn resolve_snapshot(
+    snapshot: SnapshotSection,
+    bad: &mut dyn FnMut(&str, String),
+) -> (Option<SnapshotMode>, Option<Option<Duration>>) {
+    let mode = match snapshot.mode.as_deref() {
+        None | Some("plain") => Some(SnapshotMode::Plain),
+        Some("full") => Some(SnapshotMode::Full),
+        Some("incremental") => Some(SnapshotMode::Incremental),
+        Some(other) => {
+            bad(
+                "snapshot.mode",
+                format!("must be plain, full or incremental, not {other:?}"),
+            );
+            None
+        }
+    };
+    let every = match &snapshot.full_refresh_every {
+        None => Some(Some(crate::options::DEFAULT_FULL_REFRESH_EVERY)),
+        Some(_) if mode.is_some_and(|mode| mode != SnapshotMode::Incremental) => {
+            bad(
+                "snapshot.full_refresh_every",
+                "applies only to mode = \"incremental\": set the mode or drop full_refresh_every"
+                    .into(),
+            );
+            None
+        }
+        Some(text) => crate::options::parse_full_refresh_every(text)
+            .map_err(|message| bad("snapshot.full_refresh_every", message))
+            .ok(),
+    };
+    (mode, every)
 }
 
 /// `[source]`: where the contacts come from, which accounts, and the token (read from the

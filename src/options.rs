@@ -35,6 +35,46 @@ pub const DEFAULT_RATE_LIMIT: u64 = 3000;
 pub const DEFAULT_RATE_WINDOW_SECS: u64 = 60;
 /// The output format.
 pub const DEFAULT_FORMAT: Format = Format::Parquet;
+/// How old the last full read of an incremental schedule may be before a run reads everything
+/// again: the bound on how long an edit without activity stays unseen.
+pub const DEFAULT_FULL_REFRESH_EVERY: Duration = Duration::from_secs(7 * 86_400);
+
+/// `full_refresh_every` / `--full-refresh-every`: a duration as people write it (`7d`, `36h`,
+/// `1w`, `0s` for a full read every run), or `never` (`None`: an incremental schedule never
+/// reads everything again by itself).
+pub fn parse_full_refresh_every(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    humantime::parse_duration(text).map(Some).map_err(|err| {
+        format!(
+            "{text:?} is not a duration ({err}): write e.g. \"7d\", \"36h\", \"0s\" or \"never\""
+        )
+    })
+}
+
+/// How a run makes its snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Every contact read, and nothing kept for later runs: a one-off export pays nothing for
+    /// the snapshot machinery (the raw contacts cost about half again the export's CPU).
+    #[default]
+    Plain,
+    /// Every contact read (`--full`), the raw contacts kept for the next incremental run, and,
+    /// with a base in the folder, the change feed compared with it.
+    Full,
+    /// The base merged with what can have changed (`--incremental`); a full run when there is
+    /// no base.
+    Incremental,
+}
+
+impl SnapshotMode {
+    /// Whether the run keeps its raw contacts and looks for a base.
+    pub fn keeps_snapshot(self) -> bool {
+        self != SnapshotMode::Plain
+    }
+}
 
 /// How pages are fetched, as the user gives it (`--concurrency`, `[fetch]`), with the defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -191,6 +231,22 @@ mod tests {
         assert_eq!(parse_rate_share("1"), Ok(1.0));
         assert!(parse_rate_share("0.05").is_err());
         assert!(parse_rate_share("half").is_err());
+    }
+
+    #[test]
+    fn full_refresh_durations() {
+        let days = |n: u64| Some(Duration::from_secs(n * 86_400));
+        assert_eq!(parse_full_refresh_every("7d"), Ok(days(7)));
+        assert_eq!(parse_full_refresh_every(" 1w "), Ok(days(7)));
+        assert_eq!(
+            parse_full_refresh_every("36h"),
+            Ok(Some(Duration::from_secs(36 * 3600)))
+        );
+        assert_eq!(parse_full_refresh_every("0s"), Ok(Some(Duration::ZERO)));
+        assert_eq!(parse_full_refresh_every("Never"), Ok(None));
+        let bad = parse_full_refresh_every("weekly").unwrap_err();
+        assert!(bad.contains("\"weekly\" is not a duration"), "{bad}");
+        assert_eq!(DEFAULT_FULL_REFRESH_EVERY, days(7).unwrap());
     }
 
     #[test]

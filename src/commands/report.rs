@@ -121,6 +121,12 @@ fn notice_text(notice: &Notice) -> String {
         Notice::NoSnapshot { why } => {
             format!("note: no snapshot to build on ({why}): this run reads every contact")
         }
+        Notice::FullRefreshDue { last_full, every } => {
+            format!(
+                "note: the last full read was at {last_full}, more than {} ago (full_refresh_every): this run reads every contact, so that edits without activity are caught",
+                humantime::format_duration(*every)
+            )
+        }
         Notice::LabelWalkCost {
             labels,
             tagged,

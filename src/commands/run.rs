@@ -32,7 +32,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     let (sources, servers) = sources(&pipeline).await?;
     let progress = !args.no_progress && !args.json;
-    let (jobs, target) = pipeline_jobs(&pipeline, sources, progress, &start);
+    let (jobs, target) = pipeline_jobs(&pipeline, sources, progress, args.full, &start);
     if args.plan {
         let settings: Vec<_> = jobs.into_iter().map(|(settings, _)| settings).collect();
         let planned = plan(&settings, args.json).await;

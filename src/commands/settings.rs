@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use url::Url;
 
@@ -18,7 +19,8 @@ use crate::cli::{ContactsArgs, FetchArgs, OutputArgs, SafetyArgs};
 use crate::config::{self, PipelineFile, SinkSettings, TableSelection};
 use crate::error::Error;
 use crate::options::{
-    FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
+    DEFAULT_FULL_REFRESH_EVERY, FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http,
+    parse_full_refresh_every, sink_conflicts,
 };
 use crate::pipeline::{ExportSettings, SharedSchemas, SnapshotMode};
 use crate::runner::{RunStart, Target};
@@ -36,6 +38,8 @@ struct Conduct {
     schemas: Option<Arc<SharedSchemas>>,
     /// Every contact read, or only what can have changed since the previous export.
     snapshot: SnapshotMode,
+    /// How old the last full read of an incremental schedule may be.
+    full_refresh_every: Option<Duration>,
 }
 
 /// The one place `ExportSettings` are assembled: `out` is where this export writes (a folder,
@@ -67,6 +71,7 @@ fn export_settings(
         speculate: conduct.speculate,
         schemas: conduct.schemas,
         snapshot: conduct.snapshot,
+        full_refresh_every: conduct.full_refresh_every,
         notices: report::notices(),
         progress_display: super::progress::display(),
     }
@@ -123,6 +128,7 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
         column_names,
         incremental,
         full,
+        full_refresh_every,
         csv_excel,
     } = args.output;
     let SafetyArgs {
@@ -158,6 +164,11 @@ pub fn contacts(args: ContactsArgs) -> Result<ExportSettings, Error> {
             SnapshotMode::Full
         } else {
             SnapshotMode::Plain
+        },
+        full_refresh_every: match full_refresh_every {
+            Some(text) => parse_full_refresh_every(&text)
+                .map_err(|why| Error::Usage(format!("--full-refresh-every: {why}")))?,
+            None => Some(DEFAULT_FULL_REFRESH_EVERY),
         },
     };
     Ok(export_settings(
@@ -292,6 +303,7 @@ pub fn demo(
         speculate: true,
         schemas: None,
         snapshot: SnapshotMode::Plain,
+        full_refresh_every: None,
     };
     Ok(export_settings(
         client,
@@ -305,11 +317,13 @@ pub fn demo(
 
 /// `run`: one export per account of the pipeline, `sources` giving each account's server and
 /// token in the pipeline's order; all share one request budget (Chatwoot limits requests per
-/// client IP) and the pipeline's target.
+/// client IP) and the pipeline's target. `full`: every account reads everything this run
+/// (`run --full`) and keeps the snapshot.
 pub fn pipeline_jobs(
     pipeline: &PipelineFile,
     sources: Vec<(Url, ApiToken)>,
     progress: bool,
+    full: bool,
     start: &RunStart,
 ) -> (Vec<(ExportSettings, RunVars)>, Target) {
     let governor = Arc::new(RateGovernor::new(
@@ -344,7 +358,12 @@ pub fn pipeline_jobs(
                 governor: Some(Arc::clone(&governor)),
                 speculate: !several,
                 schemas: schemas.clone(),
-                snapshot: SnapshotMode::Plain,
+                snapshot: if full {
+                    SnapshotMode::Full
+                } else {
+                    pipeline.snapshot
+                },
+                full_refresh_every: pipeline.full_refresh_every,
             };
             let settings = export_settings(
                 client,

@@ -88,6 +88,9 @@ pub struct ExportSettings {
     pub speculate: bool,
     /// Read every contact, or build on the previous snapshot in `out` (`--incremental`).
     pub snapshot: SnapshotMode,
+    /// An incremental run reads every contact when the last full read is older than this
+    /// (`None`: never), so that edits without activity are seen within this time.
+    pub full_refresh_every: Option<Duration>,
     /// Where the accounts of one run agree on one schema per table before writing; `None`:
     /// this export's own columns.
     pub schemas: Option<Arc<SharedSchemas>>,
@@ -118,6 +121,9 @@ pub enum Notice {
     NoSnapshot { why: String },
     /// An incremental run's requests, predicted before it spends them, and a full run's.
     IncrementalCost { predicted: u64, full: u64 },
+    /// `--incremental`, but the last full read (`last_full`, RFC 3339) is older than
+    /// `full_refresh_every`: this run reads every contact (and its change feed is exact).
+    FullRefreshDue { last_full: String, every: Duration },
 }
 
 /// Where an export's notices go: a function the command layer gives.
@@ -282,6 +288,22 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     };
+    let refresh_due = base
+        .as_ref()
+        .filter(|_| settings.snapshot == SnapshotMode::Incremental)
+        .and_then(|base| {
+            incremental::base::full_refresh_due(
+                base,
+                settings.full_refresh_every,
+                chrono::Utc::now(),
+            )
+        });
+    if let Some(last_full) = &refresh_due {
+        settings.notices.tell(Notice::FullRefreshDue {
+            last_full: last_full.clone(),
+            every: settings.full_refresh_every.unwrap_or_default(),
+        });
+    }
     let (dir, checkpoint) = open_output(settings, &params)?;
     let client = match ContactsClient::new(settings.client.clone()) {
         Ok(client) => client,
@@ -307,7 +329,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         }
     });
     let result = match &base {
-        Some(base) if settings.snapshot == SnapshotMode::Incremental => {
+        Some(base) if settings.snapshot == SnapshotMode::Incremental && refresh_due.is_none() => {
             let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let run_id = incremental::run_id(&started_at);
             incremental::run(

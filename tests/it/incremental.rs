@@ -403,3 +403,165 @@ fn a_single_old_deletion_costs_a_binary_search() {
     // Bisecting down to the deleted contact's day and listing it took 26.
     assert!(requests <= 22, "{requests} requests");
 }
+
+/// A pipeline with `snapshot.mode = "incremental"` is a nightly schedule: the first run has
+/// no base and reads everything, the next builds on it, a run whose last full read is older
+/// than `full_refresh_every` reads everything again (and says why), and `run --full` forces
+/// one. Each night's contacts equal the server's, except silent edits an incremental night
+/// did not read, which the full refresh brings back.
+#[test]
+fn a_pipeline_schedule_is_incremental_with_full_refreshes() {
+    let fake = Fake::with_contacts(400);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let file = dir.path().join("nightly.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"{}\"\naccount_id = 1\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\
+             [sink]\nformat = \"ndjson\"\ndestination = \"{}\"\n\
+             [snapshot]\nmode = \"incremental\"\n",
+            fake.base_url(),
+            out.display()
+        ),
+    )
+    .expect("write the pipeline");
+    let night = |extra: &[&str]| {
+        let mut args = vec!["run", file.to_str().expect("utf-8"), "--no-progress"];
+        args.extend_from_slice(extra);
+        let run =
+            crate::harness::run_with_env(&args, &[("CHATWOOT_API_TOKEN", crate::harness::TOKEN)]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_no_token(&run, &out);
+        (run, manifest(&out).expect("manifest"))
+    };
+    let day = || {
+        fake.simulate_day(DayPlan {
+            created: 20,
+            active: 10,
+            deleted_old: 2,
+            deleted_new: 1,
+            edited: 4,
+        })
+    };
+    let ids_now = || ids(&fake.truth());
+    let ids_written =
+        |out: &Path| -> BTreeSet<i64> { crate::harness::ndjson_ids(out).into_iter().collect() };
+
+    let (first, manifest) = night(&[]);
+    assert!(
+        first.stderr.contains("no snapshot to build on"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(manifest["mode"], "full");
+    let full_requests = manifest["requests"].as_u64().expect("requests");
+
+    day();
+    let (second, manifest) = night(&[]);
+    assert_eq!(manifest["mode"], "incremental", "{}", second.stderr);
+    assert!(second.stderr.contains("incremental run: about"));
+    assert!(manifest["requests"].as_u64().expect("requests") < full_requests / 2);
+    assert_eq!(ids_written(&out), ids_now());
+
+    // The last full read is older than 0 s: due.
+    day();
+    let (third, manifest) = night(&["--set", "snapshot.full_refresh_every=\"0s\""]);
+    assert_eq!(manifest["mode"], "full");
+    assert!(
+        third
+            .stderr
+            .contains("(full_refresh_every): this run reads every contact"),
+        "{}",
+        third.stderr
+    );
+    // A full run with a base: the change feed is exact, and so is the snapshot.
+    assert!(out.join("contact_changes.ndjson").is_file());
+    crate::export::assert_export_matches(&out, "ndjson", &fake.truth(), &fake.definitions());
+
+    day();
+    let (_, manifest) = night(&["--full"]);
+    assert_eq!(manifest["mode"], "full");
+    assert_eq!(
+        manifest["snapshot"]["verified_through"],
+        manifest["started_at"]
+    );
+    day();
+    let (_, manifest) = night(&[]);
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(ids_written(&out), ids_now());
+}
+
+/// `contacts --full-refresh-every` does for one command what the pipeline key does, and the
+/// pipeline's snapshot keys are checked like every other key.
+#[test]
+fn full_refresh_every_on_the_command_line_and_its_checks() {
+    let fake = Fake::with_contacts(120);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = export(&fake.base_url(), "ndjson", dir.path(), &["--full"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--incremental", "--full-refresh-every", "0s"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(manifest(dir.path()).expect("manifest")["mode"], "full");
+    let run = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--incremental", "--full-refresh-every", "1w"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        manifest(dir.path()).expect("manifest")["mode"],
+        "incremental"
+    );
+    let bad = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--incremental", "--full-refresh-every", "weekly"],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--full-refresh-every: \"weekly\" is not a duration"),
+        "{}",
+        bad.stderr
+    );
+
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[source]\nbase_url = \"http://127.0.0.1:9\"\naccount_id = 1\ntoken = \"${CHATWOOT_API_TOKEN}\"\n\
+         [sink]\ndestination = \"out\"\n[snapshot]\nmode = \"nightly\"\nfull_refresh_every = \"7d\"\n",
+    )
+    .expect("write");
+    let checked = crate::harness::run(&["validate", file.to_str().expect("utf-8"), "--offline"]);
+    assert_eq!(checked.code, 2, "{}", checked.stderr);
+    assert!(
+        checked
+            .stderr
+            .contains("snapshot.mode (line 8): must be plain, full or incremental, not \"nightly\""),
+        "{}",
+        checked.stderr
+    );
+    std::fs::write(
+        &file,
+        "[source]\nbase_url = \"http://127.0.0.1:9\"\naccount_id = 1\ntoken = \"${CHATWOOT_API_TOKEN}\"\n\
+         [sink]\ndestination = \"out\"\n[snapshot]\nfull_refresh_every = \"7d\"\n",
+    )
+    .expect("write");
+    let checked = crate::harness::run(&["validate", file.to_str().expect("utf-8"), "--offline"]);
+    assert_eq!(checked.code, 2, "{}", checked.stderr);
+    assert!(
+        checked
+            .stderr
+            .contains("snapshot.full_refresh_every (line 8): applies only to mode = \"incremental\""),
+        "{}",
+        checked.stderr
+    );
+}

@@ -81,6 +81,22 @@ pub fn find(
     })
 }
 
+/// When an incremental run must read everything instead: the last full read of `base` (its
+/// `verified_through`, RFC 3339) if it is `every` or more before `now`, or unreadable.
+pub fn full_refresh_due(
+    base: &Base,
+    every: Option<std::time::Duration>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    let every = chrono::Duration::from_std(every?).unwrap_or(chrono::Duration::MAX);
+    let last_full = &base.snapshot.verified_through;
+    let due = match chrono::DateTime::parse_from_rfc3339(last_full) {
+        Ok(at) => now.signed_duration_since(at) >= every,
+        Err(_) => true,
+    };
+    due.then(|| last_full.clone())
+}
+
 /// The base's raw contacts, indexed for the checks.
 #[derive(Debug, Default)]
 pub struct Index {

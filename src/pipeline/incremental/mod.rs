@@ -34,27 +34,7 @@ use base::{Base, Index};
 use changes::Feed;
 use raw::{Key, RAW_FILE, RawReader, RawWriter, SNAPSHOT_DIR};
 
-/// How a run makes its snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SnapshotMode {
-    /// Every contact read, and nothing kept for later runs: a one-off export pays nothing for
-    /// the snapshot machinery (the raw contacts cost about half again the export's CPU).
-    #[default]
-    Plain,
-    /// Every contact read (`--full`), the raw contacts kept for the next incremental run, and,
-    /// with a base in the folder, the change feed compared with it.
-    Full,
-    /// The base merged with what can have changed (`--incremental`); a full run when there is
-    /// no base.
-    Incremental,
-}
-
-impl SnapshotMode {
-    /// Whether the run keeps its raw contacts and looks for a base.
-    pub fn keeps_snapshot(self) -> bool {
-        self != SnapshotMode::Plain
-    }
-}
+pub use crate::options::SnapshotMode;
 
 /// The raw contacts' work file, in the run's work folder until the run commits.
 const RAW_WORK: &str = "contacts.raw.ndjson.zst";
