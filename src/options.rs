@@ -244,9 +244,9 @@ mod tests {
         );
         assert_eq!(parse_full_refresh_every("0s"), Ok(Some(Duration::ZERO)));
         assert_eq!(parse_full_refresh_every("Never"), Ok(None));
-        let bad = parse_full_refresh_every("weekly").unwrap_err();
+        let bad = parse_full_refresh_every("weekly").expect_err("not a duration");
         assert!(bad.contains("\"weekly\" is not a duration"), "{bad}");
-        assert_eq!(DEFAULT_FULL_REFRESH_EVERY, days(7).unwrap());
+        assert_eq!(Some(DEFAULT_FULL_REFRESH_EVERY), days(7));
     }
 
     #[test]
