@@ -19,6 +19,9 @@ pub trait ProgressSink: Send + Sync {
     /// The totals, once page 1 has told them; `pages_done` and `contacts` are where the walk
     /// already stands (a resumed export).
     fn plan(&self, pages: u64, contacts_expected: Option<u64>, pages_done: u64, contacts: u64);
+    /// An incremental run's plan: the requests predicted, `done` already spent; from here on
+    /// `page_done` counts requests (each a page of a filtered listing or a count).
+    fn plan_requests(&self, requests: u64, done: u64);
     /// One more page done, with the contacts kept so far.
     fn page_done(&self, contacts: u64);
     /// The fetcher's counters and the rate governor's state.
@@ -64,6 +67,7 @@ struct Silent;
 
 impl ProgressSink for Silent {
     fn plan(&self, _: u64, _: Option<u64>, _: u64, _: u64) {}
+    fn plan_requests(&self, _: u64, _: u64) {}
     fn page_done(&self, _: u64) {}
     fn set_status(&self, _: FetchStatus) {}
     fn phase(&self, _: &str) {}

@@ -50,6 +50,8 @@ pub struct ProgressDisplay {
 }
 
 struct Line {
+    /// What the bar counts: pages of the walk, or an incremental run's requests.
+    unit: &'static str,
     expected_contacts: Option<u64>,
     contacts: u64,
     status: FetchStatus,
@@ -64,6 +66,7 @@ struct Line {
 impl Default for Line {
     fn default() -> Self {
         Self {
+            unit: "pages",
             expected_contacts: None,
             contacts: 0,
             status: FetchStatus::default(),
@@ -104,10 +107,11 @@ impl ProgressDisplay {
         // `wide_msg` takes what the terminal's width leaves and cuts the rest: no wrap.
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner:.green} {bar:20.cyan/blue} {human_pos}/{human_len} pages  {wide_msg}",
+                "{spinner:.green} {bar:20.cyan/blue} {human_pos}/{human_len} {prefix}  {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        bar.set_prefix("pages");
         if mode == Mode::Bar {
             bar.enable_steady_tick(Duration::from_millis(125));
         }
@@ -173,9 +177,10 @@ impl ProgressDisplay {
         let text = match &line.phase {
             Some(phase) => format!("progress: account {account_id}: {phase}"),
             None => format!(
-                "progress: account {account_id}: {}/{} pages ({}%)  {}",
+                "progress: account {account_id}: {}/{} {} ({}%)  {}",
                 HumanCount(done),
                 HumanCount(planned),
+                line.unit,
                 (done * 100).checked_div(planned).unwrap_or(0),
                 status_message(&line, rates)
             ),
@@ -186,6 +191,7 @@ impl ProgressDisplay {
                 event = "progress",
                 account_id,
                 phase = line.phase.as_deref(),
+                unit = line.unit,
                 pages_done = done,
                 pages_planned = planned,
                 contacts = line.contacts,
@@ -281,10 +287,11 @@ fn status_message(line: &Line, rates: Rates) -> String {
         None => format!("{} contacts", HumanCount(line.contacts)),
     });
     if let Some(rate) = rates.pages_per_sec {
+        let unit = line.unit;
         parts.push(if rate < 10.0 {
-            format!("{rate:.1} pages/s")
+            format!("{rate:.1} {unit}/s")
         } else {
-            format!("{rate:.0} pages/s")
+            format!("{rate:.0} {unit}/s")
         });
     }
     let status = &line.status;
@@ -334,6 +341,14 @@ impl ProgressSink for ProgressDisplay {
         line.samples.push_back((Instant::now(), pages_done));
         drop(line);
         self.update();
+    }
+
+    /// The incremental run's requests, predicted: the bar counts requests from here on.
+    fn plan_requests(&self, requests: u64, done: u64) {
+        self.bar.set_prefix("requests");
+        self.line().unit = "requests";
+        let contacts = self.line().contacts;
+        self.plan(requests.max(done), None, done, contacts);
     }
 
     /// One more page done; `contacts` is the running count of distinct contacts.

@@ -543,9 +543,9 @@ fn full_refresh_every_on_the_command_line_and_its_checks() {
     let checked = crate::harness::run(&["validate", file.to_str().expect("utf-8"), "--offline"]);
     assert_eq!(checked.code, 2, "{}", checked.stderr);
     assert!(
-        checked
-            .stderr
-            .contains("snapshot.mode (line 8): must be plain, full or incremental, not \"nightly\""),
+        checked.stderr.contains(
+            "snapshot.mode (line 8): must be plain, full or incremental, not \"nightly\""
+        ),
         "{}",
         checked.stderr
     );
@@ -558,9 +558,9 @@ fn full_refresh_every_on_the_command_line_and_its_checks() {
     let checked = crate::harness::run(&["validate", file.to_str().expect("utf-8"), "--offline"]);
     assert_eq!(checked.code, 2, "{}", checked.stderr);
     assert!(
-        checked
-            .stderr
-            .contains("snapshot.full_refresh_every (line 8): applies only to mode = \"incremental\""),
+        checked.stderr.contains(
+            "snapshot.full_refresh_every (line 8): applies only to mode = \"incremental\""
+        ),
         "{}",
         checked.stderr
     );

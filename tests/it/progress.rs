@@ -108,6 +108,65 @@ fn a_run_without_a_terminal_prints_progress_lines_with_pages_rate_and_eta() {
     assert_no_token(&run, dir.path());
 }
 
+/// An incremental run's progress counts requests against the count it predicted before it
+/// began (issue 19, "Budget-aware"), not pages of the whole account.
+#[test]
+fn an_incremental_run_shows_its_requests_against_the_prediction() {
+    let fake = slow_fake(1_500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let full = contacts(&fake, &out, &["--full"]);
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    fake.simulate_day(chatwoot_export::fake::DayPlan {
+        created: 150,
+        active: 150,
+        deleted_old: 3,
+        deleted_new: 2,
+        edited: 0,
+    });
+    let run = contacts(&fake, &out, &["--incremental"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let manifest = crate::harness::manifest(&out).expect("manifest");
+    assert_eq!(manifest["mode"], "incremental");
+    let predicted = manifest["snapshot"]["requests_predicted"]
+        .as_u64()
+        .expect("requests_predicted");
+    let spent = manifest["pages_fetched"].as_u64().expect("pages_fetched");
+    let counts: Vec<(u64, u64)> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("chatwoot-export: progress: account 1: "))
+        .filter_map(|l| l.split(": ").nth(3)?.split(" requests (").next())
+        .filter_map(|pair| {
+            let (done, planned) = pair.split_once('/')?;
+            Some((
+                done.replace(',', "").parse().ok()?,
+                planned.replace(',', "").parse().ok()?,
+            ))
+        })
+        .collect();
+    assert!(counts.len() >= 2, "request lines: {}", run.stderr);
+    // The bar starts at the prediction and grows only if the run needs more.
+    assert_eq!(counts[0].1, predicted, "{}", run.stderr);
+    for pair in counts.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].0 && pair[1].1 >= pair[0].1,
+            "{:?}",
+            pair
+        );
+    }
+    for (done, planned) in &counts {
+        assert!(
+            done <= planned && *done <= spent,
+            "{done}/{planned} of {spent}"
+        );
+        assert_eq!(*planned, predicted.max(*planned));
+    }
+    // The deletion search shows its requests too, up to the last.
+    let last = counts.last().expect("a line");
+    assert!(last.0 * 4 >= spent * 3, "{last:?} of {spent}: {}", run.stderr);
+}
+
 /// Regression (issue 18, 6): a run that waited for the rate limit said "0 rate-limited".
 #[test]
 fn a_rate_limited_run_says_its_429s_and_the_time_it_waited() {

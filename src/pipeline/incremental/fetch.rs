@@ -95,6 +95,8 @@ pub struct Fetched {
 
 struct Run<'a> {
     fetcher: &'a Fetcher,
+    /// Told of every request done: the bar counts them against the prediction.
+    progress: &'a Progress,
     concurrency: usize,
     page_size: u64,
     out: Fetched,
@@ -111,6 +113,7 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     let mut run = Run {
         fetcher,
+        progress,
         concurrency: concurrency.max(1),
         page_size: base.page_size.max(1),
         out: Fetched::default(),
@@ -172,7 +175,7 @@ pub async fn fetch(
             .full_requests
             .unwrap_or_else(|| pages(index.contacts) + MAX_PARTS),
     });
-    progress.phase(&format!("incremental: about {predicted} requests"));
+    progress.plan_requests(predicted, run.out.requests);
 
     // 1 and 2: the created and the active contacts, whole.
     run.list(created, Some(created_first), true).await?;
@@ -187,8 +190,7 @@ pub async fn fetch(
             .collect();
         run.out.deleted.extend(gone);
     }
-    // 3: deletions in the past.
-    progress.phase("incremental: checking for deletions");
+    // 3: deletions in the past (the bar goes on counting requests).
     let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).collect();
     while let Some((part, now)) = pending.pop() {
         let (low, high) = part.days();
@@ -230,6 +232,7 @@ pub async fn fetch(
     }
     run.out.requests += 1;
     let last = fetcher.page(1).await?;
+    progress.page_done(run.out.contacts.len() as u64);
     run.out.final_count = last.meta.count;
     run.keep(&last);
     Ok(run.out)
@@ -280,7 +283,7 @@ impl Run<'_> {
     async fn fetch(&mut self, wanted: Vec<(Filter, u64)>) -> Result<Vec<ContactsPage>, FetchError> {
         self.out.requests += wanted.len() as u64;
         let fetcher = self.fetcher;
-        futures::stream::iter(wanted)
+        let mut pages = futures::stream::iter(wanted)
             .map(|(filter, page)| async move {
                 let conditions = filter.conditions();
                 let refs: Vec<(&str, &str, &str)> = conditions
@@ -289,11 +292,14 @@ impl Run<'_> {
                     .collect();
                 fetcher.filter_days(page, &refs).await
             })
-            .buffered(self.concurrency)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
+            .buffered(self.concurrency);
+        let mut done = Vec::new();
+        while let Some(page) = pages.next().await {
+            done.push(page?);
+            // Contacts kept so far (this batch's are kept by the caller).
+            self.progress.page_done(self.out.contacts.len() as u64);
+        }
+        Ok(done)
     }
 
     /// Lists `filter` whole, keeping every contact, until a listing held still: for a past
