@@ -123,8 +123,8 @@ fn notice_text(notice: &Notice) -> String {
         }
         Notice::FullRefreshDue { last_full, every } => {
             format!(
-                "note: the last full read was at {last_full}, more than {} ago (full_refresh_every): this run reads every contact, so that edits without activity are caught",
-                humantime::format_duration(*every)
+                "note: the last full read was at {last_full}, {} ago or more (full_refresh_every): this run reads every contact, so that edits without activity are caught",
+                spoken_duration(*every)
             )
         }
         Notice::LabelWalkCost {
@@ -152,4 +152,32 @@ pub fn dashboard_url_note(base_url: &str, account_id: u64) {
 /// Says where a fake Chatwoot (the demo's, or a pipeline's `builtin:fake`) serves.
 pub fn fake_serving(text: &str) {
     log::say("fake_server", text);
+}
+
+/// A duration as a note says it: `7 days`, `36 hours`, else humantime's `1h 30m`.
+fn spoken_duration(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        0 => "0 seconds".into(),
+        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        s if s % 3_600 == 0 => plural(s / 3_600, "hour"),
+        _ => humantime::format_duration(duration).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spoken_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_as_a_note_says_them() {
+        let secs = Duration::from_secs;
+        assert_eq!(spoken_duration(secs(7 * 86_400)), "7 days");
+        assert_eq!(spoken_duration(secs(86_400)), "1 day");
+        assert_eq!(spoken_duration(secs(36 * 3_600)), "36 hours");
+        assert_eq!(spoken_duration(secs(5_400)), "1h 30m");
+        assert_eq!(spoken_duration(secs(0)), "0 seconds");
+    }
 }

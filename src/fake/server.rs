@@ -607,7 +607,8 @@ fn page_response(
                         };
                         listing
                             .active_between_days(&served.account, active_after, active_before)
-                            .into_iter()
+                            .iter()
+                            .copied()
                             .filter(|&index| created(index))
                             .collect()
                     }

@@ -164,7 +164,11 @@ fn an_incremental_run_shows_its_requests_against_the_prediction() {
     }
     // The deletion search shows its requests too, up to the last.
     let last = counts.last().expect("a line");
-    assert!(last.0 * 4 >= spent * 3, "{last:?} of {spent}: {}", run.stderr);
+    assert!(
+        last.0 * 4 >= spent * 3,
+        "{last:?} of {spent}: {}",
+        run.stderr
+    );
 }
 
 /// Regression (issue 18, 6): a run that waited for the rate limit said "0 rate-limited".

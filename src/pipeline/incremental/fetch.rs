@@ -6,7 +6,8 @@
 //! predicted and spent. Three sets, all through `POST /contacts/filter` (day granularity,
 //! strict comparisons, shared/chatwoot-contacts-api.md section 6):
 //! 1. created since the base's newest `created_at` day (that day included);
-//! 2. active since the base's newest `last_activity_at` day (that day included): activity
+//! 2. active since the base's newest `last_activity_at` day (that day included) and created
+//!    before the first set's range (the newer ones are in it already): activity
 //!    after the base read a contact happened after the base run began, and the base's newest
 //!    activity is no later than its end, so both days differ by at most the days the base run
 //!    spanned, which both filters go back by as well;
@@ -131,8 +132,11 @@ pub async fn fetch(
         created_after: created_from.map(|d| d - 1),
         ..Filter::default()
     };
+    // Active contacts created before the created range: the newer ones are all read as created
+    // (a contact that wrote in through the widget is both, and would be read twice).
     let active = seen.map(|t| Filter {
         active_after: Some(day(t) - base.span_days - 1),
+        created_before: created_from,
         ..Filter::default()
     });
     let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, run.page_size));

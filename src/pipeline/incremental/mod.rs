@@ -440,17 +440,17 @@ fn merge(
             feed.removed(key.id);
             continue;
         }
-        let text = match fetched.remove(&key.id) {
+        let (text, key) = match fetched.remove(&key.id) {
             Some(now) => {
                 merged.reread += 1;
                 feed.compare(key.id, &line, &now);
-                now
+                let read = Key::of(&now).unwrap_or(key);
+                (now, read)
             }
-            None => line,
+            // The base's text: its key is the one just read.
+            None => (line, key),
         };
-        if let Some(key) = Key::of(&text) {
-            newest.note(&key);
-        }
+        newest.note(&key);
         collector.add(0, &text)?;
     }
     let mut new: Vec<(Key, String)> = fetched
