@@ -132,6 +132,14 @@ impl Index {
         Ok(index)
     }
 
+    /// Whether the base holds the contact `key` names (by its id, found where its
+    /// `created_at` puts it: that never changes).
+    pub fn holds(&self, key: &Key) -> bool {
+        let day = key.day().unwrap_or(i64::MIN);
+        let created = key.created_at.unwrap_or(i64::MIN);
+        self.keys.binary_search(&(day, created, key.id)).is_ok()
+    }
+
     /// Contacts with a `created_at` day from `low` to `high`, both included.
     pub fn count(&self, low: i64, high: i64) -> u64 {
         if low > high {

@@ -23,7 +23,7 @@
 //! that gained an email) in the same part, which cancel out in the counts. The full refresh
 //! bounds both (docs/incremental.md).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use futures::StreamExt;
 
@@ -76,11 +76,22 @@ impl Filter {
     }
 }
 
-/// What the incremental fetch found.
+/// What the merge may take, as the fetch settles it: the contacts read since the last message
+/// (by id, the last version read last) and the base's contacts found deleted since, after
+/// which nothing the fetch reads can change a base contact whose `created_at` day is `through`
+/// or earlier. The last message has `through = i64::MAX`.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub contacts: Vec<(i64, String)>,
+    pub deleted: Vec<i64>,
+    pub through: i64,
+}
+
+/// What the incremental fetch found (the contacts themselves went to the merge, `Settled`).
 #[derive(Debug, Default)]
 pub struct Fetched {
-    /// Every contact read, by id (the last version read).
-    pub contacts: HashMap<i64, String>,
+    /// The ids of every contact read.
+    pub read: HashSet<i64>,
     /// Contacts of the base that the server lists no more.
     pub deleted: HashSet<i64>,
     /// Requests predicted before the fetch began.
@@ -96,6 +107,11 @@ pub struct Fetched {
 
 struct Run<'a> {
     fetcher: &'a Fetcher,
+    /// Where settled contacts and deletions go: the merge, which runs while the fetch waits
+    /// for the rate limit.
+    merge: &'a std::sync::mpsc::Sender<Settled>,
+    /// Read or found deleted since the last message to the merge.
+    unsent: Settled,
     /// Told of every request done: the bar counts them against the prediction.
     progress: &'a Progress,
     concurrency: usize,
@@ -103,7 +119,10 @@ struct Run<'a> {
     out: Fetched,
 }
 
-/// Reads what can have changed since `base` (see the module header).
+/// Reads what can have changed since `base` (see the module header), telling `merge` what is
+/// settled as it goes: first everything the created and active sets read, then, part by part
+/// in `created_at` order, what the deletion check found, so that the merge of the base can
+/// follow close behind instead of starting when the last request is answered.
 pub async fn fetch(
     fetcher: &Fetcher,
     base: &Base,
@@ -111,9 +130,15 @@ pub async fn fetch(
     concurrency: usize,
     progress: &Progress,
     notices: &Notices,
+    merge: &std::sync::mpsc::Sender<Settled>,
 ) -> Result<Fetched, FetchError> {
     let mut run = Run {
         fetcher,
+        merge,
+        unsent: Settled {
+            through: i64::MIN,
+            ..Settled::default()
+        },
         progress,
         concurrency: concurrency.max(1),
         page_size: base.page_size.max(1),
@@ -190,14 +215,18 @@ pub async fn fetch(
     if let Some(from) = created_from {
         let gone: Vec<i64> = index
             .ids(from, i64::MAX)
-            .filter(|id| !run.out.contacts.contains_key(id))
+            .filter(|id| !run.out.read.contains(id))
             .collect();
-        run.out.deleted.extend(gone);
+        run.deleted(gone);
     }
     // 3: deletions in the past (the bar goes on counting requests).
-    let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).collect();
+    // A stack with the oldest part on top: a part is bisected into its halves, the left on
+    // top, so parts are settled in `created_at` order and the merge can follow.
+    let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).rev().collect();
     while let Some((part, now)) = pending.pop() {
         let (low, high) = part.days();
+        // Every part left is after this one: the days before it are settled.
+        run.settle(low.saturating_sub(1));
         let ours = index.count(low, high);
         if ours == now {
             continue;
@@ -207,7 +236,7 @@ pub async fn fetch(
             && ours > WHOLE_PAGES * run.page_size
             && let Some(gone) = run.find_one(part, index.listed(low, high), now).await?
         {
-            run.out.deleted.insert(gone);
+            run.deleted([gone]);
             continue;
         }
         let pivot = index.pivot(low, high);
@@ -215,9 +244,9 @@ pub async fn fetch(
             run.list(part, None, false).await?;
             let gone: Vec<i64> = index
                 .ids(low, high)
-                .filter(|id| !run.out.contacts.contains_key(id))
+                .filter(|id| !run.out.read.contains(id))
                 .collect();
-            run.out.deleted.extend(gone);
+            run.deleted(gone);
             continue;
         }
         let pivot = pivot.unwrap_or(low);
@@ -234,11 +263,12 @@ pub async fn fetch(
         pending.push((right, now.saturating_sub(left_now)));
         pending.push((left, left_now));
     }
+    run.settle(i64::MAX);
+    // The account's count now. Its contacts are not kept: the merge has passed them.
     run.out.requests += 1;
     let last = fetcher.page(1).await?;
-    progress.page_done(run.out.contacts.len() as u64);
+    progress.page_done(run.out.read.len() as u64);
     run.out.final_count = last.meta.count;
-    run.keep(&last);
     Ok(run.out)
 }
 
@@ -301,7 +331,7 @@ impl Run<'_> {
         while let Some(page) = pages.next().await {
             done.push(page?);
             // Contacts kept so far (this batch's are kept by the caller).
-            self.progress.page_done(self.out.contacts.len() as u64);
+            self.progress.page_done(self.out.read.len() as u64);
         }
         Ok(done)
     }
@@ -420,9 +450,37 @@ impl Run<'_> {
     fn keep(&mut self, page: &ContactsPage) {
         for contact in &page.payload {
             if let Some(key) = Key::of(contact) {
-                self.out.contacts.insert(key.id, contact.to_owned());
+                self.out.read.insert(key.id);
+                self.unsent.contacts.push((key.id, contact.to_owned()));
             }
         }
+    }
+
+    /// Base contacts the server lists no more.
+    fn deleted(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            if self.out.deleted.insert(id) {
+                self.unsent.deleted.push(id);
+            }
+        }
+    }
+
+    /// Tells the merge what was read and found deleted since last time, and that base
+    /// contacts of days up to `through` will not change any more.
+    fn settle(&mut self, through: i64) {
+        let through = through.max(self.unsent.through);
+        let news = !self.unsent.contacts.is_empty() || !self.unsent.deleted.is_empty();
+        if !news && through == self.unsent.through {
+            return;
+        }
+        let settled = Settled {
+            contacts: std::mem::take(&mut self.unsent.contacts),
+            deleted: std::mem::take(&mut self.unsent.deleted),
+            through,
+        };
+        self.unsent.through = through;
+        // A send fails only when the merge stopped on an error: that error is the run's.
+        let _ = self.merge.send(settled);
     }
 }
 

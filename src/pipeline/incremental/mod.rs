@@ -247,24 +247,9 @@ pub(super) async fn run(
         error,
         resumable: false,
     };
-    let index = Index::read(&base.raw).map_err(fatal)?;
-    let definitions = tokio::spawn({
-        // The definitions type the columns as a full run's walk does.
-        let fetcher = Arc::clone(fetcher);
-        async move { fetcher.attribute_definitions().await }
-    });
-    let fetched = fetch::fetch(
-        fetcher,
-        base,
-        &index,
-        settings.fetch.concurrency,
-        progress,
-        &settings.notices,
-    )
-    .await
-    .map_err(|err| fatal(err.into()));
-    let definitions = definitions.await.map_err(|err| fatal(err.into()))?;
-    let fetched = fetched?;
+    let index = Arc::new(Index::read(&base.raw).map_err(fatal)?);
+    // The definitions type the columns as a full run's walk does; the merge needs them first.
+    let definitions = fetcher.attribute_definitions().await;
     let inbox_secrets = if settings.keep_inbox_secrets {
         InboxSecrets::keep_all()
     } else {
@@ -274,16 +259,30 @@ pub(super) async fn run(
     let attribute_definitions =
         super::walk::declare_definitions(&mut collector, definitions, &settings.notices);
     collector.raw = Some(raw_writer(dir).map_err(fatal)?);
-    progress.phase("incremental: merging with the base");
-    let mut feed = Feed::new(settings.keep_inbox_secrets);
-    let merged = merge(
-        &base.raw,
-        &mut collector,
-        fetched.contacts,
-        &fetched.deleted,
-        &mut feed,
+    // The merge runs on its own thread while the fetch waits for the rate limit, taking the
+    // base's contacts as the fetch settles their days (`fetch::Settled`).
+    let (settled, merging) = std::sync::mpsc::channel();
+    let merge = tokio::task::spawn_blocking({
+        let (raw, index) = (base.raw.clone(), Arc::clone(&index));
+        let feed = Feed::new(settings.keep_inbox_secrets);
+        move || merge(&raw, &index, collector, merging, feed)
+    });
+    let fetched = fetch::fetch(
+        fetcher,
+        base,
+        &index,
+        settings.fetch.concurrency,
+        progress,
+        &settings.notices,
+        &settled,
     )
-    .map_err(fatal)?;
+    .await;
+    drop(settled);
+    progress.phase("incremental: merging with the base");
+    let merged = merge.await.map_err(|err| fatal(err.into()));
+    // The fetch's error first: a merge that stopped early stopped because of it.
+    let fetched = fetched.map_err(|err| fatal(err.into()))?;
+    let (mut collector, feed, merged) = merged?.map_err(fatal)?;
 
     let status = fetcher.status();
     let unique = collector.unique();
@@ -411,7 +410,7 @@ fn merged_not_reread(index: &Index, deleted: &HashSet<i64>, reread_of_base: u64)
 
 /// What the merge saw.
 #[derive(Debug, Default)]
-struct Merged {
+pub(super) struct Merged {
     created: Option<i64>,
     activity: Option<i64>,
     /// Base contacts replaced by the version read now.
@@ -420,14 +419,34 @@ struct Merged {
 
 /// Feeds the base's contacts into `collector` in their order, dropping the deleted and
 /// putting the version read now in place of the old one, then the new contacts in
-/// `created_at` order; records the change feed on the way.
+/// `created_at` order; records the change feed on the way. A base contact is taken only once
+/// the fetch has settled its day (`settled`); the fetch ends the stream with `through =
+/// i64::MAX`, and a stream that ends before that (the fetch failed) stops the merge.
 fn merge(
     base: &Path,
-    collector: &mut Collector,
-    mut fetched: HashMap<i64, String>,
-    deleted: &HashSet<i64>,
-    feed: &mut Feed,
-) -> Result<Merged, ExportError> {
+    index: &Index,
+    mut collector: Collector,
+    settled: std::sync::mpsc::Receiver<fetch::Settled>,
+    mut feed: Feed,
+) -> Result<(Collector, Feed, Merged), ExportError> {
+    let mut fetched: HashMap<i64, String> = HashMap::new();
+    let mut deleted: HashSet<i64> = HashSet::new();
+    let mut through = i64::MIN;
+    let wait_until = |day: i64,
+                          fetched: &mut HashMap<i64, String>,
+                          deleted: &mut HashSet<i64>,
+                          through: &mut i64|
+     -> Result<(), ExportError> {
+        while day > *through {
+            let news = settled.recv().map_err(|_| {
+                ExportError::Internal("the incremental fetch stopped before it settled the base")
+            })?;
+            fetched.extend(news.contacts);
+            deleted.extend(news.deleted);
+            *through = news.through;
+        }
+        Ok(())
+    };
     let mut merged = Merged::default();
     let mut newest = Newest::default();
     for line in read_raw(base)? {
@@ -436,8 +455,15 @@ fn merge(
             source,
         })?;
         let Some(key) = Key::of(&line) else { continue };
+        wait_until(
+            key.day().unwrap_or(i64::MIN),
+            &mut fetched,
+            &mut deleted,
+            &mut through,
+        )?;
         if deleted.contains(&key.id) {
             feed.removed(key.id);
+            fetched.remove(&key.id);
             continue;
         }
         let (text, key) = match fetched.remove(&key.id) {
@@ -453,9 +479,13 @@ fn merge(
         newest.note(&key);
         collector.add(0, &text)?;
     }
+    wait_until(i64::MAX, &mut fetched, &mut deleted, &mut through)?;
+    // What is left and not of the base is new (a base contact read again after the merge
+    // passed it keeps the version the merge took).
     let mut new: Vec<(Key, String)> = fetched
         .into_values()
         .filter_map(|text| Key::of(&text).map(|key| (key, text)))
+        .filter(|(key, _)| !index.holds(key))
         .collect();
     new.sort_by_key(|(key, _)| (key.created_at, key.id));
     for (key, text) in new {
@@ -465,5 +495,5 @@ fn merge(
     }
     merged.created = newest.created;
     merged.activity = newest.activity;
-    Ok(merged)
+    Ok((collector, feed, merged))
 }
