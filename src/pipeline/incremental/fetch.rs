@@ -144,65 +144,22 @@ pub async fn fetch(
         page_size: base.page_size.max(1),
         out: Fetched::default(),
     };
-    let day = |secs: i64| secs.div_euclid(86_400);
-    let created_from = base
-        .snapshot
-        .newest_created_at
-        .map(|t| day(t) - base.span_days);
-    let seen = base
-        .snapshot
-        .newest_activity_at
-        .max(base.snapshot.newest_created_at);
-    let created = Filter {
-        created_after: created_from.map(|d| d - 1),
-        ..Filter::default()
-    };
-    // Active contacts created before the created range: the newer ones are all read as created
-    // (a contact that wrote in through the widget is both, and would be read twice).
-    let active = seen.map(|t| Filter {
-        active_after: Some(day(t) - base.span_days - 1),
-        created_before: created_from,
-        ..Filter::default()
-    });
-    let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, run.page_size));
-
-    // Probes: page 1 of both sets and of every part, together.
-    progress.phase("incremental: counting what changed");
-    let mut probes: Vec<Filter> = vec![created];
-    probes.extend(active);
-    probes.extend(parts.iter().copied());
-    let firsts = run.pages(&probes).await?;
-    let mut firsts = firsts.into_iter();
-    let created_first = one(firsts.by_ref().take(1).collect())?;
-    let active_first = match active {
-        Some(_) => firsts.next(),
-        None => None,
-    };
-    let part_counts: Vec<u64> = firsts.map(|page| page.meta.count.unwrap_or(0)).collect();
-
-    let pages = |count: u64| count.div_ceil(run.page_size).max(1);
+    let probed = run.probe(base, index).await?;
+    let Probed {
+        created,
+        active,
+        created_from,
+        parts,
+        created_first,
+        active_first,
+        part_counts,
+        predicted,
+    } = probed;
     let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
-    let mut predicted = probes.len() as u64 + pages(count_of(&created_first)) - 1
-        + active_first.as_ref().map_or(0, |p| pages(count_of(p)) - 1)
-        + 1; // the final count
-    for (part, now) in parts.iter().zip(&part_counts) {
-        let (low, high) = part.days();
-        let ours = index.count(low, high);
-        let differ = ours.abs_diff(*now);
-        if differ == 0 {
-            continue;
-        }
-        // Each contact gone costs about a binary search over the part's pages (bisecting by
-        // counts, then by pages), and the part's first page was counted already.
-        let depth = u64::from(64 - pages(ours).leading_zeros());
-        predicted += (differ * (depth + 1)).min(3 * pages(ours));
-    }
     run.out.predicted = predicted;
     notices.tell(Notice::IncrementalCost {
         predicted,
-        full: base
-            .full_requests
-            .unwrap_or_else(|| pages(index.contacts) + MAX_PARTS),
+        full: full_requests(base, index),
     });
     progress.plan_requests(predicted, run.out.requests);
 
@@ -270,6 +227,117 @@ pub async fn fetch(
     progress.page_done(run.out.read.len() as u64);
     run.out.final_count = last.meta.count;
     Ok(run.out)
+}
+
+/// What a full run costs now, about: the base's own requests when it was one, else its pages
+/// and the drift check's.
+pub fn full_requests(base: &Base, index: &Index) -> u64 {
+    base.full_requests
+        .unwrap_or_else(|| index.contacts.div_ceil(base.page_size.max(1)).max(1) + MAX_PARTS)
+}
+
+/// The sets and parts of a run, page 1 of each (read), and the requests predicted.
+struct Probed {
+    created: Filter,
+    active: Option<Filter>,
+    created_from: Option<i64>,
+    parts: Vec<Filter>,
+    created_first: ContactsPage,
+    active_first: Option<ContactsPage>,
+    part_counts: Vec<u64>,
+    predicted: u64,
+}
+
+/// What an incremental run on `base` will cost, from page 1 of its sets and of its parts (the
+/// run's first requests, which `--plan` sends and the run sends again): the requests
+/// predicted, for `contacts --plan --incremental`.
+pub async fn predict(
+    fetcher: &Fetcher,
+    base: &Base,
+    index: &Index,
+    concurrency: usize,
+) -> Result<u64, FetchError> {
+    let (merge, _) = std::sync::mpsc::channel();
+    let progress = crate::progress::ProgressFactory::silent().make(false, 0);
+    let mut run = Run {
+        fetcher,
+        merge: &merge,
+        unsent: Settled::default(),
+        progress: &progress,
+        concurrency: concurrency.max(1),
+        page_size: base.page_size.max(1),
+        out: Fetched::default(),
+    };
+    Ok(run.probe(base, index).await?.predicted)
+}
+
+impl Run<'_> {
+    /// Page 1 of both sets and of every part, together, and the prediction they give.
+    async fn probe(&mut self, base: &Base, index: &Index) -> Result<Probed, FetchError> {
+        let day = |secs: i64| secs.div_euclid(86_400);
+        let created_from = base
+            .snapshot
+            .newest_created_at
+            .map(|t| day(t) - base.span_days);
+        let seen = base
+            .snapshot
+            .newest_activity_at
+            .max(base.snapshot.newest_created_at);
+        let created = Filter {
+            created_after: created_from.map(|d| d - 1),
+            ..Filter::default()
+        };
+        // Active contacts created before the created range: the newer ones are all read as created
+        // (a contact that wrote in through the widget is both, and would be read twice).
+        let active = seen.map(|t| Filter {
+            active_after: Some(day(t) - base.span_days - 1),
+            created_before: created_from,
+            ..Filter::default()
+        });
+        let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, self.page_size));
+
+        // Probes: page 1 of both sets and of every part, together.
+        self.progress.phase("incremental: counting what changed");
+        let mut probes: Vec<Filter> = vec![created];
+        probes.extend(active);
+        probes.extend(parts.iter().copied());
+        let firsts = self.pages(&probes).await?;
+        let mut firsts = firsts.into_iter();
+        let created_first = one(firsts.by_ref().take(1).collect())?;
+        let active_first = match active {
+            Some(_) => firsts.next(),
+            None => None,
+        };
+        let part_counts: Vec<u64> = firsts.map(|page| page.meta.count.unwrap_or(0)).collect();
+
+        let pages = |count: u64| count.div_ceil(self.page_size).max(1);
+        let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
+        let mut predicted = probes.len() as u64 + pages(count_of(&created_first)) - 1
+            + active_first.as_ref().map_or(0, |p| pages(count_of(p)) - 1)
+            + 1; // the final count
+        for (part, now) in parts.iter().zip(&part_counts) {
+            let (low, high) = part.days();
+            let ours = index.count(low, high);
+            let differ = ours.abs_diff(*now);
+            if differ == 0 {
+                continue;
+            }
+            // Each contact gone costs about a binary search over the part's pages (bisecting by
+            // counts, then by pages), and the part's first page was counted already.
+            let depth = u64::from(64 - pages(ours).leading_zeros());
+            predicted += (differ * (depth + 1)).min(3 * pages(ours));
+        }
+        Ok(Probed {
+            created,
+            active,
+            created_from,
+            parts,
+            created_first,
+            active_first,
+            part_counts,
+            predicted,
+        })
+    }
 }
 
 /// The parts of the base before day `from`, cut at days so that each holds about as many of

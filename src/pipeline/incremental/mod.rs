@@ -433,9 +433,9 @@ fn merge(
     let mut deleted: HashSet<i64> = HashSet::new();
     let mut through = i64::MIN;
     let wait_until = |day: i64,
-                          fetched: &mut HashMap<i64, String>,
-                          deleted: &mut HashSet<i64>,
-                          through: &mut i64|
+                      fetched: &mut HashMap<i64, String>,
+                      deleted: &mut HashSet<i64>,
+                      through: &mut i64|
      -> Result<(), ExportError> {
         while day > *through {
             let news = settled.recv().map_err(|_| {
