@@ -54,7 +54,7 @@ pub fn find(
     }
     let Some(snapshot) = manifest.snapshot else {
         return Err(
-            "the last export there kept no raw contacts (a resumed run, or an older version)"
+            "the last export there kept no raw contacts (run without --full or --incremental, or by an older version)"
                 .into(),
         );
     };

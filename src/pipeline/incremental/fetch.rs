@@ -17,6 +17,9 @@
 //!    listed whole: the base's contacts there that the listing lacks are deleted. This is the
 //!    drift repair's machinery (`repair`, `ledger`) with the base in place of the walk.
 //!
+//! The fetch runs in two stages, `listed` (the probes, 1 and 2) and `deletions` (3), so that an
+//! interrupted run keeps what the first read and a resumed one goes on with the second.
+//!
 //! What it cannot see: an edit without activity to a contact in none of those sets (no
 //! `updated_at` in the API), and a deletion and a new old-dated contact (an anonymous contact
 //! that gained an email) in the same part, which cancel out in the counts. The full refresh
@@ -91,6 +94,8 @@ pub struct Fetched {
     pub unsettled: u64,
     /// The account's count at the end (`meta.count` of the list's page 1).
     pub final_count: Option<u64>,
+    /// The server's count of each part of the deletion check, from the probes.
+    pub part_counts: Vec<u64>,
 }
 
 struct Run<'a> {
@@ -100,8 +105,51 @@ struct Run<'a> {
     out: Fetched,
 }
 
-/// Reads what can have changed since `base` (see the module header).
-pub async fn fetch(
+/// The filters of an incremental fetch, from the base alone: every attempt of a run (a
+/// resumed one too) makes the same.
+struct Plan {
+    /// The first `created_at` day of the created set.
+    created_from: Option<i64>,
+    created: Filter,
+    active: Option<Filter>,
+    /// The parts of the deletion check, before `created_from`.
+    parts: Vec<Filter>,
+}
+
+impl Plan {
+    fn of(base: &Base, index: &Index) -> Self {
+        let page_size = base.page_size.max(1);
+        let day = |secs: i64| secs.div_euclid(86_400);
+        let created_from = base
+            .snapshot
+            .newest_created_at
+            .map(|t| day(t) - base.span_days);
+        let seen = base
+            .snapshot
+            .newest_activity_at
+            .max(base.snapshot.newest_created_at);
+        let created = Filter {
+            created_after: created_from.map(|d| d - 1),
+            ..Filter::default()
+        };
+        let active = seen.map(|t| Filter {
+            active_after: Some(day(t) - base.span_days - 1),
+            ..Filter::default()
+        });
+        let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, page_size));
+        Self {
+            created_from,
+            created,
+            active,
+            parts,
+        }
+    }
+}
+
+/// The first stage of the fetch (see the module header): the probes, the prediction, then
+/// sets 1 and 2 whole, and the base's contacts in the created range that it lists no more.
+/// The part counts are kept in `Fetched` for `deletions`, the second stage.
+pub async fn listed(
     fetcher: &Fetcher,
     base: &Base,
     index: &Index,
@@ -115,24 +163,12 @@ pub async fn fetch(
         page_size: base.page_size.max(1),
         out: Fetched::default(),
     };
-    let day = |secs: i64| secs.div_euclid(86_400);
-    let created_from = base
-        .snapshot
-        .newest_created_at
-        .map(|t| day(t) - base.span_days);
-    let seen = base
-        .snapshot
-        .newest_activity_at
-        .max(base.snapshot.newest_created_at);
-    let created = Filter {
-        created_after: created_from.map(|d| d - 1),
-        ..Filter::default()
-    };
-    let active = seen.map(|t| Filter {
-        active_after: Some(day(t) - base.span_days - 1),
-        ..Filter::default()
-    });
-    let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, run.page_size));
+    let Plan {
+        created_from,
+        created,
+        active,
+        parts,
+    } = Plan::of(base, index);
 
     // Probes: page 1 of both sets and of every part, together.
     progress.phase("incremental: counting what changed");
@@ -166,6 +202,7 @@ pub async fn fetch(
         predicted += (differ * (depth + 1)).min(3 * pages(ours));
     }
     run.out.predicted = predicted;
+    run.out.part_counts = part_counts;
     notices.tell(Notice::IncrementalCost {
         predicted,
         full: base
@@ -187,6 +224,28 @@ pub async fn fetch(
             .collect();
         run.out.deleted.extend(gone);
     }
+    Ok(run.out)
+}
+
+/// The second stage: set 3, the deletions in the past, from the part counts `listed` kept in
+/// `fetched`, and the account's count at the end; adds to `fetched`.
+pub async fn deletions(
+    fetcher: &Fetcher,
+    base: &Base,
+    index: &Index,
+    concurrency: usize,
+    progress: &Progress,
+    fetched: Fetched,
+) -> Result<Fetched, FetchError> {
+    let mut run = Run {
+        fetcher,
+        concurrency: concurrency.max(1),
+        page_size: base.page_size.max(1),
+        out: fetched,
+    };
+    let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
+    let parts = Plan::of(base, index).parts;
+    let part_counts = run.out.part_counts.clone();
     // 3: deletions in the past.
     progress.phase("incremental: checking for deletions");
     let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).collect();
