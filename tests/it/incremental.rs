@@ -653,6 +653,9 @@ fn sigterm_stops_an_incremental_run_and_resume_ends_exact() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Into the second stage's requests: a signal between two stages, before the second
+    // listens, would go unheard.
+    std::thread::sleep(Duration::from_millis(100));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -773,4 +776,65 @@ fn a_resumed_full_run_keeps_its_snapshot_for_the_next_incremental_run() {
         requests * 3 < full_requests,
         "{requests} requests, the resumed full run's {full_requests}"
     );
+}
+
+/// An interrupted incremental run goes on only on the export it began with: when the folder's
+/// export is another one by the time of --resume (its run id differs), the resume is refused
+/// on one line that says to start over, and --restart does, on the export now there.
+#[test]
+fn a_resume_on_another_base_is_refused() {
+    let fake = Fake::with_contacts(600);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&fake.base_url(), "csv", dir.path(), &["--full"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    fake.simulate_day(DayPlan {
+        created: 20,
+        active: 10,
+        deleted_old: 3,
+        ..DayPlan::default()
+    });
+    // Revoked for the last two requests of the run (the final count and the last of the
+    // deletion check), counted on a copy.
+    let copy = tempfile::tempdir().expect("temp dir");
+    copy_export(dir.path(), copy.path());
+    let before = fake.requests();
+    let whole = export(&fake.base_url(), "csv", copy.path(), &["--incremental"]);
+    assert_eq!(whole.code, 0, "{}", whole.stderr);
+    fake.revoke_token_after(Some(fake.requests() - before - 2));
+    let failed = export(&fake.base_url(), "csv", dir.path(), &["--incremental"]);
+    fake.revoke_token_after(None);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    let kept = checkpoint(dir.path()).expect("a checkpoint is kept");
+    assert_eq!(kept["incremental"]["stage"], "listed", "{kept}");
+    // Another run id in the manifest: the export there is not the one the run began with.
+    let path = dir.path().join("manifest.json");
+    let mut replaced = manifest(dir.path()).expect("manifest");
+    let old_run = replaced["run_id"].as_str().expect("run_id").to_owned();
+    replaced["run_id"] = Value::String("20990101T000000Z-beef".into());
+    std::fs::write(&path, serde_json::to_vec(&replaced).expect("json")).expect("write");
+
+    let refused = export(
+        &fake.base_url(),
+        "csv",
+        dir.path(),
+        &["--incremental", "--resume"],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    let message = error_line(&refused.stderr);
+    assert!(
+        message.contains(&format!("(run {old_run}, now 20990101T000000Z-beef)"))
+            && message.ends_with("run with --restart to start over"),
+        "{message}"
+    );
+    let restarted = export(
+        &fake.base_url(),
+        "csv",
+        dir.path(),
+        &["--incremental", "--restart"],
+    );
+    assert_eq!(restarted.code, 0, "{}", restarted.stderr);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(manifest["resumes"], 0);
+    assert_eq!(manifest["snapshot"]["base_run"], "20990101T000000Z-beef");
 }
