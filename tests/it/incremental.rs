@@ -699,6 +699,7 @@ fn a_resumed_full_run_keeps_its_snapshot_for_the_next_incremental_run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let first = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
+    let full_requests = requests_of(dir.path());
     let report = fake.simulate_day(DayPlan {
         created: 20,
         active: 10,
@@ -750,7 +751,6 @@ fn a_resumed_full_run_keeps_its_snapshot_for_the_next_incremental_run() {
         manifest["snapshot"]["changes"]["removed"], deleted,
         "{manifest}"
     );
-    let full_requests = requests_of(dir.path());
     let full_run = manifest["run_id"].clone();
 
     fake.simulate_day(DayPlan {
@@ -774,7 +774,19 @@ fn a_resumed_full_run_keeps_its_snapshot_for_the_next_incremental_run() {
     let requests = requests_of(dir.path());
     assert!(
         requests * 3 < full_requests,
-        "{requests} requests, the resumed full run's {full_requests}"
+        "{requests} requests, a full run {full_requests}"
+    );
+    // What it says a full run costs is not the resumed run's last attempt (a third of one).
+    let said: u64 = next
+        .stderr
+        .split("(a full run: about ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cost notice: {}", next.stderr));
+    assert!(
+        said >= full_requests,
+        "said {said}, a full run {full_requests}"
     );
 }
 
