@@ -247,7 +247,7 @@ pub struct OutputArgs {
     /// active since, and check for deletions by counts. Edits without activity are missed
     /// until the next full run (see docs/incremental.md). Without a previous export, a full
     /// run.
-    #[arg(long, conflicts_with_all = ["full", "resume"])]
+    #[arg(long, conflicts_with = "full")]
     pub incremental: bool,
     /// Read every contact, and keep them (compressed, under _chatwoot_export/) for the next
     /// --incremental run: the weekly refresh of an incremental schedule. Without --full or

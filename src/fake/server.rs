@@ -13,7 +13,8 @@
 //! ignored, and the 401/404 bodies of each authentication failure. `legacy_inbox_secrets`
 //! serves the inbox credentials that Chatwoot before PR #10888 embedded in contacts. One
 //! server may serve several accounts of one user (`accounts`), each with contacts of its
-//! own, behind one rate limit, as a real Chatwoot counts requests per client IP.
+//! own, behind one rate limit, as a real Chatwoot counts requests per client IP. A test can
+//! revoke the token after some requests (`revoke_token_after`): a failure in the middle of a run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,6 +138,9 @@ struct Shared {
     /// One rate limit for the whole server (Chatwoot's is per client IP).
     faults: Faults,
     stats: ServerStats,
+    /// API requests numbered above this are refused as with a revoked token (401), until
+    /// restored (`FakeServer::revoke_token_after`); `u64::MAX`: never.
+    revoked_after: AtomicU64,
 }
 
 /// One account's contacts and its listing.
@@ -192,6 +196,7 @@ impl FakeServer {
             faults: Faults::new(config.faults.clone(), config.seed),
             config,
             stats: ServerStats::default(),
+            revoked_after: AtomicU64::new(u64::MAX),
         });
         let app = Router::new()
             .route("/api/v1/accounts/{account_id}/contacts", get(list_contacts))
@@ -236,6 +241,14 @@ impl FakeServer {
     /// Contact list and filter requests answered so far, whatever their status.
     pub fn requests(&self) -> u64 {
         self.shared.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Refuses every API request after the next `requests` with a 401, as Chatwoot answers a
+    /// token revoked (or rotated) in the middle of a run: a failure that comes after some
+    /// work is done. `None` accepts the token again.
+    pub fn revoke_token_after(&self, requests: Option<u64>) {
+        let after = requests.map_or(u64::MAX, |n| self.requests().saturating_add(n));
+        self.shared.revoked_after.store(after, Ordering::SeqCst);
     }
 
     /// Of those, how many were answered 429.
@@ -687,6 +700,12 @@ fn admit<'a>(
             )
                 .into_response(),
         ));
+    }
+    if request > shared.revoked_after.load(Ordering::SeqCst) {
+        return Err(Box::new(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "Invalid Access Token"}),
+        )));
     }
     if let Some(refusal) = refuse(shared, headers, account_id) {
         return Err(Box::new(refusal));

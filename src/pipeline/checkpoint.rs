@@ -5,7 +5,10 @@
 //! one. The spills are flushed before a checkpoint names their length, and cut back to it on
 //! resume, so rows written after the last checkpoint are simply fetched again. It carries the
 //! drift check's ledger, so a resumed run proves completeness against the counts taken before
-//! the walk began.
+//! the walk began. The raw contacts a full run keeps for the next incremental one end a zstd
+//! frame at each checkpoint, which records their length and is cut back to it the same way.
+//! An incremental run's checkpoint (`IncrementalMark`) says which of its stages are done; the
+//! contacts it read by then are in a file of the work folder that the mark names.
 
 use std::fs;
 use std::io::{self, Write};
@@ -13,6 +16,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::incremental::raw::RawMark;
 use super::ledger::Ledger;
 use crate::sink::Format;
 use crate::store::owner_only;
@@ -144,6 +148,54 @@ pub struct Checkpoint {
     /// have none: their resumed run checks by walking the list again).
     #[serde(default)]
     pub ledger: Option<Ledger>,
+    /// The raw contacts kept for the next incremental run, where the walk stands (`None`: the
+    /// run keeps none, or the checkpoint is of an earlier version, whose resumed run keeps
+    /// none).
+    #[serde(default)]
+    pub raw: Option<RawMark>,
+    /// An incremental run's stages done (`None`: a full run's walk).
+    #[serde(default)]
+    pub incremental: Option<IncrementalMark>,
+}
+
+/// The stages of an incremental run's fetch, in order: a checkpoint is saved at the end of
+/// each, and a resumed run starts at the first one not done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Nothing read yet.
+    #[default]
+    Started,
+    /// The probes, the created and the active contacts read, the deletions among the
+    /// created found.
+    Listed,
+    /// The deletions in the past found, and the account's count read: nothing more to fetch.
+    Fetched,
+}
+
+/// Where an interrupted incremental run stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IncrementalMark {
+    /// This run's id, kept by every attempt (the change feed's `run_id`).
+    pub run_id: String,
+    /// The base it builds on: a resumed run refuses another one.
+    pub base_run: String,
+    pub stage: Stage,
+    /// The contacts read by the end of `stage`, in the work folder (zstd NDJSON); `None`
+    /// before the first stage ends.
+    pub read_file: Option<String>,
+    /// The server's count of each part of the deletion check (the probes' answers).
+    pub part_counts: Vec<u64>,
+    /// Contacts of the base found deleted so far.
+    pub deleted: Vec<i64>,
+    pub predicted: u64,
+    /// Requests of the fetch's stages done (the `pages_fetched` of the manifest).
+    pub requests: u64,
+    pub unsettled: u64,
+    pub final_count: Option<u64>,
+    /// Requests sent by the attempts so far, the failed ones' included: the manifest's
+    /// `requests` adds them to the last attempt's.
+    pub sent: u64,
 }
 
 /// Why a checkpoint could not be used.
@@ -241,6 +293,18 @@ mod tests {
             inbox_fields_dropped: [("inbox__imap_password".to_owned(), 2)].into(),
             values_kept_as_text: 3,
             ledger: None,
+            raw: Some(RawMark {
+                bytes: 9,
+                contacts: 3,
+            }),
+            incremental: Some(IncrementalMark {
+                run_id: "r".into(),
+                base_run: "b".into(),
+                stage: Stage::Listed,
+                read_file: Some("read.ndjson.zst".into()),
+                deleted: vec![4, 7],
+                ..IncrementalMark::default()
+            }),
         };
         assert_eq!(Checkpoint::load(dir.path()).expect("no error"), None);
         checkpoint.save(dir.path()).expect("save");
@@ -278,6 +342,8 @@ mod tests {
             inbox_fields_dropped: Default::default(),
             values_kept_as_text: 0,
             ledger: None,
+            raw: None,
+            incremental: None,
         };
         checkpoint.save(dir.path()).expect("save");
         let mode = fs::metadata(dir.path().join(CHECKPOINT_FILE))

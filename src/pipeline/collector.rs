@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use super::ExportError;
 use super::checkpoint::{Checkpoint, SpillMark};
-use super::incremental::raw::RawWriter;
+use super::incremental::raw::{RAW_WORK, RawMark, RawWriter};
 use crate::idset::IdSet;
 use crate::source::{ContactsPage, FetchError};
 use crate::store::OutputDir;
@@ -27,6 +27,14 @@ fn spill_names() -> Vec<String> {
         .map(|table| format!("{}.rows", table.name))
         .collect()
 }
+
+/// A checkpoint's view of the collector: the spills' lengths, the tables' shapes and the raw
+/// contacts' length.
+pub type Mark = (
+    Vec<SpillMark>,
+    Vec<Vec<crate::transform::schema::ColumnDef>>,
+    Option<RawMark>,
+);
 
 /// Flattens, deduplicates and spills.
 pub struct Collector {
@@ -45,7 +53,7 @@ pub struct Collector {
     /// `custom_attribute_definitions` table (not checkpointed: a resumed run asks again).
     pub definitions: Option<Vec<serde_json::Value>>,
     /// Every kept contact as the server sent it, for the next incremental run
-    /// (`incremental::raw`); `None` on a resumed run, whose earlier contacts it lacks.
+    /// (`incremental::raw`); checkpointed with the spills, so a resumed run keeps it too.
     pub raw: Option<RawWriter>,
 }
 
@@ -78,8 +86,9 @@ impl Collector {
         })
     }
 
-    /// Comes back from `checkpoint`: restores the shapes, cuts the spills back to their saved
-    /// length and reads the ids and days back from the contacts spill.
+    /// Comes back from `checkpoint`: restores the shapes, cuts the spills (and the raw
+    /// contacts, if the run keeps them) back to their saved length and reads the ids and days
+    /// back from the contacts spill.
     pub fn resume(
         dir: &OutputDir,
         checkpoint: &Checkpoint,
@@ -112,7 +121,16 @@ impl Collector {
             duplicates: checkpoint.duplicates,
             pages: checkpoint.pages_fetched,
             definitions: None,
-            raw: None,
+            raw: match checkpoint.raw {
+                Some(mark) => {
+                    let path = dir.work_path(RAW_WORK);
+                    Some(
+                        RawWriter::resume(path.clone(), mark)
+                            .map_err(|source| spill_error(&path, source))?,
+                    )
+                }
+                None => None,
+            },
         };
         collector.reread_contacts()?;
         Ok(collector)
@@ -219,19 +237,19 @@ impl Collector {
         &self.days
     }
 
-    /// Flushes the spills and returns their lengths and the shapes, for a checkpoint.
-    pub fn mark(
-        &mut self,
-    ) -> Result<
-        (
-            Vec<SpillMark>,
-            Vec<Vec<crate::transform::schema::ColumnDef>>,
-        ),
-        ExportError,
-    > {
+    /// Flushes the spills and returns their lengths and the shapes, for a checkpoint, and ends
+    /// the raw contacts' frame, if the run keeps them.
+    pub fn mark(&mut self) -> Result<Mark, ExportError> {
         for (spill, path) in self.spills.iter_mut().zip(&self.paths) {
             spill.flush().map_err(|source| spill_error(path, source))?;
         }
+        let raw = match &mut self.raw {
+            Some(raw) => {
+                let path = raw.path().to_owned();
+                Some(raw.mark().map_err(|source| spill_error(&path, source))?)
+            }
+            None => None,
+        };
         let marks = self
             .spills
             .iter()
@@ -246,7 +264,7 @@ impl Collector {
             .into_iter()
             .map(|shape| shape.columns())
             .collect();
-        Ok((marks, shapes))
+        Ok((marks, shapes, raw))
     }
 
     /// Closes the spills: returns the flattener (the final shapes), the spill paths and their

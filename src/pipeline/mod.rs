@@ -10,7 +10,9 @@
 //! finds contacts missed while the account changed. `side_tables` fills the selected tables
 //! the walk does not (labels, attribute definitions, contact labels: see `crate::table`).
 //! `write` turns the spills into tables once the schemas are final. Ctrl-C or SIGTERM stops the run with a checkpoint that `--resume`
-//! continues; so does a failure once pages have been fetched.
+//! continues; so does a failure once pages have been fetched. An incremental run
+//! (`incremental`) checkpoints at the end of each of its fetch stages, and is resumed the same
+//! way.
 
 mod checkpoint;
 mod collector;
@@ -268,7 +270,8 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     };
     // The previous complete export, read before anything of this run replaces it: the base of
     // an incremental run, and what the change feed compares with.
-    let base = if settings.resume || !settings.snapshot.keeps_snapshot() {
+    // A resumed run looks again: the previous export stays untouched while work is kept.
+    let base = if !settings.snapshot.keeps_snapshot() {
         None
     } else {
         match incremental::base::find(
@@ -279,7 +282,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         ) {
             Ok(base) => Some(base),
             Err(why) => {
-                if settings.snapshot == SnapshotMode::Incremental {
+                if settings.snapshot == SnapshotMode::Incremental && !settings.resume {
                     settings.notices.tell(Notice::NoSnapshot {
                         why: why.to_string(),
                     });
@@ -288,9 +291,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     };
+    // A resumed run goes on as it began (an incremental one stays incremental).
     let refresh_due = base
         .as_ref()
-        .filter(|_| settings.snapshot == SnapshotMode::Incremental)
+        .filter(|_| !settings.resume && settings.snapshot == SnapshotMode::Incremental)
         .and_then(|base| {
             incremental::base::full_refresh_due(
                 base,
@@ -305,6 +309,10 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         });
     }
     let (dir, checkpoint) = open_output(settings, &params)?;
+    let resumed_incremental = checkpoint.as_ref().is_some_and(|c| c.incremental.is_some());
+    if let Some(mark) = checkpoint.as_ref().and_then(|c| c.incremental.as_ref()) {
+        check_incremental_resume(settings, mark, base.as_ref())?;
+    }
     let client = match ContactsClient::new(settings.client.clone()) {
         Ok(client) => client,
         Err(err) => {
@@ -328,12 +336,17 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
             }
         }
     });
+    // An interrupted walk goes on as a walk, whatever the mode (the first run of an incremental
+    // schedule is one), and an interrupted incremental run as one.
     let result = match &base {
-        Some(base) if settings.snapshot == SnapshotMode::Incremental && refresh_due.is_none() => {
-            let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let run_id = incremental::run_id(&started_at);
+        Some(base)
+            if resumed_incremental
+                || (checkpoint.is_none()
+                    && settings.snapshot == SnapshotMode::Incremental
+                    && refresh_due.is_none()) =>
+        {
             incremental::run(
-                settings, &dir, &fetcher, &progress, base, &run_id, started_at,
+                settings, &params, &dir, &fetcher, &progress, base, checkpoint,
             )
             .await
         }
@@ -385,6 +398,32 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
         clock.elapsed(),
         stats,
     ))
+}
+
+/// Whether the interrupted incremental run of `mark` can go on: with `--incremental`, and on
+/// the base it began with (one-line refusals otherwise).
+fn check_incremental_resume(
+    settings: &ExportSettings,
+    mark: &checkpoint::IncrementalMark,
+    base: Option<&incremental::base::Base>,
+) -> Result<(), ExportError> {
+    let out = settings.out.display();
+    if settings.snapshot != SnapshotMode::Incremental {
+        return Err(ExportError::Resume(format!(
+            "the interrupted export in {out} is an incremental run: resume it with --incremental, or run with --restart to start over"
+        )));
+    }
+    match base {
+        Some(base) if base.run_id == mark.base_run => Ok(()),
+        Some(base) => Err(ExportError::Resume(format!(
+            "the export the interrupted incremental run in {out} builds on changed since (run {}, now {}): run with --restart to start over",
+            mark.base_run, base.run_id
+        ))),
+        None => Err(ExportError::Resume(format!(
+            "the export the interrupted incremental run in {out} builds on (run {}) is gone: run with --restart to start over",
+            mark.base_run
+        ))),
+    }
 }
 
 /// A failed run, and whether its work is worth keeping for `--resume`.
@@ -747,8 +786,7 @@ struct RunRecord {
     /// The `contact_labels` walk, when that table was selected.
     label_walk: Option<LabelWalkReport>,
     run_id: String,
-    /// What the next incremental run builds on (`None` on a resumed run, which keeps no raw
-    /// contacts).
+    /// What the next incremental run builds on (`None` for a run that keeps no raw contacts).
     snapshot: Option<SnapshotReport>,
 }
 

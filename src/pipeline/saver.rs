@@ -68,7 +68,7 @@ impl Saver {
         if !force && self.last.is_some_and(|last| last.elapsed() < EVERY) {
             return Ok(());
         }
-        let (spills, shapes) = collector.mark()?;
+        let (spills, shapes, raw) = collector.mark()?;
         let checkpoint = Checkpoint {
             version: Checkpoint::new_version(),
             params: self.params.clone(),
@@ -82,6 +82,8 @@ impl Saver {
             inbox_fields_dropped: collector.flattener.inbox_secrets.dropped().clone(),
             values_kept_as_text: collector.flattener.values_kept_as_text(),
             ledger: self.ledger.clone(),
+            raw,
+            incremental: None,
         };
         checkpoint
             .save(&self.work)

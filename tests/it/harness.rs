@@ -115,6 +115,11 @@ impl Fake {
     pub fn throttled(&self) -> u64 {
         self.server().throttled()
     }
+
+    /// Refuses every request after the next `requests` with a 401 (`None`: accepts again).
+    pub fn revoke_token_after(&self, requests: Option<u64>) {
+        self.server().revoke_token_after(requests);
+    }
 }
 
 impl Drop for Fake {

@@ -565,3 +565,450 @@ fn full_refresh_every_on_the_command_line_and_its_checks() {
         checked.stderr
     );
 }
+
+/// Every file of `dir` but the work an interrupted run keeps: the previous snapshot, byte by
+/// byte, sorted by path.
+fn snapshot_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = crate::harness::all_file_bytes(dir)
+        .into_iter()
+        .filter(|(path, _)| !path.contains(".chatwoot-export.partial"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The kept work's checkpoint in `dir`, if any.
+fn checkpoint(dir: &Path) -> Option<Value> {
+    let bytes = std::fs::read(dir.join(".chatwoot-export.partial/checkpoint.json")).ok()?;
+    Some(serde_json::from_slice(&bytes).expect("the checkpoint is JSON"))
+}
+
+/// The one error line of a failed run's stderr (besides its notices).
+fn error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0]
+}
+
+fn requests_of(dir: &Path) -> u64 {
+    manifest(dir).expect("manifest")["requests"]
+        .as_u64()
+        .expect("requests")
+}
+
+/// Copies the files of `from` (a complete export, no subfolder but the raw contacts') into
+/// `to`.
+fn copy_export(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_export(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Issue 19: "a failed incremental run leaves the previous snapshot untouched and resumable
+/// like any other run". The token is revoked in the middle of the deletion check, after the
+/// created and active contacts were read: the run stops with the one-line message of a kept
+/// failure, the previous snapshot is byte for byte as it was, a rerun without --resume is
+/// refused, and --resume --incremental reads only what the first attempt had not, ending with
+/// exactly the tables and change feed of an uninterrupted incremental run.
+#[test]
+fn an_incremental_run_that_fails_midway_resumes_to_the_same_snapshot() {
+    let fake = Fake::with_contacts(1500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&fake.base_url(), "ndjson", dir.path(), &["--full"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let full_requests = requests_of(dir.path());
+    fake.simulate_day(DayPlan {
+        created: 40,
+        active: 30,
+        deleted_old: 6,
+        deleted_new: 2,
+        edited: 5,
+    });
+    // The uninterrupted run, on a copy of the same base.
+    let reference = tempfile::tempdir().expect("temp dir");
+    copy_export(dir.path(), reference.path());
+    let before = fake.requests();
+    let uninterrupted = export(
+        &fake.base_url(),
+        "ndjson",
+        reference.path(),
+        &["--incremental"],
+    );
+    assert_eq!(uninterrupted.code, 0, "{}", uninterrupted.stderr);
+    let reference_requests = fake.requests() - before;
+    assert_eq!(
+        manifest(reference.path()).expect("manifest")["mode"],
+        "incremental"
+    );
+
+    // The same run, its token revoked three requests before the end: the final count and the
+    // last of the deletion check fail.
+    let snapshot = snapshot_bytes(dir.path());
+    let before = fake.requests();
+    fake.revoke_token_after(Some(reference_requests - 3));
+    let failed = export(&fake.base_url(), "ndjson", dir.path(), &["--incremental"]);
+    let failed_requests = fake.requests() - before;
+    fake.revoke_token_after(None);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    let message = error_line(&failed.stderr);
+    assert!(
+        message.contains("authentication failed")
+            && message.ends_with("run the same command with --resume to continue"),
+        "{message}"
+    );
+    assert_eq!(snapshot_bytes(dir.path()), snapshot, "the snapshot changed");
+    let kept = checkpoint(dir.path()).expect("a checkpoint is kept");
+    assert_eq!(kept["incremental"]["stage"], "listed", "{kept}");
+    let listed_requests = kept["incremental"]["requests"].as_u64().expect("requests");
+    assert!(listed_requests > 0);
+    assert_no_token(&failed, dir.path());
+
+    // A rerun without --resume would throw the work away: refused, as for a full run.
+    let rerun = export(&fake.base_url(), "ndjson", dir.path(), &["--incremental"]);
+    assert_eq!(rerun.code, 2, "{}", rerun.stderr);
+    assert!(
+        rerun
+            .stderr
+            .contains("--resume to continue it, or with --restart"),
+        "{}",
+        rerun.stderr
+    );
+    // So is a resume that is not incremental.
+    let plain = export(&fake.base_url(), "ndjson", dir.path(), &["--resume"]);
+    assert_eq!(plain.code, 2, "{}", plain.stderr);
+    assert!(
+        plain.stderr.contains("resume it with --incremental"),
+        "{}",
+        plain.stderr
+    );
+    assert_eq!(
+        snapshot_bytes(dir.path()),
+        snapshot,
+        "a refusal changed the snapshot"
+    );
+
+    let before = fake.requests();
+    let resumed = export(
+        &fake.base_url(),
+        "ndjson",
+        dir.path(),
+        &["--incremental", "--resume"],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let resumed_requests = fake.requests() - before;
+    assert_no_token(&resumed, dir.path());
+    assert!(checkpoint(dir.path()).is_none(), "the work folder stays");
+
+    // The same snapshot as the uninterrupted run: rows, order, values, inbox links, and the
+    // same change feed (its run ids aside).
+    for table in ["contacts", "contact_inboxes"] {
+        assert_eq!(
+            rows(dir.path(), table),
+            rows(reference.path(), table),
+            "{table}"
+        );
+    }
+    assert_eq!(changes(dir.path()), changes(reference.path()));
+    let ours = manifest(dir.path()).expect("manifest");
+    let theirs = manifest(reference.path()).expect("manifest");
+    assert_eq!(ours["mode"], "incremental");
+    assert_eq!(ours["complete"], true);
+    assert_eq!(ours["resumes"], 1);
+    assert_eq!(
+        ours["tables"]["contacts"]["columns"],
+        theirs["tables"]["contacts"]["columns"]
+    );
+    for key in [
+        "raw_contacts",
+        "newest_created_at",
+        "newest_activity_at",
+        "base_run",
+        "changes",
+    ] {
+        assert_eq!(
+            ours["snapshot"][key], theirs["snapshot"][key],
+            "snapshot.{key}"
+        );
+    }
+    // One run id across both attempts, in the feed too.
+    let run_ids: BTreeSet<String> = rows(dir.path(), "contact_changes")
+        .into_iter()
+        .map(|(_, row)| row["run_id"].as_str().expect("run_id").to_owned())
+        .collect();
+    assert_eq!(
+        run_ids.into_iter().collect::<Vec<_>>(),
+        vec![ours["run_id"].as_str().expect("run_id").to_owned()]
+    );
+    // The resumed attempt read nothing the first had read: only the deletion check and the
+    // final count again, and the attribute definitions.
+    assert!(
+        resumed_requests + listed_requests <= reference_requests + 1,
+        "resumed {resumed_requests}, listed before {listed_requests}, uninterrupted {reference_requests}"
+    );
+    // The manifest counts both attempts' requests, and both together cost less than a full run.
+    let counted = ours["requests"].as_u64().expect("requests");
+    assert!(
+        counted > resumed_requests && counted <= failed_requests + resumed_requests,
+        "counted {counted}, attempts {failed_requests} + {resumed_requests}"
+    );
+    assert!(
+        failed_requests + resumed_requests < full_requests,
+        "{failed_requests} + {resumed_requests} requests, a full run {full_requests}"
+    );
+}
+
+/// SIGTERM (what cron, systemd and CI send) in the middle of an incremental run stops it with
+/// exit 130 and a checkpoint, not a kill: the snapshot stays as it was, and --resume ends with
+/// the server's data, value by value (read back with pyarrow).
+#[test]
+fn sigterm_stops_an_incremental_run_and_resume_ends_exact() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 1500,
+        latency: Duration::from_millis(40),
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    fake.simulate_day(DayPlan {
+        created: 30,
+        active: 20,
+        deleted_old: 8,
+        deleted_new: 1,
+        edited: 0,
+    });
+    let snapshot = snapshot_bytes(dir.path());
+    let child = Command::new(env!("CARGO_BIN_EXE_chatwoot-export"))
+        .args([
+            "contacts",
+            "--base-url",
+            &fake.base_url(),
+            "--account-id",
+            "1",
+        ])
+        .args(["--format", "parquet", "--no-progress", "--concurrency", "1"])
+        .arg("--out")
+        .arg(dir.path())
+        .arg("--incremental")
+        .env("CHATWOOT_API_TOKEN", crate::harness::TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Once the first stage is saved, the deletion check is under way (a search of one request
+    // at a time, 40 ms each).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(dir.path()).is_none_or(|c| c["incremental"]["stage"] != "listed") {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of the first stage"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Into the second stage's requests: a signal between two stages, before the second
+    // listens, would go unheard.
+    std::thread::sleep(Duration::from_millis(100));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("the export ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let message = error_line(&stderr);
+    assert!(
+        message.contains("interrupted after")
+            && message.ends_with("run the same command with --resume to continue"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot_bytes(dir.path()), snapshot, "the snapshot changed");
+    assert_eq!(
+        checkpoint(dir.path()).expect("kept")["incremental"]["stage"],
+        "listed"
+    );
+
+    let resumed = export(
+        &fake.base_url(),
+        "parquet",
+        dir.path(),
+        &["--incremental", "--resume"],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    crate::export::assert_export_matches(dir.path(), "parquet", &fake.truth(), &fake.definitions());
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(manifest["resumes"], 1);
+}
+
+/// A resumed --full run keeps the raw contacts like an uninterrupted one (it used to keep none,
+/// so the next --incremental read everything again): its manifest has its snapshot and its
+/// change feed, and the next incremental run builds on it, for a fraction of the requests, and
+/// ends with the server's data.
+#[test]
+fn a_resumed_full_run_keeps_its_snapshot_for_the_next_incremental_run() {
+    let fake = Fake::with_contacts(1500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let full_requests = requests_of(dir.path());
+    let report = fake.simulate_day(DayPlan {
+        created: 20,
+        active: 10,
+        deleted_old: 3,
+        deleted_new: 0,
+        edited: 0,
+    });
+    let snapshot = snapshot_bytes(dir.path());
+    // The walk fails with a revoked token after 35 requests, about a third of its pages.
+    fake.revoke_token_after(Some(35));
+    let failed = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
+    fake.revoke_token_after(None);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("run the same command with --resume to continue"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(snapshot_bytes(dir.path()), snapshot, "the snapshot changed");
+    let kept = checkpoint(dir.path()).expect("a checkpoint is kept");
+    assert!(
+        kept["raw"]["contacts"].as_u64().expect("raw contacts") > 0,
+        "{kept}"
+    );
+
+    let resumed = export(
+        &fake.base_url(),
+        "parquet",
+        dir.path(),
+        &["--full", "--resume"],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    crate::export::assert_export_matches(dir.path(), "parquet", &fake.truth(), &fake.definitions());
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["mode"], "full");
+    assert_eq!(manifest["resumes"], 1);
+    let live = fake.truth().len() as u64;
+    assert_eq!(manifest["snapshot"]["raw_contacts"], live, "{manifest}");
+    // Compared with the base it replaced: the day's changes, exactly.
+    let created = report.created.len() as u64;
+    let deleted = report.deleted.len() as u64;
+    assert_eq!(
+        manifest["snapshot"]["changes"]["added"], created,
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["snapshot"]["changes"]["removed"], deleted,
+        "{manifest}"
+    );
+    let full_run = manifest["run_id"].clone();
+
+    fake.simulate_day(DayPlan {
+        created: 20,
+        active: 10,
+        deleted_old: 2,
+        deleted_new: 1,
+        edited: 0,
+    });
+    let next = export(&fake.base_url(), "parquet", dir.path(), &["--incremental"]);
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    assert!(
+        !next.stderr.contains("reads every contact"),
+        "{}",
+        next.stderr
+    );
+    crate::export::assert_export_matches(dir.path(), "parquet", &fake.truth(), &fake.definitions());
+    let manifest = crate::harness::manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(manifest["snapshot"]["base_run"], full_run);
+    let requests = requests_of(dir.path());
+    assert!(
+        requests * 3 < full_requests,
+        "{requests} requests, a full run {full_requests}"
+    );
+    // What it says a full run costs is not the resumed run's last attempt (a third of one).
+    let said: u64 = next
+        .stderr
+        .split("(a full run: about ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cost notice: {}", next.stderr));
+    assert!(
+        said >= full_requests,
+        "said {said}, a full run {full_requests}"
+    );
+}
+
+/// An interrupted incremental run goes on only on the export it began with: when the folder's
+/// export is another one by the time of --resume (its run id differs), the resume is refused
+/// on one line that says to start over, and --restart does, on the export now there.
+#[test]
+fn a_resume_on_another_base_is_refused() {
+    let fake = Fake::with_contacts(600);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = export(&fake.base_url(), "csv", dir.path(), &["--full"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    fake.simulate_day(DayPlan {
+        created: 20,
+        active: 10,
+        deleted_old: 3,
+        ..DayPlan::default()
+    });
+    // Revoked for the last two requests of the run (the final count and the last of the
+    // deletion check), counted on a copy.
+    let copy = tempfile::tempdir().expect("temp dir");
+    copy_export(dir.path(), copy.path());
+    let before = fake.requests();
+    let whole = export(&fake.base_url(), "csv", copy.path(), &["--incremental"]);
+    assert_eq!(whole.code, 0, "{}", whole.stderr);
+    fake.revoke_token_after(Some(fake.requests() - before - 2));
+    let failed = export(&fake.base_url(), "csv", dir.path(), &["--incremental"]);
+    fake.revoke_token_after(None);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    let kept = checkpoint(dir.path()).expect("a checkpoint is kept");
+    assert_eq!(kept["incremental"]["stage"], "listed", "{kept}");
+    // Another run id in the manifest: the export there is not the one the run began with.
+    let path = dir.path().join("manifest.json");
+    let mut replaced = manifest(dir.path()).expect("manifest");
+    let old_run = replaced["run_id"].as_str().expect("run_id").to_owned();
+    replaced["run_id"] = Value::String("20990101T000000Z-beef".into());
+    std::fs::write(&path, serde_json::to_vec(&replaced).expect("json")).expect("write");
+
+    let refused = export(
+        &fake.base_url(),
+        "csv",
+        dir.path(),
+        &["--incremental", "--resume"],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    let message = error_line(&refused.stderr);
+    assert!(
+        message.contains(&format!("(run {old_run}, now 20990101T000000Z-beef)"))
+            && message.ends_with("run with --restart to start over"),
+        "{message}"
+    );
+    let restarted = export(
+        &fake.base_url(),
+        "csv",
+        dir.path(),
+        &["--incremental", "--restart"],
+    );
+    assert_eq!(restarted.code, 0, "{}", restarted.stderr);
+    let manifest = manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(manifest["resumes"], 0);
+    assert_eq!(manifest["snapshot"]["base_run"], "20990101T000000Z-beef");
+}

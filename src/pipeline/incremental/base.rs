@@ -20,7 +20,8 @@ pub struct Base {
     pub run_id: String,
     pub raw: PathBuf,
     pub snapshot: SnapshotReport,
-    /// The base's own requests, when it was a full run (what a full run costs now, about).
+    /// The base's own requests, when it was a full run not resumed (what a full run costs now,
+    /// about).
     pub full_requests: Option<u64>,
     pub page_size: u64,
     /// Whole UTC days between the base run's start and end (by this machine's clock): the
@@ -54,7 +55,7 @@ pub fn find(
     }
     let Some(snapshot) = manifest.snapshot else {
         return Err(
-            "the last export there kept no raw contacts (a resumed run, or an older version)"
+            "the last export there kept no raw contacts (run without --full or --incremental, or by an older version)"
                 .into(),
         );
     };
@@ -74,7 +75,9 @@ pub fn find(
     Ok(Base {
         run_id: manifest.run_id,
         raw,
-        full_requests: (manifest.mode == "full").then_some(manifest.requests),
+        // A resumed full run's `requests` are its last attempt's only: no measure of a full run.
+        full_requests: (manifest.mode == "full" && manifest.resumes == 0)
+            .then_some(manifest.requests),
         page_size: manifest.page_size.max(1),
         snapshot,
         span_days,

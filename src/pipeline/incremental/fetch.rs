@@ -18,12 +18,17 @@
 //!    listed whole: the base's contacts there that the listing lacks are deleted. This is the
 //!    drift repair's machinery (`repair`, `ledger`) with the base in place of the walk.
 //!
+//! The fetch runs in two stages, `listed` (the probes, 1 and 2) and `deletions` (3), so that an
+//! interrupted run keeps what the first read and a resumed one goes on with the second. The
+//! second tells the merge, which runs meanwhile, what it has settled part by part (`Settled`),
+//! so that the merge of the base follows close behind instead of starting at the end.
+//!
 //! What it cannot see: an edit without activity to a contact in none of those sets (no
 //! `updated_at` in the API), and a deletion and a new old-dated contact (an anonymous contact
 //! that gained an email) in the same part, which cancel out in the counts. The full refresh
 //! bounds both (docs/incremental.md).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 
@@ -76,22 +81,11 @@ impl Filter {
     }
 }
 
-/// What the merge may take, as the fetch settles it: the contacts read since the last message
-/// (by id, the last version read last) and the base's contacts found deleted since, after
-/// which nothing the fetch reads can change a base contact whose `created_at` day is `through`
-/// or earlier. The last message has `through = i64::MAX`.
-#[derive(Debug, Default)]
-pub struct Settled {
-    pub contacts: Vec<(i64, String)>,
-    pub deleted: Vec<i64>,
-    pub through: i64,
-}
-
-/// What the incremental fetch found (the contacts themselves went to the merge, `Settled`).
+/// What the incremental fetch found.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    /// The ids of every contact read.
-    pub read: HashSet<i64>,
+    /// Every contact read, by id (the last version read).
+    pub contacts: HashMap<i64, String>,
     /// Contacts of the base that the server lists no more.
     pub deleted: HashSet<i64>,
     /// Requests predicted before the fetch began.
@@ -103,60 +97,102 @@ pub struct Fetched {
     pub unsettled: u64,
     /// The account's count at the end (`meta.count` of the list's page 1).
     pub final_count: Option<u64>,
+    /// The server's count of each part of the deletion check, from the probes.
+    pub part_counts: Vec<u64>,
 }
+
+/// What the merge may take, as the fetch settles it: contacts read (by id, the last version
+/// read last) and base contacts found deleted since the last message, after which nothing the
+/// fetch reads can change a base contact whose `created_at` day is `through` or earlier. The
+/// last message has `through = i64::MAX`.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub contacts: Vec<(i64, String)>,
+    pub deleted: Vec<i64>,
+    pub through: i64,
+}
+
+/// Where `deletions` tells the merge what it settled.
+pub type MergeFeed = std::sync::mpsc::Sender<Settled>;
 
 struct Run<'a> {
     fetcher: &'a Fetcher,
-    /// Where settled contacts and deletions go: the merge, which runs while the fetch waits
-    /// for the rate limit.
-    merge: &'a std::sync::mpsc::Sender<Settled>,
-    /// Read or found deleted since the last message to the merge.
-    unsent: Settled,
     /// Told of every request done: the bar counts them against the prediction.
     progress: &'a Progress,
     concurrency: usize,
     page_size: u64,
     out: Fetched,
+    /// The merge, and the ids read and found deleted since its last message (`deletions`).
+    merge: Option<(&'a MergeFeed, Settled)>,
 }
 
-/// Reads what can have changed since `base` (see the module header), telling `merge` what is
-/// settled as it goes: first everything the created and active sets read, then, part by part
-/// in `created_at` order, what the deletion check found, so that the merge of the base can
-/// follow close behind instead of starting when the last request is answered.
-pub async fn fetch(
+/// The filters of an incremental fetch, from the base alone: every attempt of a run (a
+/// resumed one too) makes the same.
+struct Plan {
+    /// The first `created_at` day of the created set.
+    created_from: Option<i64>,
+    created: Filter,
+    active: Option<Filter>,
+    /// The parts of the deletion check, before `created_from`.
+    parts: Vec<Filter>,
+}
+
+impl Plan {
+    fn of(base: &Base, index: &Index) -> Self {
+        let page_size = base.page_size.max(1);
+        let day = |secs: i64| secs.div_euclid(86_400);
+        let created_from = base
+            .snapshot
+            .newest_created_at
+            .map(|t| day(t) - base.span_days);
+        let seen = base
+            .snapshot
+            .newest_activity_at
+            .max(base.snapshot.newest_created_at);
+        let created = Filter {
+            created_after: created_from.map(|d| d - 1),
+            ..Filter::default()
+        };
+        // Active contacts created before the created range: the newer ones are all read as
+        // created (a contact that wrote in through the widget is both, and would be read twice).
+        let active = seen.map(|t| Filter {
+            active_after: Some(day(t) - base.span_days - 1),
+            created_before: created_from,
+            ..Filter::default()
+        });
+        let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, page_size));
+        Self {
+            created_from,
+            created,
+            active,
+            parts,
+        }
+    }
+}
+
+/// The first stage of the fetch (see the module header): the probes, the prediction, then
+/// sets 1 and 2 whole, and the base's contacts in the created range that it lists no more.
+/// The part counts are kept in `Fetched` for `deletions`, the second stage.
+pub async fn listed(
     fetcher: &Fetcher,
     base: &Base,
     index: &Index,
     concurrency: usize,
     progress: &Progress,
     notices: &Notices,
-    merge: &std::sync::mpsc::Sender<Settled>,
 ) -> Result<Fetched, FetchError> {
-    let mut run = Run {
-        fetcher,
-        merge,
-        unsent: Settled {
-            through: i64::MIN,
-            ..Settled::default()
-        },
-        progress,
-        concurrency: concurrency.max(1),
-        page_size: base.page_size.max(1),
-        out: Fetched::default(),
-    };
-    let probed = run.probe(base, index).await?;
+    let mut run = Run::new(fetcher, progress, concurrency, base, Fetched::default());
     let Probed {
         created,
         active,
         created_from,
-        parts,
         created_first,
         active_first,
         part_counts,
         predicted,
-    } = probed;
-    let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
+    } = run.probe(base, index).await?;
     run.out.predicted = predicted;
+    run.out.part_counts = part_counts;
     notices.tell(Notice::IncrementalCost {
         predicted,
         full: full_requests(base, index),
@@ -172,13 +208,49 @@ pub async fn fetch(
     if let Some(from) = created_from {
         let gone: Vec<i64> = index
             .ids(from, i64::MAX)
-            .filter(|id| !run.out.read.contains(id))
+            .filter(|id| !run.out.contacts.contains_key(id))
             .collect();
-        run.deleted(gone);
+        run.out.deleted.extend(gone);
     }
-    // 3: deletions in the past (the bar goes on counting requests).
-    // A stack with the oldest part on top: a part is bisected into its halves, the left on
-    // top, so parts are settled in `created_at` order and the merge can follow.
+    Ok(run.out)
+}
+
+/// The second stage: set 3, the deletions in the past, from the part counts `listed` kept in
+/// `fetched`, and the account's count at the end; adds to `fetched`. Tells `merge` what it
+/// settles, part by part in `created_at` order, ending with `through = i64::MAX`; everything
+/// `fetched` held before goes with the first message.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument is distinct"
+)]
+pub async fn deletions(
+    fetcher: &Fetcher,
+    base: &Base,
+    index: &Index,
+    concurrency: usize,
+    progress: &Progress,
+    fetched: Fetched,
+    merge: &MergeFeed,
+) -> Result<Fetched, FetchError> {
+    let first = Settled {
+        contacts: fetched
+            .contacts
+            .iter()
+            .map(|(id, text)| (*id, text.clone()))
+            .collect(),
+        deleted: fetched.deleted.iter().copied().collect(),
+        through: i64::MIN,
+    };
+    let mut run = Run::new(fetcher, progress, concurrency, base, fetched);
+    run.merge = Some((merge, first));
+    // A resumed run's bar starts here.
+    progress.plan_requests(run.out.predicted, run.out.requests);
+    let count_of = |page: &ContactsPage| page.meta.count.unwrap_or(0);
+    let parts = Plan::of(base, index).parts;
+    let part_counts = run.out.part_counts.clone();
+    // 3: deletions in the past (the bar goes on counting requests). A stack with the oldest
+    // part on top: a part is bisected into its halves, the left on top, so parts are settled
+    // in `created_at` order and the merge can follow.
     let mut pending: Vec<(Filter, u64)> = parts.into_iter().zip(part_counts).rev().collect();
     while let Some((part, now)) = pending.pop() {
         let (low, high) = part.days();
@@ -201,7 +273,7 @@ pub async fn fetch(
             run.list(part, None, false).await?;
             let gone: Vec<i64> = index
                 .ids(low, high)
-                .filter(|id| !run.out.read.contains(id))
+                .filter(|id| !run.out.contacts.contains_key(id))
                 .collect();
             run.deleted(gone);
             continue;
@@ -224,7 +296,7 @@ pub async fn fetch(
     // The account's count now. Its contacts are not kept: the merge has passed them.
     run.out.requests += 1;
     let last = fetcher.page(1).await?;
-    progress.page_done(run.out.read.len() as u64);
+    progress.page_done(run.out.contacts.len() as u64);
     run.out.final_count = last.meta.count;
     Ok(run.out)
 }
@@ -236,12 +308,12 @@ pub fn full_requests(base: &Base, index: &Index) -> u64 {
         .unwrap_or_else(|| index.contacts.div_ceil(base.page_size.max(1)).max(1) + MAX_PARTS)
 }
 
-/// The sets and parts of a run, page 1 of each (read), and the requests predicted.
+/// The sets of a run, page 1 of each set (read) and the parts' counts, and the requests
+/// predicted.
 struct Probed {
     created: Filter,
     active: Option<Filter>,
     created_from: Option<i64>,
-    parts: Vec<Filter>,
     created_first: ContactsPage,
     active_first: Option<ContactsPage>,
     part_counts: Vec<u64>,
@@ -257,44 +329,66 @@ pub async fn predict(
     index: &Index,
     concurrency: usize,
 ) -> Result<u64, FetchError> {
-    let (merge, _) = std::sync::mpsc::channel();
     let progress = crate::progress::ProgressFactory::silent().make(false, 0);
-    let mut run = Run {
-        fetcher,
-        merge: &merge,
-        unsent: Settled::default(),
-        progress: &progress,
-        concurrency: concurrency.max(1),
-        page_size: base.page_size.max(1),
-        out: Fetched::default(),
-    };
+    let mut run = Run::new(fetcher, &progress, concurrency, base, Fetched::default());
     Ok(run.probe(base, index).await?.predicted)
 }
 
-impl Run<'_> {
+/// The parts of the base before day `from`, cut at days so that each holds about as many of
+/// its contacts (at most `MAX_PARTS`, each of at least `PAGES_PER_PART` pages).
+fn parts(index: &Index, from: i64, page_size: u64) -> Vec<Filter> {
+    let past = index.count(i64::MIN, from - 1);
+    let pieces = (past / (PAGES_PER_PART * page_size)).clamp(1, MAX_PARTS);
+    let per = past.div_ceil(pieces).max(1);
+    let mut parts = Vec::new();
+    let mut after = None;
+    let mut held = 0;
+    for (&day, &n) in index.days.range(..from) {
+        held += n;
+        if held >= per && day + 1 < from {
+            parts.push(Filter {
+                created_after: after,
+                created_before: Some(day + 1),
+                active_after: None,
+            });
+            after = Some(day);
+            held = 0;
+        }
+    }
+    parts.push(Filter {
+        created_after: after,
+        created_before: Some(from),
+        active_after: None,
+    });
+    parts
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        fetcher: &'a Fetcher,
+        progress: &'a Progress,
+        concurrency: usize,
+        base: &Base,
+        out: Fetched,
+    ) -> Self {
+        Self {
+            fetcher,
+            progress,
+            concurrency: concurrency.max(1),
+            page_size: base.page_size.max(1),
+            out,
+            merge: None,
+        }
+    }
+
     /// Page 1 of both sets and of every part, together, and the prediction they give.
     async fn probe(&mut self, base: &Base, index: &Index) -> Result<Probed, FetchError> {
-        let day = |secs: i64| secs.div_euclid(86_400);
-        let created_from = base
-            .snapshot
-            .newest_created_at
-            .map(|t| day(t) - base.span_days);
-        let seen = base
-            .snapshot
-            .newest_activity_at
-            .max(base.snapshot.newest_created_at);
-        let created = Filter {
-            created_after: created_from.map(|d| d - 1),
-            ..Filter::default()
-        };
-        // Active contacts created before the created range: the newer ones are all read as created
-        // (a contact that wrote in through the widget is both, and would be read twice).
-        let active = seen.map(|t| Filter {
-            active_after: Some(day(t) - base.span_days - 1),
-            created_before: created_from,
-            ..Filter::default()
-        });
-        let parts = created_from.map_or_else(Vec::new, |from| parts(index, from, self.page_size));
+        let Plan {
+            created_from,
+            created,
+            active,
+            parts,
+        } = Plan::of(base, index);
 
         // Probes: page 1 of both sets and of every part, together.
         self.progress.phase("incremental: counting what changed");
@@ -331,45 +425,45 @@ impl Run<'_> {
             created,
             active,
             created_from,
-            parts,
             created_first,
             active_first,
             part_counts,
             predicted,
         })
     }
-}
 
-/// The parts of the base before day `from`, cut at days so that each holds about as many of
-/// its contacts (at most `MAX_PARTS`, each of at least `PAGES_PER_PART` pages).
-fn parts(index: &Index, from: i64, page_size: u64) -> Vec<Filter> {
-    let past = index.count(i64::MIN, from - 1);
-    let pieces = (past / (PAGES_PER_PART * page_size)).clamp(1, MAX_PARTS);
-    let per = past.div_ceil(pieces).max(1);
-    let mut parts = Vec::new();
-    let mut after = None;
-    let mut held = 0;
-    for (&day, &n) in index.days.range(..from) {
-        held += n;
-        if held >= per && day + 1 < from {
-            parts.push(Filter {
-                created_after: after,
-                created_before: Some(day + 1),
-                active_after: None,
-            });
-            after = Some(day);
-            held = 0;
+    /// Base contacts the server lists no more.
+    fn deleted(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            if self.out.deleted.insert(id)
+                && let Some((_, unsent)) = &mut self.merge
+            {
+                unsent.deleted.push(id);
+            }
         }
     }
-    parts.push(Filter {
-        created_after: after,
-        created_before: Some(from),
-        active_after: None,
-    });
-    parts
-}
 
-impl Run<'_> {
+    /// Tells the merge what was read and found deleted since last time, and that base
+    /// contacts of days up to `through` will not change any more.
+    fn settle(&mut self, through: i64) {
+        let Some((merge, unsent)) = &mut self.merge else {
+            return;
+        };
+        let through = through.max(unsent.through);
+        let news = !unsent.contacts.is_empty() || !unsent.deleted.is_empty();
+        if !news && through == unsent.through {
+            return;
+        }
+        let settled = Settled {
+            contacts: std::mem::take(&mut unsent.contacts),
+            deleted: std::mem::take(&mut unsent.deleted),
+            through,
+        };
+        unsent.through = through;
+        // A send fails only when the merge stopped on an error: that error is the run's.
+        let _ = merge.send(settled);
+    }
+
     /// Page 1 of each filter, together; their contacts are kept.
     async fn pages(&mut self, filters: &[Filter]) -> Result<Vec<ContactsPage>, FetchError> {
         let pages = self
@@ -399,7 +493,7 @@ impl Run<'_> {
         while let Some(page) = pages.next().await {
             done.push(page?);
             // Contacts kept so far (this batch's are kept by the caller).
-            self.progress.page_done(self.out.read.len() as u64);
+            self.progress.page_done(self.out.contacts.len() as u64);
         }
         Ok(done)
     }
@@ -518,37 +612,12 @@ impl Run<'_> {
     fn keep(&mut self, page: &ContactsPage) {
         for contact in &page.payload {
             if let Some(key) = Key::of(contact) {
-                self.out.read.insert(key.id);
-                self.unsent.contacts.push((key.id, contact.to_owned()));
+                self.out.contacts.insert(key.id, contact.to_owned());
+                if let Some((_, unsent)) = &mut self.merge {
+                    unsent.contacts.push((key.id, contact.to_owned()));
+                }
             }
         }
-    }
-
-    /// Base contacts the server lists no more.
-    fn deleted(&mut self, ids: impl IntoIterator<Item = i64>) {
-        for id in ids {
-            if self.out.deleted.insert(id) {
-                self.unsent.deleted.push(id);
-            }
-        }
-    }
-
-    /// Tells the merge what was read and found deleted since last time, and that base
-    /// contacts of days up to `through` will not change any more.
-    fn settle(&mut self, through: i64) {
-        let through = through.max(self.unsent.through);
-        let news = !self.unsent.contacts.is_empty() || !self.unsent.deleted.is_empty();
-        if !news && through == self.unsent.through {
-            return;
-        }
-        let settled = Settled {
-            contacts: std::mem::take(&mut self.unsent.contacts),
-            deleted: std::mem::take(&mut self.unsent.deleted),
-            through,
-        };
-        self.unsent.through = through;
-        // A send fails only when the merge stopped on an error: that error is the run's.
-        let _ = self.merge.send(settled);
     }
 }
 

@@ -11,7 +11,9 @@
 //! with what was read in place of the old versions, and the new ones last) through the same
 //! collector and table writer as a full run: the snapshot follows the same schema rules and
 //! contract, and a reader cannot tell how it was made except by `manifest.json`'s `mode`.
-//! A failure before the tables are renamed into place leaves the previous snapshot whole.
+//! A failure before the tables are renamed into place leaves the previous snapshot whole. The
+//! run checkpoints at the start and at the end of each fetch stage (`Saved`: the stage, and
+//! the contacts read so far in the work folder), so it stops and resumes like a full run.
 
 pub mod base;
 pub mod changes;
@@ -22,8 +24,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::checkpoint::{
+    CHECKPOINT_FILE, Checkpoint, IncrementalMark, JobParams, Stage, WalkState,
+};
 use super::collector::Collector;
-use super::{Done, ExportError, ExportSettings, Failure, rate_report, write};
+use super::{Done, ExportError, ExportSettings, Failure, rate_report, until_shutdown, write};
 use crate::manifest::{Manifest, SnapshotReport, Source, Tool};
 use crate::progress::Progress;
 use crate::sink::{Format, SinkOptions};
@@ -32,12 +37,10 @@ use crate::store::{OutputDir, StoreError, owner_only_dir};
 use crate::transform::inbox_secrets::InboxSecrets;
 use base::{Base, Index};
 use changes::Feed;
-use raw::{Key, RAW_FILE, RawReader, RawWriter, SNAPSHOT_DIR};
+use fetch::Fetched;
+use raw::{Key, RAW_FILE, RAW_WORK, RawReader, RawWriter, SNAPSHOT_DIR};
 
 pub use crate::options::SnapshotMode;
-
-/// The raw contacts' work file, in the run's work folder until the run commits.
-const RAW_WORK: &str = "contacts.raw.ndjson.zst";
 
 /// A writer for this run's raw contacts, in the work folder.
 pub fn raw_writer(dir: &OutputDir) -> Result<RawWriter, ExportError> {
@@ -232,22 +235,61 @@ fn commit_raw(dir: &OutputDir, work: &Path) -> Result<(), ExportError> {
 
 /// An incremental run: fetch what changed, merge with the base, write the tables, the change
 /// feed and the raw contacts. The previous snapshot stays whole until the tables are renamed
-/// into place; a failure before that leaves it as it was.
+/// into place; a failure before that leaves it as it was. A checkpoint is saved at the start
+/// and at the end of each fetch stage (`Stage`), with the contacts read by then: Ctrl-C,
+/// SIGTERM or a failure once a stage is done keeps the work for `--resume`, which goes on from
+/// `resumed` without reading again what the stages done read.
 pub(super) async fn run(
     settings: &ExportSettings,
+    params: &JobParams,
     dir: &OutputDir,
     fetcher: &Arc<Fetcher>,
     progress: &Progress,
     base: &Base,
-    run_id: &str,
-    started_at: String,
+    resumed: Option<Checkpoint>,
 ) -> Result<Done, Failure> {
     let clock = std::time::Instant::now();
-    let fatal = |error: ExportError| Failure {
-        error,
-        resumable: false,
+    let mut saved = match resumed {
+        Some(checkpoint) => Saved::resumed(checkpoint),
+        None => {
+            let started_at = super::now();
+            let saved = Saved::fresh(params, base, &started_at);
+            saved.save(dir).map_err(|error| Failure {
+                error,
+                resumable: false,
+            })?;
+            saved
+        }
     };
-    let index = Arc::new(Index::read(&base.raw).map_err(fatal)?);
+    // Every failure of a resumed run keeps its checkpoint; a fresh one keeps it once a stage
+    // is done or when stopped by a signal.
+    let was_resumed = saved.checkpoint.resumes > 0;
+    let kept = |error: ExportError, saved: &Saved| Failure {
+        error: ExportError::Resumable {
+            source: Box::new(error),
+            pages: saved.mark().requests,
+            out: settings.out.clone(),
+        },
+        resumable: true,
+    };
+    let fatal = |error: ExportError, saved: &Saved| {
+        if was_resumed {
+            kept(error, saved)
+        } else {
+            Failure {
+                error,
+                resumable: false,
+            }
+        }
+    };
+    let index = match Index::read(&base.raw) {
+        Ok(index) => Arc::new(index),
+        Err(error) => return Err(fatal(error, &saved)),
+    };
+    let mut fetched = match saved.fetched(dir) {
+        Ok(fetched) => fetched,
+        Err(error) => return Err(fatal(error, &saved)),
+    };
     // The definitions type the columns as a full run's walk does; the merge needs them first.
     let definitions = fetcher.attribute_definitions().await;
     let inbox_secrets = if settings.keep_inbox_secrets {
@@ -255,34 +297,110 @@ pub(super) async fn run(
     } else {
         InboxSecrets::default()
     };
-    let mut collector = Collector::create(dir, inbox_secrets).map_err(fatal)?;
+    // What a failed attempt left in the work folder goes (its spills, its raw contacts): this
+    // one merges and writes anew.
+    saved
+        .clear_work(dir)
+        .map_err(|error| fatal(error, &saved))?;
+    let mut collector =
+        Collector::create(dir, inbox_secrets).map_err(|error| fatal(error, &saved))?;
     let attribute_definitions =
         super::walk::declare_definitions(&mut collector, definitions, &settings.notices);
-    collector.raw = Some(raw_writer(dir).map_err(fatal)?);
+    collector.raw = Some(raw_writer(dir).map_err(|error| fatal(error, &saved))?);
     // The merge runs on its own thread while the fetch waits for the rate limit, taking the
-    // base's contacts as the fetch settles their days (`fetch::Settled`).
+    // base's contacts as the deletion check settles their days (`fetch::Settled`).
     let (settled, merging) = std::sync::mpsc::channel();
     let merge = tokio::task::spawn_blocking({
         let (raw, index) = (base.raw.clone(), Arc::clone(&index));
         let feed = Feed::new(settings.keep_inbox_secrets);
         move || merge(&raw, &index, collector, merging, feed)
     });
-    let fetched = fetch::fetch(
-        fetcher,
-        base,
-        &index,
-        settings.fetch.concurrency,
-        progress,
-        &settings.notices,
-        &settled,
-    )
-    .await;
+    let concurrency = settings.fetch.concurrency;
+    let mut merge_fed = false;
+    for stage in [Stage::Listed, Stage::Fetched] {
+        if saved.mark().stage >= stage {
+            continue;
+        }
+        let attempt = match stage {
+            Stage::Listed => {
+                until_shutdown(
+                    async {
+                        fetch::listed(
+                            fetcher,
+                            base,
+                            &index,
+                            concurrency,
+                            progress,
+                            &settings.notices,
+                        )
+                        .await
+                        .map_err(ExportError::from)
+                    },
+                    &settings.out,
+                )
+                .await
+            }
+            _ => {
+                merge_fed = true;
+                until_shutdown(
+                    async {
+                        fetch::deletions(
+                            fetcher,
+                            base,
+                            &index,
+                            concurrency,
+                            progress,
+                            std::mem::take(&mut fetched),
+                            &settled,
+                        )
+                        .await
+                        .map_err(ExportError::from)
+                    },
+                    &settings.out,
+                )
+                .await
+            }
+        };
+        let sent = fetcher.status().governor.sent;
+        match attempt {
+            Ok(done) => {
+                fetched = done;
+                saved
+                    .finish_stage(dir, stage, &fetched, sent, settings.keep_inbox_secrets)
+                    .map_err(|error| fatal(error, &saved))?;
+            }
+            Err(error) => {
+                // The merge stops when its feed ends; its work goes with the next attempt's.
+                drop(settled);
+                let _ = merge.await;
+                return Err(saved.stop(dir, error, sent, was_resumed, &settings.out));
+            }
+        }
+    }
+    if !merge_fed {
+        // Resumed after the fetch: everything it read is settled.
+        let _ = settled.send(fetch::Settled {
+            contacts: fetched
+                .contacts
+                .iter()
+                .map(|(id, text)| (*id, text.clone()))
+                .collect(),
+            deleted: fetched.deleted.iter().copied().collect(),
+            through: i64::MAX,
+        });
+    }
     drop(settled);
+    // Past the fetch every contact read is in the checkpoint: a failure from here on (a full
+    // disk, a folder that refuses a file) keeps it, and the message says how to go on.
+    let fatal = |error: ExportError| kept(error, &saved);
     progress.phase("incremental: merging with the base");
-    let merged = merge.await.map_err(|err| fatal(err.into()));
-    // The fetch's error first: a merge that stopped early stopped because of it.
-    let fetched = fetched.map_err(|err| fatal(err.into()))?;
-    let (mut collector, feed, merged) = merged?.map_err(fatal)?;
+    let (mut collector, feed, merged) = merge
+        .await
+        .map_err(|err| fatal(err.into()))?
+        .map_err(fatal)?;
+    let run_id = saved.mark().run_id.clone();
+    let started_at = saved.checkpoint.started_at.clone();
+    let sent_before = saved.sent_before;
 
     let status = fetcher.status();
     let unique = collector.unique();
@@ -313,7 +431,7 @@ pub(super) async fn run(
         settings.format,
         options,
         feed.changes,
-        run_id,
+        &run_id,
         run_time,
     )
     .map_err(fatal)?;
@@ -331,7 +449,8 @@ pub(super) async fn run(
     })?;
     commit_raw(dir, &raw_path).map_err(fatal)?;
 
-    let sent = status.governor.sent;
+    // Every attempt's requests: what the run cost the account's budget.
+    let sent = sent_before + status.governor.sent;
     let full = base
         .full_requests
         .unwrap_or_else(|| index.contacts.div_ceil(base.page_size) + 1);
@@ -362,7 +481,7 @@ pub(super) async fn run(
             }),
             ..Default::default()
         },
-        resumes: 0,
+        resumes: saved.checkpoint.resumes,
         keep_inbox_secrets: settings.keep_inbox_secrets,
         inbox_fields_dropped: flattener.inbox_secrets.dropped().clone(),
         values_kept_as_text: flattener.values_kept_as_text(),
@@ -382,7 +501,7 @@ pub(super) async fn run(
         duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         label_walk: None,
         mode: "incremental".into(),
-        run_id: run_id.to_owned(),
+        run_id,
         snapshot: Some(SnapshotReport {
             raw_file: raw::raw_path(),
             raw_contacts,
@@ -398,6 +517,220 @@ pub(super) async fn run(
         }),
     };
     Ok((manifest, written, status))
+}
+
+/// An incremental run's checkpoint as saved last, and how to save the next one.
+struct Saved {
+    /// The job and the run's start (no walk, no spills: an incremental run has neither).
+    checkpoint: Checkpoint,
+    mark: IncrementalMark,
+    /// Requests the earlier attempts sent.
+    sent_before: u64,
+}
+
+impl Saved {
+    fn fresh(params: &JobParams, base: &Base, started_at: &str) -> Self {
+        Self {
+            checkpoint: Checkpoint {
+                version: Checkpoint::new_version(),
+                params: params.clone(),
+                started_at: started_at.to_owned(),
+                walk: WalkState::default(),
+                pages_fetched: 0,
+                duplicates: 0,
+                resumes: 0,
+                spills: Vec::new(),
+                shapes: Vec::new(),
+                inbox_fields_dropped: Default::default(),
+                values_kept_as_text: 0,
+                ledger: None,
+                raw: None,
+                incremental: None,
+            },
+            mark: IncrementalMark {
+                run_id: run_id(started_at),
+                base_run: base.run_id.clone(),
+                ..IncrementalMark::default()
+            },
+            sent_before: 0,
+        }
+    }
+
+    /// The interrupted run's checkpoint (with an `incremental` mark: `export` routes only
+    /// those here), as this attempt's.
+    fn resumed(mut checkpoint: Checkpoint) -> Self {
+        let mark = checkpoint.incremental.take().unwrap_or_default();
+        checkpoint.resumes += 1;
+        Self {
+            sent_before: mark.sent,
+            checkpoint,
+            mark,
+        }
+    }
+
+    fn mark(&self) -> &IncrementalMark {
+        &self.mark
+    }
+
+    /// Writes the checkpoint (replaced atomically).
+    fn save(&self, dir: &OutputDir) -> Result<(), ExportError> {
+        let checkpoint = Checkpoint {
+            incremental: Some(self.mark.clone()),
+            ..self.checkpoint.clone()
+        };
+        checkpoint
+            .save(dir.work())
+            .map_err(|source| ExportError::Spill {
+                path: dir.work_path(CHECKPOINT_FILE),
+                source,
+            })
+    }
+
+    /// What the stages done found: their contacts back from the work folder.
+    fn fetched(&self, dir: &OutputDir) -> Result<Fetched, ExportError> {
+        let mark = &self.mark;
+        let mut contacts = HashMap::new();
+        if let Some(name) = &mark.read_file {
+            let path = dir.work_path(name);
+            for line in read_raw(&path)? {
+                let line = line.map_err(|source| ExportError::Spill {
+                    path: path.clone(),
+                    source,
+                })?;
+                if let Some(key) = Key::of(&line) {
+                    contacts.insert(key.id, line);
+                }
+            }
+        }
+        Ok(Fetched {
+            contacts,
+            deleted: mark.deleted.iter().copied().collect(),
+            predicted: mark.predicted,
+            requests: mark.requests,
+            unsettled: mark.unsettled,
+            final_count: mark.final_count,
+            part_counts: mark.part_counts.clone(),
+        })
+    }
+
+    /// Saves the checkpoint at the end of `stage`: the contacts read so far in a new file of
+    /// the work folder (inbox credentials dropped as in the tables), then the mark that names
+    /// it, then the previous file goes. `sent`: this attempt's requests so far.
+    fn finish_stage(
+        &mut self,
+        dir: &OutputDir,
+        stage: Stage,
+        fetched: &Fetched,
+        sent: u64,
+        keep_inbox_secrets: bool,
+    ) -> Result<(), ExportError> {
+        let name = format!("read-{}.ndjson.zst", stage_name(stage));
+        let path = dir.work_path(&name);
+        let spill = |source| ExportError::Spill {
+            path: path.clone(),
+            source,
+        };
+        remove_if_present(&path).map_err(spill)?;
+        let (file, _) = dir.create_work_file(&name).map_err(spill)?;
+        let mut writer = RawWriter::new(file, path.clone()).map_err(spill)?;
+        for text in fetched.contacts.values() {
+            writer.write(text, !keep_inbox_secrets).map_err(spill)?;
+        }
+        writer.finish().map_err(spill)?;
+        let mut deleted: Vec<i64> = fetched.deleted.iter().copied().collect();
+        deleted.sort_unstable();
+        let previous = self.mark.read_file.replace(name);
+        self.mark = IncrementalMark {
+            stage,
+            part_counts: fetched.part_counts.clone(),
+            deleted,
+            predicted: fetched.predicted,
+            requests: fetched.requests,
+            unsettled: fetched.unsettled,
+            final_count: fetched.final_count,
+            sent: self.sent_before + sent,
+            ..self.mark.clone()
+        };
+        self.save(dir)?;
+        if let Some(previous) = previous.filter(|p| Some(p) != self.mark.read_file.as_ref()) {
+            // Only space: the checkpoint no longer names it.
+            let _ = remove_if_present(&dir.work_path(&previous));
+        }
+        Ok(())
+    }
+
+    /// The failure of a fetch stage: keeps the work when a stage is done, the run was resumed
+    /// or a signal stopped it (then the checkpoint, saved again with the requests spent,
+    /// says where `--resume` goes on); otherwise there is nothing worth keeping.
+    fn stop(
+        &mut self,
+        dir: &OutputDir,
+        error: ExportError,
+        sent: u64,
+        resumed: bool,
+        out: &Path,
+    ) -> Failure {
+        let interrupted = matches!(error, ExportError::Interrupted { .. });
+        if self.mark.stage == Stage::Started && !resumed && !interrupted {
+            // A wrong token on the first request, say: nothing read.
+            return Failure {
+                error,
+                resumable: false,
+            };
+        }
+        self.mark.sent = self.sent_before + sent;
+        // If this save fails (a full disk), the last checkpoint still stands.
+        let _ = self.save(dir);
+        let pages = self.mark.requests;
+        let error = match error {
+            ExportError::Interrupted { out, .. } => ExportError::Interrupted { pages, out },
+            other => ExportError::Resumable {
+                source: Box::new(other),
+                pages,
+                out: out.to_owned(),
+            },
+        };
+        Failure {
+            error,
+            resumable: true,
+        }
+    }
+
+    /// Removes from the work folder everything but the checkpoint and the contacts it names:
+    /// the spills and raw contacts of an attempt that failed while writing.
+    fn clear_work(&self, dir: &OutputDir) -> Result<(), ExportError> {
+        let entries = std::fs::read_dir(dir.work()).map_err(|source| ExportError::Spill {
+            path: dir.work().to_owned(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == CHECKPOINT_FILE || Some(name.as_ref()) == self.mark.read_file.as_deref() {
+                continue;
+            }
+            remove_if_present(&entry.path()).map_err(|source| ExportError::Spill {
+                path: entry.path(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Started => "started",
+        Stage::Listed => "listed",
+        Stage::Fetched => "fetched",
+    }
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
 }
 
 /// Contacts carried over without a new read: the base's, less the deleted and the re-read.

@@ -6,6 +6,9 @@
 //! merges it with what changed. The folder's leading `_` keeps it out of data globs
 //! (`contacts*.parquet`, Spark and Hive skip `_` names). Inbox credentials that the export
 //! drops are dropped here too: the raw file never holds what the tables may not.
+//! A checkpoint ends the zstd frame being written and records the file's length (`mark`); a
+//! resumed run cuts the file back to it and appends new frames (`resume`). A file of several
+//! frames decodes as their concatenation, which `RawReader` reads as one stream.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -18,6 +21,8 @@ use crate::transform::inbox_secrets::InboxSecrets;
 pub use crate::store::SNAPSHOT_DIR;
 /// The raw contacts' file in it.
 pub const RAW_FILE: &str = "contacts.raw.ndjson.zst";
+/// The raw contacts' file in the run's work folder, until the run commits.
+pub const RAW_WORK: &str = "contacts.raw.ndjson.zst";
 /// zstd level: the file is written once a run and read once by the next; speed wins (level 1
 /// compresses about twice as fast as 3, for a file about a tenth larger).
 const LEVEL: i32 = 1;
@@ -29,9 +34,22 @@ pub fn raw_path() -> String {
 
 /// Appends contacts to a compressed NDJSON file.
 pub struct RawWriter {
-    encoder: zstd::stream::write::Encoder<'static, BufWriter<File>>,
+    /// The frame being written; `None` between a checkpoint's `mark` and the next contact.
+    encoder: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
+    /// The file between frames.
+    idle: Option<BufWriter<File>>,
     path: PathBuf,
     contacts: u64,
+    /// Bytes of the frames ended so far.
+    ended: u64,
+}
+
+/// Where a raw file stands at a checkpoint: its length after the last frame ended, and the
+/// contacts in those frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RawMark {
+    pub bytes: u64,
+    pub contacts: u64,
 }
 
 impl std::fmt::Debug for RawWriter {
@@ -46,30 +64,84 @@ impl std::fmt::Debug for RawWriter {
 impl RawWriter {
     /// Writes to `file` (created owner-only by the caller) at `path`.
     pub fn new(file: File, path: PathBuf) -> io::Result<Self> {
-        let encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), LEVEL)?;
         Ok(Self {
-            encoder,
+            encoder: None,
+            idle: Some(BufWriter::new(file)),
             path,
             contacts: 0,
+            ended: 0,
         })
+    }
+
+    /// Goes on with the file at `path` where `mark` left it: what was written after the mark
+    /// (by the run a checkpoint outlived) is cut off, and new contacts go in new frames.
+    pub fn resume(path: PathBuf, mark: RawMark) -> io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        if file.metadata()?.len() < mark.bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the raw contacts are shorter than their checkpoint",
+            ));
+        }
+        file.set_len(mark.bytes)?;
+        io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        Ok(Self {
+            encoder: None,
+            idle: Some(BufWriter::new(file)),
+            path,
+            contacts: mark.contacts,
+            ended: mark.bytes,
+        })
+    }
+
+    /// Ends the frame being written and hands it to the OS: the file up to the returned mark
+    /// decodes whole, so a checkpoint can vouch for it.
+    pub fn mark(&mut self) -> io::Result<RawMark> {
+        if let Some(encoder) = self.encoder.take() {
+            let mut buffered = encoder.finish()?;
+            buffered.flush()?;
+            self.ended = io::Seek::stream_position(buffered.get_mut())?;
+            self.idle = Some(buffered);
+        }
+        Ok(RawMark {
+            bytes: self.ended,
+            contacts: self.contacts,
+        })
+    }
+
+    /// The frame being written, started if a mark ended the last one.
+    fn encoder(
+        &mut self,
+    ) -> io::Result<&mut zstd::stream::write::Encoder<'static, BufWriter<File>>> {
+        if self.encoder.is_none() {
+            let idle = self
+                .idle
+                .take()
+                .ok_or_else(|| io::Error::other("the raw contacts' file went missing"))?;
+            self.encoder = Some(zstd::stream::write::Encoder::new(idle, LEVEL)?);
+        }
+        self.encoder
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the raw contacts' file went missing"))
     }
 
     /// Appends one contact's JSON text. `scrub`: the flattener dropped inbox credentials from
     /// this contact, so the same fields go here too.
     pub fn write(&mut self, contact: &str, scrub: bool) -> io::Result<()> {
         self.contacts += 1;
+        let encoder = self.encoder()?;
         if scrub && let Some(clean) = scrubbed(contact) {
-            self.encoder.write_all(clean.as_bytes())?;
+            encoder.write_all(clean.as_bytes())?;
         } else {
             // Pages hold one contact a span, possibly pretty-printed: one line each here.
             if contact.contains('\n') {
                 let value: Value = serde_json::from_str(contact).map_err(io::Error::other)?;
-                self.encoder.write_all(value.to_string().as_bytes())?;
+                encoder.write_all(value.to_string().as_bytes())?;
             } else {
-                self.encoder.write_all(contact.as_bytes())?;
+                encoder.write_all(contact.as_bytes())?;
             }
         }
-        self.encoder.write_all(b"\n")
+        encoder.write_all(b"\n")
     }
 
     /// Contacts written.
@@ -82,15 +154,21 @@ impl RawWriter {
     }
 
     /// Ends the stream, flushes and syncs; returns the contacts written.
-    pub fn finish(self) -> io::Result<u64> {
-        let buffered = self.encoder.finish()?;
+    pub fn finish(mut self) -> io::Result<u64> {
+        // An empty run still writes one (empty) frame: a valid zstd file.
+        self.encoder()?;
+        let buffered = match self.encoder.take() {
+            Some(encoder) => encoder.finish()?,
+            None => return Err(io::Error::other("the raw contacts' file went missing")),
+        };
         let file = buffered.into_inner().map_err(|err| err.into_error())?;
         file.sync_all()?;
         Ok(self.contacts)
     }
 }
 
-/// The contact without the inbox fields `InboxSecrets` drops; `None` if it has none.
+/// The contact without the inbox fields `InboxSecrets` drops; `None` if it has none (then the
+/// text stays as the server sent it, keys in their order).
 fn scrubbed(contact: &str) -> Option<String> {
     let mut value: Value = serde_json::from_str(contact).ok()?;
     let links = value.get_mut("contact_inboxes")?.as_array_mut()?;
@@ -98,6 +176,9 @@ fn scrubbed(contact: &str) -> Option<String> {
     for link in links.iter_mut() {
         let clean = secrets.scrub_link(link).into_owned();
         *link = clean;
+    }
+    if secrets.dropped().values().sum::<u64>() == 0 {
+        return None;
     }
     Some(value.to_string())
 }
@@ -314,5 +395,39 @@ mod tests {
         assert_eq!(key(r#"{"id":"7"}"#), None);
         assert_eq!(key("[1,2]"), None);
         assert_eq!(key("not json"), None);
+    }
+
+    /// A checkpoint ends a frame; a resumed writer cuts what came after it and appends new
+    /// frames; the reader reads every frame, in order.
+    #[test]
+    fn a_resumed_file_reads_back_as_its_frames_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(RAW_FILE);
+        let file = File::create(&path).expect("file");
+        let mut writer = RawWriter::new(file, path.clone()).expect("writer");
+        writer.write(r#"{"id":1}"#, false).expect("write");
+        writer.write(r#"{"id":2}"#, false).expect("write");
+        let first = writer.mark().expect("mark");
+        assert_eq!(first.contacts, 2);
+        writer.write(r#"{"id":3}"#, false).expect("write");
+        let second = writer.mark().expect("mark");
+        assert!(second.bytes > first.bytes, "{first:?} {second:?}");
+        // Written after the last checkpoint by a run that was then killed.
+        writer.write(r#"{"id":4}"#, false).expect("write");
+        drop(writer);
+        let mut resumed = RawWriter::resume(path.clone(), second).expect("resume");
+        resumed.write(r#"{"id":5}"#, false).expect("write");
+        assert_eq!(resumed.finish().expect("finish"), 4);
+        let ids: Vec<i64> = RawReader::open(&path)
+            .expect("open")
+            .map(|line| Key::of(&line.expect("line")).expect("key").id)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3, 5]);
+        // A mark past the file's end is refused, not papered over.
+        let beyond = RawMark {
+            bytes: std::fs::metadata(&path).expect("meta").len() + 1,
+            contacts: 9,
+        };
+        assert!(RawWriter::resume(path, beyond).is_err());
     }
 }
