@@ -219,10 +219,6 @@ pub async fn listed(
 /// `fetched`, and the account's count at the end; adds to `fetched`. Tells `merge` what it
 /// settles, part by part in `created_at` order, ending with `through = i64::MAX`; everything
 /// `fetched` held before goes with the first message.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, each argument is distinct"
-)]
 pub async fn deletions(
     fetcher: &Fetcher,
     base: &Base,
