@@ -95,6 +95,24 @@ pub struct ExportSettings {
     pub progress_display: ProgressFactory,
     /// Where the export's notices go while it runs.
     pub notices: Notices,
+    /// Where the previous export an incremental run builds on is (`out`, unless the runner
+    /// downloaded a destination's snapshot elsewhere).
+    pub base: BaseAt,
+    /// This run's id (manifest, `contact_changes.run_id`); `None`: made from its start time.
+    /// The runner passes the id its lake or Delta publish writes, so that they agree.
+    pub run_id: Option<String>,
+}
+
+/// Where `base::find` looks for the previous complete export.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BaseAt {
+    /// In `out`, where a local export left it.
+    #[default]
+    Out,
+    /// In this local folder, where the runner downloaded a destination's snapshot.
+    Folder(PathBuf),
+    /// Nowhere, and why (the destination holds no usable snapshot).
+    Missing(String),
 }
 
 /// Something an export tells people while it runs, besides its summary: the command layer
@@ -265,12 +283,19 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     let base = if settings.resume || !settings.snapshot.keeps_snapshot() {
         None
     } else {
-        match incremental::base::find(
-            &settings.out,
-            &params.base_url,
-            params.account_id,
-            settings.keep_inbox_secrets,
-        ) {
+        let found = match &settings.base {
+            BaseAt::Out => Ok(settings.out.as_path()),
+            BaseAt::Folder(folder) => Ok(folder.as_path()),
+            BaseAt::Missing(why) => Err(why.clone()),
+        };
+        match found.and_then(|folder| {
+            incremental::base::find(
+                folder,
+                &params.base_url,
+                params.account_id,
+                settings.keep_inbox_secrets,
+            )
+        }) {
             Ok(base) => Some(base),
             Err(why) => {
                 if settings.snapshot == SnapshotMode::Incremental {
@@ -309,7 +334,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     let result = match &base {
         Some(base) if settings.snapshot == SnapshotMode::Incremental => {
             let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let run_id = incremental::run_id(&started_at);
+            let run_id = run_id_of(settings, &started_at);
             incremental::run(
                 settings, &dir, &fetcher, &progress, base, &run_id, started_at,
             )
@@ -534,7 +559,7 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
-    let run_id = incremental::run_id(&started_at);
+    let run_id = run_id_of(settings, &started_at);
     let snapshot = match raw {
         Some(raw) => {
             let finished = incremental::finish_full(
@@ -708,6 +733,14 @@ async fn fetch_phase(
         &settings.out,
     )
     .await
+}
+
+/// The run's id: the runner's, else one made from its start time.
+fn run_id_of(settings: &ExportSettings, started_at: &str) -> String {
+    settings
+        .run_id
+        .clone()
+        .unwrap_or_else(|| incremental::run_id(started_at))
 }
 
 /// What the run did, for its manifest.

@@ -90,10 +90,25 @@ pub enum LakeError {
         object: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "cannot read {object} from {destination}: {source}; nothing was fetched from Chatwoot, check that the destination is reachable and run again"
+    )]
+    Download {
+        destination: String,
+        object: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{source}; the finished export is kept in {}: run the same command with --resume to publish it", folder.display())]
     Kept {
         source: Box<LakeError>,
         folder: PathBuf,
+    },
+    #[error(
+        "cannot remove the stale snapshot {object}: {source}; the tables are published, but the next --incremental run would build on an older snapshot: run again"
+    )]
+    Snapshot {
+        object: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A failure to commit to a Delta table (store/delta.rs's `DeltaError`, boxed so that this
     /// module does not import that one).
@@ -561,6 +576,88 @@ impl Destination {
         }
     }
 
+    /// Puts the local file `local` into `partition` as `name`, visible once complete: in a
+    /// folder written under its hidden temporary name in that folder, synced, then renamed; in
+    /// an object store streamed up as `upload` does. For files outside the data partitions
+    /// (store/snapshot.rs's raw contacts).
+    pub(super) async fn put_file(
+        &self,
+        local: &LocalPath,
+        partition: &Partition,
+        name: &str,
+    ) -> Result<(), LakeError> {
+        let Backend::Folder(root) = &self.backend else {
+            return self.upload(local, partition, name).await;
+        };
+        let (local, folder, temp) = (
+            local.to_owned(),
+            folder_of(root, partition),
+            temp_name(name),
+        );
+        let target = folder.join(name);
+        tokio::task::spawn_blocking(move || {
+            let copied = copy_owner_only(&local, &folder, &temp)
+                .and_then(|()| std::fs::rename(folder.join(&temp), target));
+            if copied.is_err() {
+                // Nothing half-written stays behind (the next run would remove it anyway).
+                let _ = std::fs::remove_file(folder.join(&temp));
+            }
+            copied
+        })
+        .await
+        .map_err(|e| self.upload_error(partition, name, e.into()))?
+        .map_err(|e| self.upload_error(partition, name, e.into()))
+    }
+
+    /// Downloads `name` in `partition` to the new local file `local` (owner-only), streamed:
+    /// `false` when there is no such object.
+    pub(super) async fn get_file(
+        &self,
+        partition: &Partition,
+        name: &str,
+        local: &LocalPath,
+    ) -> Result<bool, LakeError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Download {
+            destination: self.display.clone(),
+            object: self.show(partition, name),
+            source,
+        };
+        let folder = local.parent().unwrap_or(LocalPath::new(".")).to_owned();
+        let file_name = local
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        match &self.backend {
+            Backend::Folder(root) => {
+                let source = folder_of(root, partition).join(name);
+                if !source.is_file() {
+                    return Ok(false);
+                }
+                tokio::task::spawn_blocking(move || copy_owner_only(&source, &folder, &file_name))
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                    .map_err(|e| fail(e.into()))?;
+                Ok(true)
+            }
+            Backend::Store { store, prefix } => {
+                let object = object_of(prefix, partition, name);
+                let got = match store.get(&object).await {
+                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                    got => got.map_err(|e| fail(e.into()))?,
+                };
+                let file = create_owner_only(&folder, &file_name).map_err(|e| fail(e.into()))?;
+                let mut file = tokio::fs::File::from_std(file);
+                let mut chunks = got.into_stream();
+                while let Some(chunk) = chunks.try_next().await.map_err(|e| fail(e.into()))? {
+                    file.write_all(&chunk).await.map_err(|e| fail(e.into()))?;
+                }
+                file.sync_all().await.map_err(|e| fail(e.into()))?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The names of the files directly in `partition`.
     pub(super) async fn list(&self, partition: &Partition) -> Result<Vec<String>, LakeError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Cleanup {
@@ -570,8 +667,11 @@ impl Destination {
         };
         match &self.backend {
             Backend::Folder(root) => {
-                let entries = std::fs::read_dir(folder_of(root, partition))
-                    .map_err(|source| fail(source.into()))?;
+                let entries = match std::fs::read_dir(folder_of(root, partition)) {
+                    // As in an object store, where a prefix nothing was put under lists empty.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    entries => entries.map_err(|source| fail(source.into()))?,
+                };
                 let mut names = Vec::new();
                 for entry in entries {
                     let entry = entry.map_err(|source| fail(source.into()))?;
