@@ -47,6 +47,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
+use super::local::CHANGES_TABLE;
 use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 
 /// The folder under the destination that holds the manifests, one per partition under the
@@ -848,7 +849,8 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
 /// earlier versions' `<table>-<run_id>.<ext>`, `<table>-<run_id>-<n>.<ext>`): only those are
 /// ever deleted, whatever else shares the partition.
 fn is_ours(name: &str) -> bool {
-    crate::table::names().any(|table| {
+    // The change feed too: a --full or --incremental run with a base writes it.
+    crate::table::names().chain([CHANGES_TABLE]).any(|table| {
         name.strip_prefix(table).is_some_and(|rest| {
             [".parquet", ".csv", ".ndjson"].iter().any(|ext| {
                 rest == *ext
@@ -898,6 +900,7 @@ mod tests {
         assert!(is_ours("contacts-20250304T050607Z-000abc-00001.parquet"));
         assert!(is_ours("contacts.parquet"));
         assert!(is_ours("contact_inboxes-00001.ndjson"));
+        assert!(is_ours("contact_changes.parquet"));
         assert!(!is_ours("contacts-.parquet"));
         assert!(!is_ours("contacts.parquet.bak"));
         assert!(!is_ours("manifest.json"));
