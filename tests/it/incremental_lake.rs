@@ -38,8 +38,11 @@ sys.stdout.flush()
 os._exit(0)
 "#;
 
+/// A table's rows as (id, row).
+type Rows = Vec<(i64, Map<String, Value>)>;
+
 /// A table's rows as (id, row), in the reader's order.
-fn rows(kind: &str, path: &Path) -> Vec<(i64, Map<String, Value>)> {
+fn rows(kind: &str, path: &Path) -> Rows {
     run_python(ROWS, &[kind, path.to_str().expect("utf-8")])
         .lines()
         .map(|line| {
@@ -52,7 +55,7 @@ fn rows(kind: &str, path: &Path) -> Vec<(i64, Map<String, Value>)> {
 
 /// A plain full export of the fake's account 1 now, in Parquet: the night's truth as a full
 /// run reads it.
-fn reference(fake: &Fake) -> (tempfile::TempDir, Vec<(i64, Map<String, Value>)>, Value) {
+fn reference(fake: &Fake) -> (tempfile::TempDir, Rows, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = export(&fake.base_url(), "parquet", dir.path(), &[]);
     assert_eq!(run.code, 0, "reference: {}", run.stderr);
@@ -95,7 +98,7 @@ fn assert_matches_but_silent_edits(
 }
 
 /// The run ids in a `contact_changes` table's rows.
-fn feed_run_ids(rows: &[(i64, Map<String, Value>)]) -> BTreeSet<String> {
+fn feed_run_ids(rows: &Rows) -> BTreeSet<String> {
     rows.iter()
         .map(|(_, row)| row["run_id"].as_str().expect("run_id").to_owned())
         .collect()
