@@ -219,6 +219,7 @@ mod imp {
         Destination, LakeError, PARTITION_MANIFEST, Published, RunVars, manifest_partition,
         read_staged_manifest,
     };
+    use crate::store::local::CHANGES_TABLE;
 
     /// Commits lost to a concurrent writer (another account's run) before giving up.
     const COMMIT_ATTEMPTS: usize = 10;
@@ -343,7 +344,48 @@ mod imp {
                 }
             }
         }
+        if manifest.snapshot.is_some() && !manifest.tables.contains_key(CHANGES_TABLE) {
+            clear_stale_feed(destination, template, vars, &manifest, &mut published).await?;
+        }
         Ok(published)
+    }
+
+    /// A run that keeps a snapshot but had none to compare with writes no change feed: the
+    /// account's partition of the feed's table is emptied by a commit (and its manifest
+    /// removed), so that an earlier run's rows do not pass for this run's.
+    async fn clear_stale_feed(
+        destination: &Destination,
+        template: &str,
+        vars: &RunVars,
+        manifest: &Manifest,
+        published: &mut Published,
+    ) -> Result<(), LakeError> {
+        let layout = Layout::of(template, CHANGES_TABLE, vars);
+        let shown = destination.show(&layout.table_folder, "");
+        let exists = table_at(destination, &layout)?
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .map_err(|e| commit_error(shown.clone(), e))?;
+        if !exists {
+            return Ok(());
+        }
+        let facts = commit_facts(manifest, CHANGES_TABLE, 0, vars);
+        let (_, removed) = commit(destination, &layout, &shown, &[], &[], facts).await?;
+        published.replaced.extend(
+            removed
+                .iter()
+                .map(|path| destination.show(&layout.table_folder, path)),
+        );
+        let partition: Vec<String> = layout
+            .table_folder
+            .iter()
+            .cloned()
+            .chain(layout.partition_folder())
+            .collect();
+        destination
+            .delete(&manifest_partition(&partition), PARTITION_MANIFEST)
+            .await
     }
 
     /// Commits read back from the latest before giving up on finding this account's: more

@@ -407,6 +407,8 @@ impl Destination {
                 }
             }
         }
+        self.clear_stale_feed(&manifest, template, vars, &partitions, &mut published)
+            .await?;
 
         // 4. One manifest per partition, listing that partition's tables: the commit marker.
         for (partition, partition_tables) in &partitions {
@@ -422,6 +424,34 @@ impl Destination {
             published.files.push(self.show(&at, PARTITION_MANIFEST));
         }
         Ok(published)
+    }
+
+    /// A run that keeps a snapshot but had none to compare with writes no change feed: where
+    /// the feed has a partition of its own (a `{table}` template), an earlier run's feed there
+    /// would pass for this run's, so it goes, manifest first. (In a shared partition, step 3
+    /// removes it with the other stale files.)
+    async fn clear_stale_feed(
+        &self,
+        manifest: &Value,
+        template: &str,
+        vars: &RunVars,
+        partitions: &BTreeMap<Partition, Vec<String>>,
+        published: &mut Published,
+    ) -> Result<(), LakeError> {
+        let feed_written = manifest["tables"].get(CHANGES_TABLE).is_some();
+        let partition = partition_of(&vars.render(template, CHANGES_TABLE));
+        if !manifest["snapshot"].is_object() || feed_written || partitions.contains_key(&partition)
+        {
+            return Ok(());
+        }
+        self.delete_manifest(&partition).await?;
+        for name in self.list(&partition).await? {
+            if is_ours(&name) && name.starts_with(CHANGES_TABLE) {
+                self.delete(&partition, &name).await?;
+                published.replaced.push(self.show(&partition, &name));
+            }
+        }
+        Ok(())
     }
 
     /// In a local lake folder: moves the uploaded `name`, written under its hidden temporary
@@ -1012,6 +1042,79 @@ mod tests {
         assert_eq!(manifest["tables"]["contacts"]["files"][0], "contacts.csv");
         assert_eq!(manifest["run_id"], run_ids[1].as_str());
         assert_eq!(manifest["partition"], "account_id=3");
+    }
+
+    /// A staged export of one CSV row per table in `tables`, keeping a snapshot as `--full`
+    /// and `--incremental` runs do.
+    fn snapshot_export(tables: &[&str]) -> tempfile::TempDir {
+        let staging = tempfile::tempdir().expect("temp");
+        let mut entries = serde_json::Map::new();
+        for table in tables {
+            std::fs::write(staging.path().join(format!("{table}.csv")), "id\n1\n").expect("write");
+            entries.insert(
+                (*table).to_owned(),
+                serde_json::json!({"files": [format!("{table}.csv")], "rows": 1, "columns": []}),
+            );
+        }
+        let manifest = serde_json::json!({
+            "complete": true,
+            "format": "csv",
+            "tables": entries,
+            "snapshot": {"raw_file": "_chatwoot_export/contacts.raw.ndjson.zst"},
+        });
+        std::fs::write(
+            staging.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write");
+        staging
+    }
+
+    /// Regression: a run without a base (no change feed) left the previous run's feed in its
+    /// own partition, where it passed for this run's.
+    #[tokio::test]
+    async fn a_run_without_a_feed_removes_the_previous_one_from_its_partition() {
+        let lake = tempfile::tempdir().expect("temp");
+        let dest = Destination::open(lake.path().to_str().expect("utf-8")).expect("open");
+        let template = "{table}/account_id={account_id}";
+        let with_feed = snapshot_export(&["contacts", "contact_changes"]);
+        dest.publish(
+            with_feed.path(),
+            template,
+            &RunVars::now(3, chrono::Utc::now(), 1),
+        )
+        .await
+        .expect("publish");
+        let feed = lake
+            .path()
+            .join("contact_changes/account_id=3/contact_changes.csv");
+        let feed_manifest = lake
+            .path()
+            .join(MANIFESTS_FOLDER)
+            .join("contact_changes/account_id=3")
+            .join(PARTITION_MANIFEST);
+        assert!(feed.is_file() && feed_manifest.is_file());
+        let without = snapshot_export(&["contacts"]);
+        let published = dest
+            .publish(
+                without.path(),
+                template,
+                &RunVars::now(3, chrono::Utc::now(), 2),
+            )
+            .await
+            .expect("publish");
+        assert!(!feed.exists() && !feed_manifest.exists());
+        assert!(
+            published
+                .replaced
+                .iter()
+                .any(|r| r.ends_with("contact_changes.csv"))
+        );
+        assert!(
+            lake.path()
+                .join("contacts/account_id=3/contacts.csv")
+                .is_file()
+        );
     }
 
     #[cfg(unix)]
