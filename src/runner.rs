@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{EXIT_FAILURE, Error};
-use crate::pipeline::{BaseAt, ExportSettings, ExportSummary, export};
+use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::rng::Rng;
 use crate::sink::Format;
 use crate::store::{
-    Destination, Fetched, LakeError, Published, RunVars, StagingError, StagingPlace,
-    fetch_snapshot, is_url, keep_snapshot, publish_delta, remove_old_staging, staging_root,
+    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, fetch_snapshot, is_url,
+    keep_snapshot, publish_delta, remove_old_staging, staging_root,
 };
 
 /// One account's outcome, as `--json` prints it.
@@ -458,11 +458,9 @@ async fn export_staged(
     let base_folder = BaseFolder(place.folder.with_extension("base"));
     if settings.snapshot.keeps_snapshot() && !resume {
         let delta = (settings.format == Format::Delta).then_some(template);
-        settings.base = match fetch_snapshot(&destination, &base_folder.0, vars, delta).await {
-            Ok(Fetched::Found) => BaseAt::Folder(base_folder.0.clone()),
-            Ok(Fetched::Missing(why)) => BaseAt::Missing(why),
-            Err(error) => return Err((error.into(), None)),
-        };
+        settings.base = fetch_snapshot(&destination, &base_folder.0, vars, delta)
+            .await
+            .map_err(|e| (e.into(), None))?;
     }
     let summary = if resume && place.holds_finished_export() {
         // The export finished but was not published (the destination refused): publish it.

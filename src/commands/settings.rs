@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::options::{
     FetchKnobs, SinkConflict, TOKEN_ENV, check_sort, insecure_http, sink_conflicts,
 };
-use crate::pipeline::{BaseAt, ExportSettings, SharedSchemas, SnapshotMode};
+use crate::pipeline::{ExportSettings, SharedSchemas, SnapshotMode};
 use crate::runner::{RunStart, Target};
 use crate::secret::ApiToken;
 use crate::sink::{ColumnNames, Compression, Format};
@@ -70,7 +70,7 @@ fn export_settings(
         notices: report::notices(),
         progress_display: super::progress::display(),
         // The runner sets both for a staged export (runner.rs `export_staged`).
-        base: BaseAt::Out,
+        base: crate::store::BaseAt::Out,
         run_id: None,
     }
 }

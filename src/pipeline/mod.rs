@@ -49,7 +49,7 @@ use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
     RateGovernor, RateMode, public_base_url,
 };
-use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
+use crate::store::{BaseAt, MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::{FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
 
@@ -101,18 +101,6 @@ pub struct ExportSettings {
     /// This run's id (manifest, `contact_changes.run_id`); `None`: made from its start time.
     /// The runner passes the id its lake or Delta publish writes, so that they agree.
     pub run_id: Option<String>,
-}
-
-/// Where `base::find` looks for the previous complete export.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum BaseAt {
-    /// In `out`, where a local export left it.
-    #[default]
-    Out,
-    /// In this local folder, where the runner downloaded a destination's snapshot.
-    Folder(PathBuf),
-    /// Nowhere, and why (the destination holds no usable snapshot).
-    Missing(String),
 }
 
 /// Something an export tells people while it runs, besides its summary: the command layer
@@ -283,12 +271,7 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     let base = if settings.resume || !settings.snapshot.keeps_snapshot() {
         None
     } else {
-        let found = match &settings.base {
-            BaseAt::Out => Ok(settings.out.as_path()),
-            BaseAt::Folder(folder) => Ok(folder.as_path()),
-            BaseAt::Missing(why) => Err(why.clone()),
-        };
-        match found.and_then(|folder| {
+        match settings.base.folder(&settings.out).and_then(|folder| {
             incremental::base::find(
                 folder,
                 &params.base_url,

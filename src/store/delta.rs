@@ -344,15 +344,16 @@ mod imp {
                 }
             }
         }
-        if manifest.snapshot.is_some() && !manifest.tables.contains_key(CHANGES_TABLE) {
+        if !manifest.tables.contains_key(CHANGES_TABLE) {
             clear_stale_feed(destination, template, vars, &manifest, &mut published).await?;
         }
         Ok(published)
     }
 
-    /// A run that keeps a snapshot but had none to compare with writes no change feed: the
-    /// account's partition of the feed's table is emptied by a commit (and its manifest
-    /// removed), so that an earlier run's rows do not pass for this run's.
+    /// A run without a base (none to compare with, or no `--full`/`--incremental`) writes no
+    /// change feed: the account's partition of the feed's table, if there is one, is emptied by
+    /// a commit (and its manifest removed), so that an earlier run's rows do not pass for this
+    /// run's.
     async fn clear_stale_feed(
         destination: &Destination,
         template: &str,

@@ -426,10 +426,10 @@ impl Destination {
         Ok(published)
     }
 
-    /// A run that keeps a snapshot but had none to compare with writes no change feed: where
-    /// the feed has a partition of its own (a `{table}` template), an earlier run's feed there
-    /// would pass for this run's, so it goes, manifest first. (In a shared partition, step 3
-    /// removes it with the other stale files.)
+    /// A run without a base (none to compare with, or no `--full`/`--incremental`) writes no
+    /// change feed: where the feed has a partition of its own (a `{table}` template), an
+    /// earlier run's feed there would pass for this run's, so it goes, manifest first. (In a
+    /// shared partition, step 3 removes it with the other stale files.)
     async fn clear_stale_feed(
         &self,
         manifest: &Value,
@@ -440,8 +440,7 @@ impl Destination {
     ) -> Result<(), LakeError> {
         let feed_written = manifest["tables"].get(CHANGES_TABLE).is_some();
         let partition = partition_of(&vars.render(template, CHANGES_TABLE));
-        if !manifest["snapshot"].is_object() || feed_written || partitions.contains_key(&partition)
-        {
+        if feed_written || partitions.contains_key(&partition) {
             return Ok(());
         }
         self.delete_manifest(&partition).await?;

@@ -16,5 +16,5 @@ pub use lake::{Destination, LakeError, Published, RunVars, is_url};
 pub use local::{
     MANIFEST_FILE, OutputDir, SNAPSHOT_DIR, StoreError, disk_hint, owner_only, owner_only_dir,
 };
-pub use snapshot::{Fetched, fetch as fetch_snapshot, keep as keep_snapshot};
+pub use snapshot::{BaseAt, fetch as fetch_snapshot, keep as keep_snapshot};
 pub use staging::{StagingError, StagingLock, StagingPlace, remove_old_staging, staging_root};

@@ -17,7 +17,7 @@
 //! night in a new partition, but the base is the account's latest snapshot. A Delta snapshot
 //! counts only while the `contacts` table's latest commit for the account is the snapshot's run.
 
-use std::path::{Component, Path as LocalPath};
+use std::path::{Component, Path as LocalPath, PathBuf};
 
 use serde_json::Value;
 
@@ -33,13 +33,28 @@ const POINTER: &str = "snapshot.json";
 const RAW_PREFIX: &str = "contacts.raw-";
 const RAW_SUFFIX: &str = ".ndjson.zst";
 
-/// What `fetch` found at the destination.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Fetched {
-    /// The base is in the folder, for `base::find`.
-    Found,
-    /// Nothing to build on, and why (for the note an incremental run prints).
+/// Where an export looks for the previous complete export it builds on (for
+/// `pipeline::incremental::base::find`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BaseAt {
+    /// In the export's own folder, where a local export left it.
+    #[default]
+    Out,
+    /// In this local folder, where `fetch` downloaded a destination's snapshot.
+    Folder(PathBuf),
+    /// Nowhere, and why (for the note an incremental run prints).
     Missing(String),
+}
+
+impl BaseAt {
+    /// The folder to look in, given the export's own `out`; `Err` says why there is none.
+    pub fn folder<'a>(&'a self, out: &'a LocalPath) -> Result<&'a LocalPath, String> {
+        match self {
+            Self::Out => Ok(out),
+            Self::Folder(folder) => Ok(folder),
+            Self::Missing(why) => Err(why.clone()),
+        }
+    }
 }
 
 /// The account's snapshot folder under the destination.
@@ -128,7 +143,8 @@ async fn remove_older(destination: &Destination, at: &Partition, current: Option
 }
 
 /// Downloads the account's snapshot into `into` (emptied first) for `base::find`: the pointer
-/// as `manifest.json`, its raw object as the manifest's `snapshot.raw_file`. `delta_template`:
+/// as `manifest.json`, its raw object as the manifest's `snapshot.raw_file`; returns `into`,
+/// or why there is nothing to build on. `delta_template`:
 /// the export goes to Delta tables with this partition template, and the snapshot counts only
 /// while the `contacts` table's latest commit for the account is the snapshot's run.
 pub async fn fetch(
@@ -136,7 +152,7 @@ pub async fn fetch(
     into: &LocalPath,
     vars: &RunVars,
     delta_template: Option<&str>,
-) -> Result<Fetched, LakeError> {
+) -> Result<BaseAt, LakeError> {
     let local = |source: std::io::Error| LakeError::Local {
         path: into.to_owned(),
         source,
@@ -152,7 +168,7 @@ pub async fn fetch(
     let at = folder(vars.account_id);
     let pointer_path = into.join(MANIFEST_FILE);
     if !destination.get_file(&at, POINTER, &pointer_path).await? {
-        return Ok(Fetched::Missing(format!(
+        return Ok(BaseAt::Missing(format!(
             "{} holds no snapshot of account {}",
             destination.show(&at, ""),
             vars.account_id
@@ -164,7 +180,7 @@ pub async fn fetch(
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|err| err.to_string()))
     {
         Ok(pointer) => pointer,
-        Err(err) => return Ok(Fetched::Missing(format!("{shown} is unreadable ({err})"))),
+        Err(err) => return Ok(BaseAt::Missing(format!("{shown} is unreadable ({err})"))),
     };
     let (Some(raw_object), Some(raw_file), Some(run_id)) = (
         pointer["raw_object"]
@@ -175,12 +191,12 @@ pub async fn fetch(
             .filter(|file| is_relative_inside(file)),
         pointer["run_id"].as_str(),
     ) else {
-        return Ok(Fetched::Missing(format!("{shown} names no raw contacts")));
+        return Ok(BaseAt::Missing(format!("{shown} names no raw contacts")));
     };
     if let Some(template) = delta_template {
         let latest = super::delta::latest_run(destination, template, "contacts", vars).await?;
         if latest.as_deref() != Some(run_id) {
-            return Ok(Fetched::Missing(format!(
+            return Ok(BaseAt::Missing(format!(
                 "the Delta table was changed by another writer since the snapshot's run {run_id}"
             )));
         }
@@ -193,12 +209,12 @@ pub async fn fetch(
             .map_err(local)?;
     }
     if !destination.get_file(&at, raw_object, &raw_path).await? {
-        return Ok(Fetched::Missing(format!(
+        return Ok(BaseAt::Missing(format!(
             "{} is missing",
             destination.show(&at, raw_object)
         )));
     }
-    Ok(Fetched::Found)
+    Ok(BaseAt::Folder(into.to_owned()))
 }
 
 /// Whether `file` is a relative path that stays inside its folder (no `..`, not absolute): the
@@ -281,7 +297,7 @@ mod tests {
         let first = vars("2025-03-04", 1);
         assert!(matches!(
             fetch(&dest, &into, &first, None).await.expect("fetch"),
-            Fetched::Missing(why) if why.contains("holds no snapshot of account 7")
+            BaseAt::Missing(why) if why.contains("holds no snapshot of account 7")
         ));
         let monday = staged("monday");
         let written = keep(&dest, monday.path(), &first).await.expect("keep");
@@ -300,7 +316,7 @@ mod tests {
         );
         assert_eq!(
             fetch(&dest, &into, &second, None).await.expect("fetch"),
-            Fetched::Found
+            BaseAt::Folder(into.clone())
         );
         let raw = std::fs::read_to_string(into.join("_chatwoot_export/contacts.raw.ndjson.zst"))
             .expect("raw");
@@ -326,7 +342,7 @@ mod tests {
         assert!(names(&at).is_empty());
         assert!(matches!(
             fetch(&dest, &into, &second, None).await.expect("fetch"),
-            Fetched::Missing(_)
+            BaseAt::Missing(_)
         ));
     }
 
@@ -356,7 +372,7 @@ mod tests {
         let into = into.path().join("base");
         assert_eq!(
             fetch(&dest, &into, &first, None).await.expect("fetch"),
-            Fetched::Found
+            BaseAt::Folder(into.clone())
         );
         assert_eq!(
             std::fs::read_to_string(into.join("_chatwoot_export/contacts.raw.ndjson.zst"))
