@@ -18,8 +18,8 @@ use crate::pipeline::{ExportSettings, ExportSummary, export};
 use crate::rng::Rng;
 use crate::sink::Format;
 use crate::store::{
-    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, is_url, publish_delta,
-    remove_old_staging, staging_root,
+    Destination, LakeError, Published, RunVars, StagingError, StagingPlace, fetch_snapshot, is_url,
+    keep_snapshot, publish_delta, remove_old_staging, staging_root,
 };
 
 /// One account's outcome, as `--json` prints it.
@@ -451,18 +451,37 @@ async fn export_staged(
     settings.out = place.folder.clone();
     settings.overwrite = false;
     settings.resume = resume;
+    // The id the publish writes, so that the manifest, the change feed and the lake agree.
+    settings.run_id = Some(vars.run_id.clone());
+    let template = target.path.as_deref().unwrap_or("");
+    // Beside the staging folder (which the export prepares and discards), removed when done.
+    let base_folder = BaseFolder(place.folder.with_extension("base"));
+    // A resumed incremental run checks its base again (and builds on it); an export that only
+    // waits to be published needs none.
+    if settings.snapshot.keeps_snapshot() && !(resume && place.holds_finished_export()) {
+        let delta = (settings.format == Format::Delta).then_some(template);
+        settings.base = fetch_snapshot(&destination, &base_folder.0, vars, delta)
+            .await
+            .map_err(|e| (e.into(), None))?;
+    }
     let summary = if resume && place.holds_finished_export() {
         // The export finished but was not published (the destination refused): publish it.
         finished_export(&settings).map_err(|e| (e, None))?
     } else {
         export(&settings).await.map_err(|e| (e.into(), None))?
     };
-    let template = target.path.as_deref().unwrap_or("");
-    let publishing = if settings.format == Format::Delta {
-        publish_delta(&destination, &settings.out, template, vars).await
-    } else {
-        destination.publish(&settings.out, template, vars).await
-    };
+    let publishing = async {
+        let mut published = if settings.format == Format::Delta {
+            publish_delta(&destination, &settings.out, template, vars).await?
+        } else {
+            destination.publish(&settings.out, template, vars).await?
+        };
+        // Only once the tables are published: a failed publish never moves the base.
+        let kept = keep_snapshot(&destination, &settings.out, vars).await?;
+        published.files.extend(kept);
+        Ok::<_, LakeError>(published)
+    }
+    .await;
     let published = match publishing {
         Ok(published) => published,
         Err(error) => {
@@ -480,6 +499,21 @@ async fn export_staged(
     match drift_verdict(&summary, target.destination.clone().into()) {
         Ok(()) => Ok((summary, published)),
         Err(error) => Err((error, Some(summary))),
+    }
+}
+
+/// The local folder a destination's snapshot is downloaded into, removed (with the personal
+/// data it holds) when the export is done, whatever happened.
+struct BaseFolder(PathBuf);
+
+impl Drop for BaseFolder {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(folder = %self.0.display(), error = %err, "cannot remove the downloaded snapshot");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -74,6 +74,9 @@ fn export_settings(
         full_refresh_every: conduct.full_refresh_every,
         notices: report::notices(),
         progress_display: super::progress::display(),
+        // The runner sets both for a staged export (runner.rs `export_staged`).
+        base: crate::store::BaseAt::Out,
+        run_id: None,
     }
 }
 

@@ -51,7 +51,7 @@ use crate::source::{
     ClientOptions, ContactsClient, FetchError, FetchOptions, FetchStatus, Fetcher, GovernorStatus,
     RateGovernor, RateMode, public_base_url,
 };
-use crate::store::{MANIFEST_FILE, OutputDir, StoreError};
+use crate::store::{BaseAt, MANIFEST_FILE, OutputDir, StoreError};
 use crate::transform::flatten::{FlattenError, Flattener};
 use crate::transform::inbox_secrets::InboxSecrets;
 
@@ -100,6 +100,12 @@ pub struct ExportSettings {
     pub progress_display: ProgressFactory,
     /// Where the export's notices go while it runs.
     pub notices: Notices,
+    /// Where the previous export an incremental run builds on is (`out`, unless the runner
+    /// downloaded a destination's snapshot elsewhere).
+    pub base: BaseAt,
+    /// This run's id (manifest, `contact_changes.run_id`); `None`: made from its start time.
+    /// The runner passes the id its lake or Delta publish writes, so that they agree.
+    pub run_id: Option<String>,
 }
 
 /// Something an export tells people while it runs, besides its summary: the command layer
@@ -274,12 +280,14 @@ pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportEr
     let base = if !settings.snapshot.keeps_snapshot() {
         None
     } else {
-        match incremental::base::find(
-            &settings.out,
-            &params.base_url,
-            params.account_id,
-            settings.keep_inbox_secrets,
-        ) {
+        match settings.base.folder(&settings.out).and_then(|folder| {
+            incremental::base::find(
+                folder,
+                &params.base_url,
+                params.account_id,
+                settings.keep_inbox_secrets,
+            )
+        }) {
             Ok(base) => Some(base),
             Err(why) => {
                 if settings.snapshot == SnapshotMode::Incremental && !settings.resume {
@@ -595,7 +603,7 @@ async fn run(
         progress,
     )
     .map_err(resumable)?;
-    let run_id = incremental::run_id(&started_at);
+    let run_id = run_id_of(settings, &started_at);
     let snapshot = match raw {
         Some(raw) => {
             let finished = incremental::finish_full(
@@ -769,6 +777,14 @@ async fn fetch_phase(
         &settings.out,
     )
     .await
+}
+
+/// The run's id: the runner's, else one made from its start time.
+pub(crate) fn run_id_of(settings: &ExportSettings, started_at: &str) -> String {
+    settings
+        .run_id
+        .clone()
+        .unwrap_or_else(|| incremental::run_id(started_at))
 }
 
 /// What the run did, for its manifest.

@@ -92,6 +92,41 @@ pub async fn publish(
     imp::publish(destination, staging, template, vars).await
 }
 
+/// The run id this tool recorded in the latest commit of `table` that touched account
+/// `vars.account_id` (commits of this tool's runs of other accounts, which replace only their
+/// own partitions, are passed over): `None` when the table does not exist or that commit was
+/// made by another writer (no `commitInfo.chatwoot_export`). What an incremental run checks
+/// before it builds on a snapshot: the table's latest version must be the snapshot's.
+#[cfg(not(feature = "delta"))]
+pub async fn latest_run(
+    _destination: &Destination,
+    _template: &str,
+    _table: &str,
+    _vars: &RunVars,
+) -> Result<Option<String>, LakeError> {
+    Err(DeltaError::NotBuilt.into())
+}
+
+/// The run id this tool recorded in the latest commit of `table` that touched account
+/// `vars.account_id` (commits of this tool's runs of other accounts, which replace only their
+/// own partitions, are passed over): `None` when the table does not exist or that commit was
+/// made by another writer (no `commitInfo.chatwoot_export`). What an incremental run checks
+/// before it builds on a snapshot: the table's latest version must be the snapshot's.
+#[cfg(feature = "delta")]
+pub async fn latest_run(
+    destination: &Destination,
+    template: &str,
+    table: &str,
+    vars: &RunVars,
+) -> Result<Option<String>, LakeError> {
+    imp::latest_run(
+        destination,
+        &Layout::of(template, table, vars),
+        vars.account_id,
+    )
+    .await
+}
+
 /// Where a table goes: its folder under the destination and its partition, as
 /// `(column, value)` pairs in folder order.
 #[cfg(any(feature = "delta", test))]
@@ -184,6 +219,7 @@ mod imp {
         Destination, LakeError, PARTITION_MANIFEST, Published, RunVars, manifest_partition,
         read_staged_manifest,
     };
+    use crate::store::local::CHANGES_TABLE;
 
     /// Commits lost to a concurrent writer (another account's run) before giving up.
     const COMMIT_ATTEMPTS: usize = 10;
@@ -308,7 +344,94 @@ mod imp {
                 }
             }
         }
+        if !manifest.tables.contains_key(CHANGES_TABLE) {
+            clear_stale_feed(destination, template, vars, &manifest, &mut published).await?;
+        }
         Ok(published)
+    }
+
+    /// A run without a base (none to compare with, or no `--full`/`--incremental`) writes no
+    /// change feed: the account's partition of the feed's table, if there is one, is emptied by
+    /// a commit (and its manifest removed), so that an earlier run's rows do not pass for this
+    /// run's.
+    async fn clear_stale_feed(
+        destination: &Destination,
+        template: &str,
+        vars: &RunVars,
+        manifest: &Manifest,
+        published: &mut Published,
+    ) -> Result<(), LakeError> {
+        let layout = Layout::of(template, CHANGES_TABLE, vars);
+        let shown = destination.show(&layout.table_folder, "");
+        let exists = table_at(destination, &layout)?
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .map_err(|e| commit_error(shown.clone(), e))?;
+        if !exists {
+            return Ok(());
+        }
+        let facts = commit_facts(manifest, CHANGES_TABLE, 0, vars);
+        let (_, removed) = commit(destination, &layout, &shown, &[], &[], facts).await?;
+        published.replaced.extend(
+            removed
+                .iter()
+                .map(|path| destination.show(&layout.table_folder, path)),
+        );
+        let partition: Vec<String> = layout
+            .table_folder
+            .iter()
+            .cloned()
+            .chain(layout.partition_folder())
+            .collect();
+        destination
+            .delete(&manifest_partition(&partition), PARTITION_MANIFEST)
+            .await
+    }
+
+    /// Commits read back from the latest before giving up on finding this account's: more
+    /// than a night's runs of every account of a lake.
+    const HISTORY_LIMIT: usize = 512;
+
+    pub async fn latest_run(
+        destination: &Destination,
+        layout: &Layout,
+        account_id: u64,
+    ) -> Result<Option<String>, LakeError> {
+        let shown = destination.show(&layout.table_folder, "");
+        let fail = |e| commit_error(shown.clone(), e);
+        let mut table = table_at(destination, layout)?;
+        if !table
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .map_err(fail)?
+        {
+            return Ok(None);
+        }
+        table.load().await.map_err(fail)?;
+        let Some(latest) = table.version() else {
+            return Ok(None);
+        };
+        let log = table.log_store();
+        for version in (0..=latest).rev().take(HISTORY_LIMIT) {
+            let Some(bytes) = log.read_commit_entry(version).await.map_err(fail)? else {
+                // Cleaned from the log: nothing older is readable either.
+                return Ok(None);
+            };
+            let info = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|action| action.get("commitInfo").cloned());
+            let facts = info.as_ref().and_then(|info| info.get(COMMIT_INFO_KEY));
+            let Some(facts) = facts else {
+                return Ok(None);
+            };
+            if facts["account_id"].as_u64() == Some(account_id) {
+                return Ok(facts["run_id"].as_str().map(str::to_owned));
+            }
+        }
+        Ok(None)
     }
 
     enum Footer {

@@ -47,6 +47,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
+use super::local::CHANGES_TABLE;
 use super::{MANIFEST_FILE, owner_only, owner_only_dir};
 
 /// The folder under the destination that holds the manifests, one per partition under the
@@ -90,10 +91,25 @@ pub enum LakeError {
         object: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "cannot read {object} from {destination}: {source}; nothing was fetched from Chatwoot, check that the destination is reachable and run again"
+    )]
+    Download {
+        destination: String,
+        object: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{source}; the finished export is kept in {}: run the same command with --resume to publish it", folder.display())]
     Kept {
         source: Box<LakeError>,
         folder: PathBuf,
+    },
+    #[error(
+        "cannot remove the stale snapshot {object}: {source}; the tables are published, but the next --incremental run would build on an older snapshot: run again"
+    )]
+    Snapshot {
+        object: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A failure to commit to a Delta table (store/delta.rs's `DeltaError`, boxed so that this
     /// module does not import that one).
@@ -391,6 +407,8 @@ impl Destination {
                 }
             }
         }
+        self.clear_stale_feed(&manifest, template, vars, &partitions, &mut published)
+            .await?;
 
         // 4. One manifest per partition, listing that partition's tables: the commit marker.
         for (partition, partition_tables) in &partitions {
@@ -406,6 +424,33 @@ impl Destination {
             published.files.push(self.show(&at, PARTITION_MANIFEST));
         }
         Ok(published)
+    }
+
+    /// A run without a base (none to compare with, or no `--full`/`--incremental`) writes no
+    /// change feed: where the feed has a partition of its own (a `{table}` template), an
+    /// earlier run's feed there would pass for this run's, so it goes, manifest first. (In a
+    /// shared partition, step 3 removes it with the other stale files.)
+    async fn clear_stale_feed(
+        &self,
+        manifest: &Value,
+        template: &str,
+        vars: &RunVars,
+        partitions: &BTreeMap<Partition, Vec<String>>,
+        published: &mut Published,
+    ) -> Result<(), LakeError> {
+        let feed_written = manifest["tables"].get(CHANGES_TABLE).is_some();
+        let partition = partition_of(&vars.render(template, CHANGES_TABLE));
+        if feed_written || partitions.contains_key(&partition) {
+            return Ok(());
+        }
+        self.delete_manifest(&partition).await?;
+        for name in self.list(&partition).await? {
+            if is_ours(&name) && name.starts_with(CHANGES_TABLE) {
+                self.delete(&partition, &name).await?;
+                published.replaced.push(self.show(&partition, &name));
+            }
+        }
+        Ok(())
     }
 
     /// In a local lake folder: moves the uploaded `name`, written under its hidden temporary
@@ -561,6 +606,88 @@ impl Destination {
         }
     }
 
+    /// Puts the local file `local` into `partition` as `name`, visible once complete: in a
+    /// folder written under its hidden temporary name in that folder, synced, then renamed; in
+    /// an object store streamed up as `upload` does. For files outside the data partitions
+    /// (store/snapshot.rs's raw contacts).
+    pub(super) async fn put_file(
+        &self,
+        local: &LocalPath,
+        partition: &Partition,
+        name: &str,
+    ) -> Result<(), LakeError> {
+        let Backend::Folder(root) = &self.backend else {
+            return self.upload(local, partition, name).await;
+        };
+        let (local, folder, temp) = (
+            local.to_owned(),
+            folder_of(root, partition),
+            temp_name(name),
+        );
+        let target = folder.join(name);
+        tokio::task::spawn_blocking(move || {
+            let copied = copy_owner_only(&local, &folder, &temp)
+                .and_then(|()| std::fs::rename(folder.join(&temp), target));
+            if copied.is_err() {
+                // Nothing half-written stays behind (the next run would remove it anyway).
+                let _ = std::fs::remove_file(folder.join(&temp));
+            }
+            copied
+        })
+        .await
+        .map_err(|e| self.upload_error(partition, name, e.into()))?
+        .map_err(|e| self.upload_error(partition, name, e.into()))
+    }
+
+    /// Downloads `name` in `partition` to the new local file `local` (owner-only), streamed:
+    /// `false` when there is no such object.
+    pub(super) async fn get_file(
+        &self,
+        partition: &Partition,
+        name: &str,
+        local: &LocalPath,
+    ) -> Result<bool, LakeError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Download {
+            destination: self.display.clone(),
+            object: self.show(partition, name),
+            source,
+        };
+        let folder = local.parent().unwrap_or(LocalPath::new(".")).to_owned();
+        let file_name = local
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        match &self.backend {
+            Backend::Folder(root) => {
+                let source = folder_of(root, partition).join(name);
+                if !source.is_file() {
+                    return Ok(false);
+                }
+                tokio::task::spawn_blocking(move || copy_owner_only(&source, &folder, &file_name))
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                    .map_err(|e| fail(e.into()))?;
+                Ok(true)
+            }
+            Backend::Store { store, prefix } => {
+                let object = object_of(prefix, partition, name);
+                let got = match store.get(&object).await {
+                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                    got => got.map_err(|e| fail(e.into()))?,
+                };
+                let file = create_owner_only(&folder, &file_name).map_err(|e| fail(e.into()))?;
+                let mut file = tokio::fs::File::from_std(file);
+                let mut chunks = got.into_stream();
+                while let Some(chunk) = chunks.try_next().await.map_err(|e| fail(e.into()))? {
+                    file.write_all(&chunk).await.map_err(|e| fail(e.into()))?;
+                }
+                file.sync_all().await.map_err(|e| fail(e.into()))?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The names of the files directly in `partition`.
     pub(super) async fn list(&self, partition: &Partition) -> Result<Vec<String>, LakeError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Cleanup {
@@ -570,8 +697,11 @@ impl Destination {
         };
         match &self.backend {
             Backend::Folder(root) => {
-                let entries = std::fs::read_dir(folder_of(root, partition))
-                    .map_err(|source| fail(source.into()))?;
+                let entries = match std::fs::read_dir(folder_of(root, partition)) {
+                    // As in an object store, where a prefix nothing was put under lists empty.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    entries => entries.map_err(|source| fail(source.into()))?,
+                };
                 let mut names = Vec::new();
                 for entry in entries {
                     let entry = entry.map_err(|source| fail(source.into()))?;
@@ -748,7 +878,8 @@ fn direct_child(location: &Path, partition: &Path) -> Option<String> {
 /// earlier versions' `<table>-<run_id>.<ext>`, `<table>-<run_id>-<n>.<ext>`): only those are
 /// ever deleted, whatever else shares the partition.
 fn is_ours(name: &str) -> bool {
-    crate::table::names().any(|table| {
+    // The change feed too: a --full or --incremental run with a base writes it.
+    crate::table::names().chain([CHANGES_TABLE]).any(|table| {
         name.strip_prefix(table).is_some_and(|rest| {
             [".parquet", ".csv", ".ndjson"].iter().any(|ext| {
                 rest == *ext
@@ -798,6 +929,7 @@ mod tests {
         assert!(is_ours("contacts-20250304T050607Z-000abc-00001.parquet"));
         assert!(is_ours("contacts.parquet"));
         assert!(is_ours("contact_inboxes-00001.ndjson"));
+        assert!(is_ours("contact_changes.parquet"));
         assert!(!is_ours("contacts-.parquet"));
         assert!(!is_ours("contacts.parquet.bak"));
         assert!(!is_ours("manifest.json"));
@@ -909,6 +1041,79 @@ mod tests {
         assert_eq!(manifest["tables"]["contacts"]["files"][0], "contacts.csv");
         assert_eq!(manifest["run_id"], run_ids[1].as_str());
         assert_eq!(manifest["partition"], "account_id=3");
+    }
+
+    /// A staged export of one CSV row per table in `tables`, keeping a snapshot as `--full`
+    /// and `--incremental` runs do.
+    fn snapshot_export(tables: &[&str]) -> tempfile::TempDir {
+        let staging = tempfile::tempdir().expect("temp");
+        let mut entries = serde_json::Map::new();
+        for table in tables {
+            std::fs::write(staging.path().join(format!("{table}.csv")), "id\n1\n").expect("write");
+            entries.insert(
+                (*table).to_owned(),
+                serde_json::json!({"files": [format!("{table}.csv")], "rows": 1, "columns": []}),
+            );
+        }
+        let manifest = serde_json::json!({
+            "complete": true,
+            "format": "csv",
+            "tables": entries,
+            "snapshot": {"raw_file": "_chatwoot_export/contacts.raw.ndjson.zst"},
+        });
+        std::fs::write(
+            staging.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write");
+        staging
+    }
+
+    /// Regression: a run without a base (no change feed) left the previous run's feed in its
+    /// own partition, where it passed for this run's.
+    #[tokio::test]
+    async fn a_run_without_a_feed_removes_the_previous_one_from_its_partition() {
+        let lake = tempfile::tempdir().expect("temp");
+        let dest = Destination::open(lake.path().to_str().expect("utf-8")).expect("open");
+        let template = "{table}/account_id={account_id}";
+        let with_feed = snapshot_export(&["contacts", "contact_changes"]);
+        dest.publish(
+            with_feed.path(),
+            template,
+            &RunVars::now(3, chrono::Utc::now(), 1),
+        )
+        .await
+        .expect("publish");
+        let feed = lake
+            .path()
+            .join("contact_changes/account_id=3/contact_changes.csv");
+        let feed_manifest = lake
+            .path()
+            .join(MANIFESTS_FOLDER)
+            .join("contact_changes/account_id=3")
+            .join(PARTITION_MANIFEST);
+        assert!(feed.is_file() && feed_manifest.is_file());
+        let without = snapshot_export(&["contacts"]);
+        let published = dest
+            .publish(
+                without.path(),
+                template,
+                &RunVars::now(3, chrono::Utc::now(), 2),
+            )
+            .await
+            .expect("publish");
+        assert!(!feed.exists() && !feed_manifest.exists());
+        assert!(
+            published
+                .replaced
+                .iter()
+                .any(|r| r.ends_with("contact_changes.csv"))
+        );
+        assert!(
+            lake.path()
+                .join("contacts/account_id=3/contacts.csv")
+                .is_file()
+        );
     }
 
     #[cfg(unix)]

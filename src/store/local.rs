@@ -31,7 +31,7 @@ pub const SNAPSHOT_DIR: &str = "_chatwoot_export";
 const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// The change feed an export with a base writes beside the described tables
 /// (`pipeline::incremental::changes`).
-const CHANGES_TABLE: &str = "contact_changes";
+pub(super) const CHANGES_TABLE: &str = "contact_changes";
 const EXTENSIONS: &[&str] = &["parquet", "csv", "ndjson"];
 
 /// A failure to prepare or write the output folder.

@@ -72,12 +72,12 @@ fn rows(dir: &Path, table: &str) -> Vec<(i64, Map<String, Value>)> {
         .collect()
 }
 
-fn by_id(rows: &[(i64, Map<String, Value>)]) -> BTreeMap<i64, Map<String, Value>> {
+pub(crate) fn by_id(rows: &[(i64, Map<String, Value>)]) -> BTreeMap<i64, Map<String, Value>> {
     rows.iter().cloned().collect()
 }
 
 /// The keys whose values differ between two rows.
-fn differing(a: &Map<String, Value>, b: &Map<String, Value>) -> BTreeSet<String> {
+pub(crate) fn differing(a: &Map<String, Value>, b: &Map<String, Value>) -> BTreeSet<String> {
     a.keys()
         .chain(b.keys())
         .filter(|key| a.get(*key) != b.get(*key))
@@ -85,10 +85,17 @@ fn differing(a: &Map<String, Value>, b: &Map<String, Value>) -> BTreeSet<String>
         .collect()
 }
 
+/// A change feed, by contact: (change, columns).
+pub(crate) type Feed = BTreeMap<i64, (String, BTreeSet<String>)>;
+
 /// The change feed of `dir`: (id, change, columns).
-fn changes(dir: &Path) -> BTreeMap<i64, (String, BTreeSet<String>)> {
-    rows(dir, "contact_changes")
-        .into_iter()
+fn changes(dir: &Path) -> Feed {
+    feed_of(rows(dir, "contact_changes"))
+}
+
+/// The change feed in the rows of a `contact_changes` table.
+pub(crate) fn feed_of(rows: Vec<(i64, Map<String, Value>)>) -> Feed {
+    rows.into_iter()
         .map(|(id, row)| {
             let change = row["change"].as_str().expect("change").to_owned();
             let columns: BTreeSet<String> = match &row["columns"] {
@@ -99,6 +106,32 @@ fn changes(dir: &Path) -> BTreeMap<i64, (String, BTreeSet<String>)> {
             (id, (change, columns))
         })
         .collect()
+}
+
+/// The change feed from `yesterday`'s snapshot to `today`'s, by contact id: what
+/// `contact_changes` must hold.
+pub(crate) fn expected_feed(
+    yesterday: &BTreeMap<i64, Map<String, Value>>,
+    today: &BTreeMap<i64, Map<String, Value>>,
+) -> Feed {
+    let mut expected = Feed::new();
+    for (id, row) in today {
+        match yesterday.get(id) {
+            None => {
+                expected.insert(*id, ("added".into(), BTreeSet::new()));
+            }
+            Some(old) => {
+                let keys = differing(old, row);
+                if !keys.is_empty() {
+                    expected.insert(*id, ("updated".into(), keys));
+                }
+            }
+        }
+    }
+    for id in yesterday.keys().filter(|id| !today.contains_key(id)) {
+        expected.insert(*id, ("removed".into(), BTreeSet::new()));
+    }
+    expected
 }
 
 /// A simulated week of nightly incremental runs: each night's snapshot equals a full export
@@ -228,23 +261,7 @@ fn a_week_of_nightly_incremental_runs_matches_full_exports() {
 
         // The change feed: exactly what differs from last night's snapshot.
         let today = by_id(&ours);
-        let mut expected: BTreeMap<i64, (String, BTreeSet<String>)> = BTreeMap::new();
-        for (id, row) in &today {
-            match yesterday.get(id) {
-                None => {
-                    expected.insert(*id, ("added".into(), BTreeSet::new()));
-                }
-                Some(old) => {
-                    let keys = differing(old, row);
-                    if !keys.is_empty() {
-                        expected.insert(*id, ("updated".into(), keys));
-                    }
-                }
-            }
-        }
-        for id in yesterday.keys().filter(|id| !today.contains_key(id)) {
-            expected.insert(*id, ("removed".into(), BTreeSet::new()));
-        }
+        let expected = expected_feed(&yesterday, &today);
         let feed = changes(snapshot.path());
         assert_eq!(feed, expected, "night {night}: contact_changes");
         // Every one of the day's new and deleted contacts is in it.

@@ -316,7 +316,7 @@ pub(crate) fn contacts_to<'a>(base: &'a str, url: &'a str, extra: &[&'a str]) ->
     args
 }
 
-fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
+pub(crate) fn assert_no_token_in(objects: &[(String, Vec<u8>)]) {
     for (name, bytes) in objects {
         assert!(
             !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),

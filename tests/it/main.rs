@@ -16,6 +16,7 @@ mod harness;
 mod import_cycles;
 mod inbox_secrets;
 mod incremental;
+mod incremental_lake;
 mod lake;
 mod limiters;
 mod loopback;

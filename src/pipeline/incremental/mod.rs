@@ -253,7 +253,9 @@ pub(super) async fn run(
         Some(checkpoint) => Saved::resumed(checkpoint),
         None => {
             let started_at = super::now();
-            let saved = Saved::fresh(params, base, &started_at);
+            // A lake's run id when the runner gives one (its files and manifests carry it).
+            let run_id = super::run_id_of(settings, &started_at);
+            let saved = Saved::fresh(params, base, &started_at, run_id);
             saved.save(dir).map_err(|error| Failure {
                 error,
                 resumable: false,
@@ -529,7 +531,7 @@ struct Saved {
 }
 
 impl Saved {
-    fn fresh(params: &JobParams, base: &Base, started_at: &str) -> Self {
+    fn fresh(params: &JobParams, base: &Base, started_at: &str, run_id: String) -> Self {
         Self {
             checkpoint: Checkpoint {
                 version: Checkpoint::new_version(),
@@ -548,7 +550,7 @@ impl Saved {
                 incremental: None,
             },
             mark: IncrementalMark {
-                run_id: run_id(started_at),
+                run_id,
                 base_run: base.run_id.clone(),
                 ..IncrementalMark::default()
             },
