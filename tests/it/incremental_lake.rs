@@ -460,3 +460,102 @@ fn a_failed_publish_leaves_the_snapshot_and_the_next_run_builds_on_it() {
         "the new night is the snapshot now"
     );
 }
+
+/// A nightly pipeline file (`[snapshot] mode = "incremental"`) of two accounts into a lake
+/// folder partitioned by `{date}`: the first run reads everything and keeps each account's
+/// snapshot at the destination, the next builds on it for both accounts (only account 1
+/// changed) and replaces the day's partitions with contacts equal to a full export's but for
+/// silent edits.
+#[test]
+fn a_nightly_pipeline_into_a_dated_lake_builds_on_each_accounts_snapshot() {
+    let fake = Fake::start(FakeServerConfig {
+        contacts: 450,
+        accounts: 2,
+        ..FakeServerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lake = dir.path().join("lake");
+    let file = dir.path().join("nightly.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nbase_url = \"{}\"\naccounts = [1, 2]\ntoken = \"${{CHATWOOT_API_TOKEN}}\"\n\
+             [sink]\nformat = \"parquet\"\ndestination = \"{}\"\npath = \"{{table}}/account_id={{account_id}}/dt={{date}}\"\n\
+             [snapshot]\nmode = \"incremental\"\n",
+            fake.base_url(),
+            lake.display()
+        ),
+    )
+    .expect("write the pipeline");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("CHATWOOT_API_TOKEN", TOKEN),
+        ("XDG_CACHE_HOME", cache.path().to_str().expect("utf-8")),
+    ];
+    let night = || {
+        let run = run_with_env(&["run", file.to_str().expect("utf-8"), "--json"], &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_no_token_in(&crate::harness::all_file_bytes(&lake));
+        let report: Value = serde_json::from_str(&run.stdout).expect("the run report");
+        (run, report)
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let partition = |table: &str, account: u64| {
+        lake.join(format!(
+            "{table}/account_id={account}/dt={today}/{table}.parquet"
+        ))
+    };
+    let manifest_of = |account: u64| -> Value {
+        let path = lake.join(format!(
+            "_chatwoot_export/contacts/account_id={account}/dt={today}/manifest.json"
+        ));
+        serde_json::from_slice(&std::fs::read(path).expect("the partition's manifest"))
+            .expect("JSON")
+    };
+
+    let (first, _) = night();
+    assert_eq!(
+        first.stderr.matches("no snapshot to build on").count(),
+        2,
+        "{}",
+        first.stderr
+    );
+    let full_requests = manifest_of(1)["requests"].as_u64().expect("requests");
+    for account in [1, 2] {
+        assert_eq!(manifest_of(account)["mode"], "full", "account {account}");
+    }
+
+    fake.simulate_day(a_day(1));
+    let (second, report) = night();
+    for account in [1, 2] {
+        let manifest = manifest_of(account);
+        assert_eq!(
+            manifest["mode"], "incremental",
+            "account {account}: {}",
+            second.stderr
+        );
+        assert!(manifest["requests"].as_u64().expect("requests") < full_requests / 2);
+    }
+    for entry in report["accounts"].as_array().expect("accounts") {
+        assert_eq!(entry["status"], "complete", "{entry}");
+    }
+    // Account 1 changed: its partition is the night's truth but for silent edits.
+    let (_reference, theirs, _) = reference(&fake);
+    let ours = by_id(&rows("parquet", &partition("contacts", 1)));
+    assert_matches_but_silent_edits(&fake, 1, &ours, &by_id(&theirs));
+    let changes = rows("parquet", &partition("contact_changes", 1));
+    assert!(!changes.is_empty(), "account 1's change feed");
+    // Account 2 did not: its feed is empty and its contacts are the server's.
+    assert!(rows("parquet", &partition("contact_changes", 2)).is_empty());
+    let ids_2: BTreeSet<i64> = rows("parquet", &partition("contacts", 2))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let truth_2: BTreeSet<i64> = fake
+        .truth_of(2)
+        .iter()
+        .map(|c| c["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids_2, truth_2);
+    assert!(downloaded_snapshots_left(cache.path()).is_empty());
+}
