@@ -155,7 +155,7 @@ pub fn fake_serving(text: &str) {
 }
 
 /// A duration as a note says it: `7 days`, `36 hours`, else humantime's `1h 30m`.
-fn spoken_duration(duration: std::time::Duration) -> String {
+pub(crate) fn spoken_duration(duration: std::time::Duration) -> String {
     let secs = duration.as_secs();
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match secs {

@@ -27,8 +27,19 @@ pub fn validate(args: ValidateArgs) -> Result<(), Error> {
     }
     match load_pipeline(&args.file, &args.sets) {
         Ok(pipeline) => {
+            let schedule = match pipeline.snapshot {
+                crate::pipeline::SnapshotMode::Plain => String::new(),
+                crate::pipeline::SnapshotMode::Full => ", full reads kept as snapshots".into(),
+                crate::pipeline::SnapshotMode::Incremental => match pipeline.full_refresh_every {
+                    Some(every) => format!(
+                        ", incremental (a full read every {})",
+                        super::report::spoken_duration(every)
+                    ),
+                    None => ", incremental (never a full read by itself)".into(),
+                },
+            };
             eprintln!(
-                "chatwoot-export: {} is valid: {} account(s), {} to {}",
+                "chatwoot-export: {} is valid: {} account(s), {} to {}{schedule}",
                 args.file.display(),
                 pipeline.accounts.len(),
                 pipeline.sink.format.extension(),

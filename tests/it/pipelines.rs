@@ -76,6 +76,14 @@ fn every_example_pipeline_validates() {
         );
         assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
         assert!(run.stderr.contains("is valid"), "{}", run.stderr);
+        if file.ends_with("nightly-s3.toml") {
+            assert!(
+                run.stderr
+                    .contains(", incremental (a full read every 7 days)"),
+                "{}",
+                run.stderr
+            );
+        }
     }
 }
 
