@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::config::TableSelection;
 use crate::error::Error;
-use crate::pipeline::ExportSettings;
 use crate::pipeline::cost::{self, WalkCost};
+use crate::pipeline::{ExportSettings, SnapshotMode, incremental};
 use crate::source::{ContactsClient, ContactsPage, Fetcher, public_base_url};
 use crate::table::{Fill, TABLES};
 use crate::transform::column_names::snake_names;
@@ -53,6 +53,9 @@ pub struct AccountPlan {
     pub requests: Requests,
     /// The columns of each selected table, in output order.
     pub tables: BTreeMap<String, TablePlan>,
+    /// An incremental run's estimate, when it has a snapshot to build on (`requests` is then
+    /// what a full run would send).
+    pub incremental: Option<IncrementalPlan>,
     /// The plan's own requests (not part of the export).
     pub plan_requests: u64,
     /// What the plan could not read, and what that means for the export.
@@ -74,6 +77,19 @@ pub struct Requests {
     pub at_most: u64,
 }
 
+/// What an incremental run will send, predicted as the run predicts it (from page 1 of its
+/// sets and its parts' counts).
+#[derive(Debug, Serialize)]
+pub struct IncrementalPlan {
+    /// The run the snapshot is of.
+    pub base_run: String,
+    /// Every contact was read at or after this time (the last full read).
+    pub verified_through: String,
+    pub requests: u64,
+    /// What a full run sends, about.
+    pub full_requests: u64,
+}
+
 /// A table's columns, as the export will write them.
 #[derive(Debug, Serialize)]
 pub struct TablePlan {
@@ -89,8 +105,10 @@ pub async fn plan(jobs: &[ExportSettings], json: bool) -> Result<(), Error> {
     for settings in jobs {
         accounts.push(plan_account(settings).await?);
     }
-    let requests = accounts.iter().map(|a| a.requests.total).sum();
-    let requests_at_most = accounts.iter().map(|a| a.requests.at_most).sum();
+    // An incremental account sends its prediction instead of a full run's requests.
+    let sends = |a: &AccountPlan, full: u64| a.incremental.as_ref().map_or(full, |i| i.requests);
+    let requests = accounts.iter().map(|a| sends(a, a.requests.total)).sum();
+    let requests_at_most = accounts.iter().map(|a| sends(a, a.requests.at_most)).sum();
     // Every account of a run shares one budget (one governor), so their time adds up.
     let per_minute = jobs.first().and_then(|settings| {
         let fetch = settings.fetch;
@@ -174,6 +192,17 @@ async fn plan_account(settings: &ExportSettings) -> Result<AccountPlan, Error> {
     });
     let pages: Vec<&ContactsPage> = std::iter::once(&first).chain(last.as_ref()).collect();
     let tables = table_plans(settings, &pages, &definitions, &labels);
+    let incremental = if settings.snapshot == SnapshotMode::Incremental {
+        match incremental_plan(settings, &fetcher).await? {
+            Ok(plan) => Some(plan),
+            Err(note) => {
+                notes.push(note);
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(AccountPlan {
         account_id: settings.client.account_id,
         base_url: public_base_url(&settings.client.base_url),
@@ -188,9 +217,56 @@ async fn plan_account(settings: &ExportSettings) -> Result<AccountPlan, Error> {
             at_most: walk.at_most() + label_requests + label_pages,
         },
         tables,
+        incremental,
         plan_requests: fetcher.status().governor.sent,
         notes,
     })
+}
+
+/// An incremental run's estimate: from the snapshot in a local `--out` (`Err`: why the run
+/// will read every contact instead, or why the plan cannot tell).
+async fn incremental_plan(
+    settings: &ExportSettings,
+    fetcher: &Fetcher,
+) -> Result<Result<IncrementalPlan, String>, Error> {
+    let local = settings
+        .out
+        .to_str()
+        .is_some_and(|out| !crate::store::is_url(out))
+        && settings.format != crate::sink::Format::Delta;
+    if !local {
+        return Ok(Err("the incremental run's requests depend on the snapshot kept at the destination, which the plan does not download: the run prints them before it spends them".into()));
+    }
+    let base = match incremental::base::find(
+        &settings.out,
+        &public_base_url(&settings.client.base_url),
+        settings.client.account_id,
+        settings.keep_inbox_secrets,
+    ) {
+        Ok(base) => base,
+        Err(why) => {
+            return Ok(Err(format!(
+                "no snapshot to build on ({why}): the run reads every contact"
+            )));
+        }
+    };
+    if let Some(last_full) =
+        incremental::base::full_refresh_due(&base, settings.full_refresh_every, chrono::Utc::now())
+    {
+        return Ok(Err(format!(
+            "the last full read was at {last_full}, longer ago than full_refresh_every: the run reads every contact"
+        )));
+    }
+    let index = incremental::base::Index::read(&base.raw).map_err(Error::Export)?;
+    let requests = incremental::fetch::predict(fetcher, &base, &index, settings.fetch.concurrency)
+        .await
+        .map_err(|err| Error::Export(err.into()))?;
+    Ok(Ok(IncrementalPlan {
+        full_requests: incremental::fetch::full_requests(&base, &index),
+        verified_through: base.snapshot.verified_through.clone(),
+        base_run: base.run_id,
+        requests,
+    }))
 }
 
 /// The columns of every selected table: the walk's tables from the definitions and the
@@ -314,6 +390,16 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
             HumanCount(r.total),
             parts.join(" + ")
         ));
+        if let Some(incremental) = &account.incremental {
+            lines.push(format!(
+                "plan: account {}: incremental, on the snapshot of run {} (every contact read at or after {}): about {} requests instead of a full run's {}",
+                account.account_id,
+                incremental.base_run,
+                incremental.verified_through,
+                HumanCount(incremental.requests),
+                HumanCount(incremental.full_requests)
+            ));
+        }
         for note in &account.notes {
             lines.push(format!(
                 "plan: account {}: note: {note}",

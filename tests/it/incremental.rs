@@ -1029,3 +1029,58 @@ fn a_resume_on_another_base_is_refused() {
     assert_eq!(manifest["resumes"], 0);
     assert_eq!(manifest["snapshot"]["base_run"], "20990101T000000Z-beef");
 }
+
+/// `contacts --plan --incremental` predicts the run's requests as the run itself does, before
+/// anything is spent or written; without a snapshot, or with a full refresh due, it says the
+/// run reads every contact.
+#[test]
+fn the_plan_of_an_incremental_run_predicts_its_requests() {
+    let fake = Fake::with_contacts(600);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["--plan", "--json"];
+        args.extend_from_slice(extra);
+        let run = export(&fake.base_url(), "parquet", dir.path(), &args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let plan: Value = serde_json::from_str(&run.stdout).expect("the plan as JSON");
+        plan["accounts"][0].clone()
+    };
+    let none = plan(&["--incremental"]);
+    assert!(none["incremental"].is_null());
+    assert!(
+        none["notes"][0]
+            .as_str()
+            .is_some_and(|note| note.starts_with("no snapshot to build on")),
+        "{none}"
+    );
+    let run = export(&fake.base_url(), "parquet", dir.path(), &["--full"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let full = manifest(dir.path()).expect("manifest");
+    fake.simulate_day(DayPlan {
+        created: 40,
+        active: 30,
+        deleted_old: 4,
+        deleted_new: 1,
+        edited: 3,
+    });
+    let before = crate::harness::all_file_bytes(dir.path());
+    let planned = plan(&["--incremental"]);
+    assert_eq!(crate::harness::all_file_bytes(dir.path()), before, "the plan wrote");
+    let incremental = &planned["incremental"];
+    assert_eq!(incremental["base_run"], full["run_id"]);
+    assert_eq!(incremental["full_requests"], full["requests"]);
+    let due = plan(&["--incremental", "--full-refresh-every", "0s"]);
+    assert!(due["incremental"].is_null(), "{due}");
+
+    let run = export(&fake.base_url(), "parquet", dir.path(), &["--incremental"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after = manifest(dir.path()).expect("manifest");
+    assert_eq!(after["mode"], "incremental");
+    assert_eq!(
+        incremental["requests"], after["snapshot"]["requests_predicted"],
+        "the plan predicts what the run predicts"
+    );
+    let sent = after["requests"].as_u64().expect("requests");
+    let predicted = incremental["requests"].as_u64().expect("requests");
+    assert!(sent <= predicted + 2, "{sent} sent, {predicted} predicted");
+}
