@@ -1065,7 +1065,11 @@ fn the_plan_of_an_incremental_run_predicts_its_requests() {
     });
     let before = crate::harness::all_file_bytes(dir.path());
     let planned = plan(&["--incremental"]);
-    assert_eq!(crate::harness::all_file_bytes(dir.path()), before, "the plan wrote");
+    assert_eq!(
+        crate::harness::all_file_bytes(dir.path()),
+        before,
+        "the plan wrote"
+    );
     let incremental = &planned["incremental"];
     assert_eq!(incremental["base_run"], full["run_id"]);
     assert_eq!(incremental["full_requests"], full["requests"]);

@@ -29,10 +29,11 @@
 //! bounds both (docs/incremental.md).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use futures::StreamExt;
 
-use super::base::{Base, Index};
+use super::base::{Base, Index, Listed};
 use super::raw::Key;
 use crate::pipeline::repair::day_text;
 use crate::pipeline::{Notice, Notices};
@@ -85,7 +86,8 @@ impl Filter {
 #[derive(Debug, Default)]
 pub struct Fetched {
     /// Every contact read, by id (the last version read).
-    pub contacts: HashMap<i64, String>,
+    /// Shared with the merge's copy (`Settled`): one text in memory, however many hold it.
+    pub contacts: HashMap<i64, Arc<str>>,
     /// Contacts of the base that the server lists no more.
     pub deleted: HashSet<i64>,
     /// Requests predicted before the fetch began.
@@ -107,7 +109,7 @@ pub struct Fetched {
 /// last message has `through = i64::MAX`.
 #[derive(Debug, Default)]
 pub struct Settled {
-    pub contacts: Vec<(i64, String)>,
+    pub contacts: Vec<(i64, Arc<str>)>,
     pub deleted: Vec<i64>,
     pub through: i64,
 }
@@ -232,7 +234,7 @@ pub async fn deletions(
         contacts: fetched
             .contacts
             .iter()
-            .map(|(id, text)| (*id, text.clone()))
+            .map(|(id, text)| (*id, Arc::clone(text)))
             .collect(),
         deleted: fetched.deleted.iter().copied().collect(),
         through: i64::MIN,
@@ -559,7 +561,7 @@ impl<'a> Run<'a> {
     async fn find_one(
         &mut self,
         filter: Filter,
-        listed: &[(i64, i64, i64)],
+        listed: &[Listed],
         count: u64,
     ) -> Result<Option<i64>, FetchError> {
         let size = self.page_size as usize;
@@ -582,12 +584,12 @@ impl<'a> Run<'a> {
             let missing: Vec<usize> = window
                 .iter()
                 .enumerate()
-                .filter(|(_, key)| !shown.contains(&key.2))
+                .filter(|(_, key)| !shown.contains(&key.1))
                 .map(|(at, _)| at)
                 .collect();
             let extra = shown
                 .iter()
-                .any(|id| !window.iter().any(|key| key.2 == *id));
+                .any(|id| !window.iter().any(|key| key.1 == *id));
             match missing.as_slice() {
                 [at] if !extra && *at + 1 == window.len() => low = k + 1,
                 [0] if !extra => high = k - 1,
@@ -595,23 +597,24 @@ impl<'a> Run<'a> {
                 _ => return Ok(None),
             }
         };
-        let tied = |other: Option<&(i64, i64, i64)>| {
-            other.is_some_and(|o| Some(o.1) == listed.get(gone).map(|g| g.1))
+        let tied = |other: Option<&Listed>| {
+            other.is_some_and(|o| Some(o.0) == listed.get(gone).map(|g| g.0))
         };
         let neighbour = gone.checked_sub(1).and_then(|at| listed.get(at));
         if gone >= n || tied(neighbour) || tied(listed.get(gone + 1)) {
             return Ok(None);
         }
-        Ok(listed.get(gone).map(|key| key.2))
+        Ok(listed.get(gone).map(|key| key.1))
     }
 
     fn keep(&mut self, page: &ContactsPage) {
         for contact in &page.payload {
             if let Some(key) = Key::of(contact) {
-                self.out.contacts.insert(key.id, contact.to_owned());
+                let text: Arc<str> = Arc::from(contact.as_ref());
                 if let Some((_, unsent)) = &mut self.merge {
-                    unsent.contacts.push((key.id, contact.to_owned()));
+                    unsent.contacts.push((key.id, Arc::clone(&text)));
                 }
+                self.out.contacts.insert(key.id, text);
             }
         }
     }
@@ -642,7 +645,7 @@ mod tests {
         for &(day, n) in days {
             for _ in 0..n {
                 id += 1;
-                index.keys.push((day, day * 86_400 + id, id));
+                index.keys.push((day * 86_400 + id, id));
             }
             index.days.insert(day, n);
             index.contacts += n;

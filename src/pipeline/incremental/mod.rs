@@ -385,7 +385,7 @@ pub(super) async fn run(
             contacts: fetched
                 .contacts
                 .iter()
-                .map(|(id, text)| (*id, text.clone()))
+                .map(|(id, text)| (*id, Arc::clone(text)))
                 .collect(),
             deleted: fetched.deleted.iter().copied().collect(),
             through: i64::MAX,
@@ -600,7 +600,7 @@ impl Saved {
                     source,
                 })?;
                 if let Some(key) = Key::of(&line) {
-                    contacts.insert(key.id, line);
+                    contacts.insert(key.id, Arc::from(line));
                 }
             }
         }
@@ -764,11 +764,11 @@ fn merge(
     settled: std::sync::mpsc::Receiver<fetch::Settled>,
     mut feed: Feed,
 ) -> Result<(Collector, Feed, Merged), ExportError> {
-    let mut fetched: HashMap<i64, String> = HashMap::new();
+    let mut fetched: HashMap<i64, Arc<str>> = HashMap::new();
     let mut deleted: HashSet<i64> = HashSet::new();
     let mut through = i64::MIN;
     let wait_until = |day: i64,
-                      fetched: &mut HashMap<i64, String>,
+                      fetched: &mut HashMap<i64, Arc<str>>,
                       deleted: &mut HashSet<i64>,
                       through: &mut i64|
      -> Result<(), ExportError> {
@@ -806,7 +806,7 @@ fn merge(
                 merged.reread += 1;
                 feed.compare(key.id, &line, &now);
                 let read = Key::of(&now).unwrap_or(key);
-                (now, read)
+                (now.to_string(), read)
             }
             // The base's text: its key is the one just read.
             None => (line, key),
@@ -817,7 +817,7 @@ fn merge(
     wait_until(i64::MAX, &mut fetched, &mut deleted, &mut through)?;
     // What is left and not of the base is new (a base contact read again after the merge
     // passed it keeps the version the merge took).
-    let mut new: Vec<(Key, String)> = fetched
+    let mut new: Vec<(Key, Arc<str>)> = fetched
         .into_values()
         .filter_map(|text| Key::of(&text).map(|key| (key, text)))
         .filter(|(key, _)| !index.holds(key))
