@@ -610,7 +610,7 @@ impl<'a> Run<'a> {
     fn keep(&mut self, page: &ContactsPage) {
         for contact in &page.payload {
             if let Some(key) = Key::of(contact) {
-                let text: Arc<str> = Arc::from(contact.as_ref());
+                let text: Arc<str> = Arc::from(contact);
                 if let Some((_, unsent)) = &mut self.merge {
                     unsent.contacts.push((key.id, Arc::clone(&text)));
                 }
