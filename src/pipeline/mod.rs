@@ -931,6 +931,12 @@ fn stop(
             }
         },
     };
+    kept(error, pages, out)
+}
+
+/// A failure whose work is kept for `--resume` after `pages` (requests, for an incremental
+/// run): an interruption says so, any other error says how to go on.
+fn kept(error: ExportError, pages: u64, out: &std::path::Path) -> Failure {
     let error = match error {
         ExportError::Interrupted { out, .. } => ExportError::Interrupted { pages, out },
         other => ExportError::Resumable {

@@ -114,6 +114,21 @@ pub struct Settled {
     pub through: i64,
 }
 
+impl Settled {
+    /// Everything `fetched` holds, settled through `through`.
+    pub fn all_of(fetched: &Fetched, through: i64) -> Self {
+        Self {
+            contacts: fetched
+                .contacts
+                .iter()
+                .map(|(id, text)| (*id, Arc::clone(text)))
+                .collect(),
+            deleted: fetched.deleted.iter().copied().collect(),
+            through,
+        }
+    }
+}
+
 /// Where `deletions` tells the merge what it settled.
 pub type MergeFeed = std::sync::mpsc::Sender<Settled>;
 
@@ -230,15 +245,7 @@ pub async fn deletions(
     fetched: Fetched,
     merge: &MergeFeed,
 ) -> Result<Fetched, FetchError> {
-    let first = Settled {
-        contacts: fetched
-            .contacts
-            .iter()
-            .map(|(id, text)| (*id, Arc::clone(text)))
-            .collect(),
-        deleted: fetched.deleted.iter().copied().collect(),
-        through: i64::MIN,
-    };
+    let first = Settled::all_of(&fetched, i64::MIN);
     let mut run = Run::new(fetcher, progress, concurrency, base, fetched);
     run.merge = Some((merge, first));
     // A resumed run's bar starts here.

@@ -381,15 +381,7 @@ pub(super) async fn run(
     }
     if !merge_fed {
         // Resumed after the fetch: everything it read is settled.
-        let _ = settled.send(fetch::Settled {
-            contacts: fetched
-                .contacts
-                .iter()
-                .map(|(id, text)| (*id, Arc::clone(text)))
-                .collect(),
-            deleted: fetched.deleted.iter().copied().collect(),
-            through: i64::MAX,
-        });
+        let _ = settled.send(fetch::Settled::all_of(&fetched, i64::MAX));
     }
     drop(settled);
     // Past the fetch every contact read is in the checkpoint: a failure from here on (a full
@@ -683,19 +675,7 @@ impl Saved {
         self.mark.sent = self.sent_before + sent;
         // If this save fails (a full disk), the last checkpoint still stands.
         let _ = self.save(dir);
-        let pages = self.mark.requests;
-        let error = match error {
-            ExportError::Interrupted { out, .. } => ExportError::Interrupted { pages, out },
-            other => ExportError::Resumable {
-                source: Box::new(other),
-                pages,
-                out: out.to_owned(),
-            },
-        };
-        Failure {
-            error,
-            resumable: true,
-        }
+        super::kept(error, self.mark.requests, out)
     }
 
     /// Removes from the work folder everything but the checkpoint and the contacts it names:
