@@ -267,6 +267,8 @@ impl ExportError {
 /// this run under a final name; the work done is kept for `--resume` when there is any.
 pub async fn export(settings: &ExportSettings) -> Result<ExportSummary, ExportError> {
     let clock = Instant::now();
+    // Listen from the start: a Ctrl-C while the base is read stops the first stage.
+    drop(shutdown_requested());
     let params = JobParams {
         base_url: public_base_url(&settings.client.base_url),
         account_id: settings.client.account_id,
@@ -951,39 +953,101 @@ fn kept(error: ExportError, pages: u64, out: &std::path::Path) -> Failure {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what cron, systemd and CI send to stop a job).
-/// Runs an export stage until it ends or a shutdown signal (Ctrl-C, SIGTERM) comes.
+/// Runs an export stage until it ends or a shutdown signal (Ctrl-C, SIGTERM) comes; a signal
+/// that came before the stage began (between two stages, while a checkpoint was written)
+/// stops it at once.
 async fn until_shutdown<T>(
     stage: impl Future<Output = Result<T, ExportError>>,
     out: &std::path::Path,
 ) -> Result<T, ExportError> {
+    let interrupted = || ExportError::Interrupted {
+        pages: 0,
+        out: out.to_owned(),
+    };
+    let mut shutdown = shutdown_requested();
+    if *shutdown.borrow_and_update() {
+        return Err(interrupted());
+    }
+    let signalled = async {
+        // The listener is gone only with the runtime it ran on (tests): no signal will come.
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         result = stage => result,
-        () = shutdown_signal() => Err(ExportError::Interrupted { pages: 0, out: out.to_owned() }),
+        () = signalled => Err(interrupted()),
     }
 }
 
-async fn shutdown_signal() {
+/// Whether Ctrl-C or SIGTERM came: one listener for the process, set up by the first export or
+/// stage that asks, so that a signal is remembered while no stage is waiting for it (a listener
+/// per stage would miss one that came between two stages: tokio does not replay signals). The
+/// handlers are installed here, synchronously: from this call on, a signal is never lost.
+fn shutdown_requested() -> tokio::sync::watch::Receiver<bool> {
+    static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+        std::sync::OnceLock::new();
+    SHUTDOWN
+        .get_or_init(|| {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let signals = ShutdownSignals::install();
+            tokio::spawn(async move {
+                signals.recv().await;
+                let _ = stop.send(true);
+                // Kept, so that waiting stages see the flag and not a closed channel.
+                std::future::pending::<()>().await;
+            });
+            stopped
+        })
+        .clone()
+}
+
+/// Ctrl-C and SIGTERM (what cron, systemd and CI send to stop a job), listened to from the
+/// moment they are installed.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).ok();
-        let term = async {
-            match terminate.as_mut() {
-                Some(stream) => {
-                    stream.recv().await;
-                }
-                None => std::future::pending().await,
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first of them.
+    async fn recv(self) {
+        #[cfg(unix)]
+        {
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(self.interrupt) => {}
+                () = wait(self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
