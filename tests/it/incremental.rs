@@ -832,8 +832,8 @@ fn sigterm_stops_an_incremental_run_and_resume_ends_exact() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Into the second stage's requests: a signal between two stages, before the second
-    // listens, would go unheard.
+    // Into the second stage's requests, so that the resume goes on from the first stage's
+    // checkpoint with some of the second's work lost.
     std::thread::sleep(Duration::from_millis(100));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
