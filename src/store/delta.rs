@@ -173,6 +173,15 @@ impl Layout {
             .map(|(column, value)| format!("{column}={value}"))
             .collect()
     }
+    /// The table's folder and then the partition's, from the destination's root: where the
+    /// partition's files are, and (under `_chatwoot_export/`) its manifest.
+    fn partition_path(&self) -> Vec<String> {
+        self.table_folder
+            .iter()
+            .cloned()
+            .chain(self.partition_folder())
+            .collect()
+    }
 }
 
 /// The Delta type of an Arrow column as the `parquet` sink writes it, or `None` when there is
@@ -252,12 +261,7 @@ mod imp {
         let mut published = Published::default();
         for (table, entry) in &manifest.tables {
             let layout = Layout::of(template, table, vars);
-            let partition: Vec<String> = layout
-                .table_folder
-                .iter()
-                .cloned()
-                .chain(layout.partition_folder())
-                .collect();
+            let partition = layout.partition_path();
             let shown_table = destination.show(&layout.table_folder, "");
 
             // 1. The run's files, under names no earlier run used: invisible to Delta readers
@@ -378,12 +382,7 @@ mod imp {
                 .iter()
                 .map(|path| destination.show(&layout.table_folder, path)),
         );
-        let partition: Vec<String> = layout
-            .table_folder
-            .iter()
-            .cloned()
-            .chain(layout.partition_folder())
-            .collect();
+        let partition = layout.partition_path();
         destination
             .delete(&manifest_partition(&partition), PARTITION_MANIFEST)
             .await

@@ -200,9 +200,7 @@ pub async fn listed(
 ) -> Result<Fetched, FetchError> {
     let mut run = Run::new(fetcher, progress, concurrency, base, Fetched::default());
     let Probed {
-        created,
-        active,
-        created_from,
+        plan,
         created_first,
         active_first,
         part_counts,
@@ -217,12 +215,12 @@ pub async fn listed(
     progress.plan_requests(predicted, run.out.requests);
 
     // 1 and 2: the created and the active contacts, whole.
-    run.list(created, Some(created_first), true).await?;
-    if let (Some(active), Some(first)) = (active, active_first) {
+    run.list(plan.created, Some(created_first), true).await?;
+    if let (Some(active), Some(first)) = (plan.active, active_first) {
         run.list(active, Some(first), true).await?;
     }
     // Base contacts in the created range that it no longer lists are deleted.
-    if let Some(from) = created_from {
+    if let Some(from) = plan.created_from {
         let gone: Vec<i64> = index
             .ids(from, i64::MAX)
             .filter(|id| !run.out.contacts.contains_key(id))
@@ -313,12 +311,10 @@ pub fn full_requests(base: &Base, index: &Index) -> u64 {
         .unwrap_or_else(|| index.contacts.div_ceil(base.page_size.max(1)).max(1) + MAX_PARTS)
 }
 
-/// The sets of a run, page 1 of each set (read) and the parts' counts, and the requests
+/// The run's filters, page 1 of each set (read) and the parts' counts, and the requests
 /// predicted.
 struct Probed {
-    created: Filter,
-    active: Option<Filter>,
-    created_from: Option<i64>,
+    plan: Plan,
     created_first: ContactsPage,
     active_first: Option<ContactsPage>,
     part_counts: Vec<u64>,
@@ -388,22 +384,17 @@ impl<'a> Run<'a> {
 
     /// Page 1 of both sets and of every part, together, and the prediction they give.
     async fn probe(&mut self, base: &Base, index: &Index) -> Result<Probed, FetchError> {
-        let Plan {
-            created_from,
-            created,
-            active,
-            parts,
-        } = Plan::of(base, index);
+        let plan = Plan::of(base, index);
 
         // Probes: page 1 of both sets and of every part, together.
         self.progress.phase("incremental: counting what changed");
-        let mut probes: Vec<Filter> = vec![created];
-        probes.extend(active);
-        probes.extend(parts.iter().copied());
+        let mut probes: Vec<Filter> = vec![plan.created];
+        probes.extend(plan.active);
+        probes.extend(plan.parts.iter().copied());
         let firsts = self.pages(&probes).await?;
         let mut firsts = firsts.into_iter();
         let created_first = one(firsts.by_ref().take(1).collect())?;
-        let active_first = match active {
+        let active_first = match plan.active {
             Some(_) => firsts.next(),
             None => None,
         };
@@ -414,7 +405,7 @@ impl<'a> Run<'a> {
         let mut predicted = probes.len() as u64 + pages(count_of(&created_first)) - 1
             + active_first.as_ref().map_or(0, |p| pages(count_of(p)) - 1)
             + 1; // the final count
-        for (part, now) in parts.iter().zip(&part_counts) {
+        for (part, now) in plan.parts.iter().zip(&part_counts) {
             let (low, high) = part.days();
             let ours = index.count(low, high);
             let differ = ours.abs_diff(*now);
@@ -427,9 +418,7 @@ impl<'a> Run<'a> {
             predicted += (differ * (depth + 1)).min(3 * pages(ours));
         }
         Ok(Probed {
-            created,
-            active,
-            created_from,
+            plan,
             created_first,
             active_first,
             part_counts,

@@ -111,10 +111,7 @@ pub fn finish_full(
         (Some(base), Some(feed)) => compare_files(&base.raw, &path, feed, &mut newest)?,
         _ => {
             for line in read_raw(&path)? {
-                let line = line.map_err(|source| ExportError::Spill {
-                    path: path.clone(),
-                    source,
-                })?;
+                let line = line?;
                 if let Some(key) = Key::of(&line) {
                     newest.note(&key);
                 }
@@ -151,11 +148,15 @@ pub fn finish_full(
     })
 }
 
-fn read_raw(path: &Path) -> Result<RawReader, ExportError> {
-    RawReader::open(path).map_err(|source| ExportError::Spill {
-        path: path.to_owned(),
-        source,
-    })
+/// A raw file's contacts, one JSON text each; an error names the file.
+fn read_raw(path: &Path) -> Result<impl Iterator<Item = Result<String, ExportError>>, ExportError> {
+    let spill = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ExportError::Spill { path, source }
+    };
+    let lines = RawReader::open(path).map_err(spill(path))?;
+    let path = path.to_owned();
+    Ok(lines.map(move |line| line.map_err(spill(&path))))
 }
 
 /// The change feed of two raw files: the base's ids and a hash of each contact's text, then
@@ -167,20 +168,16 @@ fn compare_files(
     feed: &mut Feed,
     newest: &mut Newest,
 ) -> Result<(), ExportError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ExportError::Spill { path, source }
-    };
     let mut old: HashMap<i64, u64> = HashMap::new();
     for line in read_raw(base)? {
-        let line = line.map_err(io(base))?;
+        let line = line?;
         if let Some(key) = Key::of(&line) {
             old.insert(key.id, hash(&line));
         }
     }
     let mut candidates: HashMap<i64, String> = HashMap::new();
     for line in read_raw(new)? {
-        let line = line.map_err(io(new))?;
+        let line = line?;
         let Some(key) = Key::of(&line) else { continue };
         newest.note(&key);
         match old.remove(&key.id) {
@@ -196,7 +193,7 @@ fn compare_files(
     }
     if !candidates.is_empty() {
         for line in read_raw(base)? {
-            let line = line.map_err(io(base))?;
+            let line = line?;
             if let Some(key) = Key::of(&line)
                 && let Some(now) = candidates.remove(&key.id)
             {
@@ -587,10 +584,7 @@ impl Saved {
         if let Some(name) = &mark.read_file {
             let path = dir.work_path(name);
             for line in read_raw(&path)? {
-                let line = line.map_err(|source| ExportError::Spill {
-                    path: path.clone(),
-                    source,
-                })?;
+                let line = line?;
                 if let Some(key) = Key::of(&line) {
                     contacts.insert(key.id, Arc::from(line));
                 }
@@ -765,10 +759,7 @@ fn merge(
     let mut merged = Merged::default();
     let mut newest = Newest::default();
     for line in read_raw(base)? {
-        let line = line.map_err(|source| ExportError::Spill {
-            path: base.to_owned(),
-            source,
-        })?;
+        let line = line?;
         let Some(key) = Key::of(&line) else { continue };
         wait_until(
             key.day().unwrap_or(i64::MIN),
